@@ -1,0 +1,47 @@
+"""The ``molconf`` command.
+
+``molconf fit|validate|test --config configs/<name>.yaml`` run the Lightning CLI;
+``molconf predict --config ...`` does too. Other subcommands have their own parsers:
+``molconf baselines`` (RDKit ETKDG / MMFF on a split) and ``molconf prepare`` (build a
+data-set cache).
+"""
+
+from __future__ import annotations
+
+import sys
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+USAGE = """usage: molconf <command> [options]
+
+commands:
+  fit | validate | test | predict   Lightning CLI (--config configs/<name>.yaml; --help)
+  baselines                         RDKit ETKDG and ETKDG+MMFF on a split, with metrics
+  prepare                           build a data-set cache (python -m molconf.data.prepare)
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    command, rest = argv[0], argv[1:]
+    if command in LIGHTNING_COMMANDS:
+        from molconf.lightning import run_lightning_cli
+
+        run_lightning_cli([command, *rest])
+    elif command == "baselines":
+        from molconf.baselines import main as baselines_main
+
+        baselines_main(rest)
+    elif command == "prepare":
+        from molconf.data.prepare import main as prepare_main
+
+        prepare_main(rest)
+    else:
+        print(f"molconf: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""Everything Lightning: the data module, the training module and the CLI class.
+
+Models stay plain ``nn.Module``s (:mod:`molconf.models`); this module adds data loading,
+optimisation, metrics, checkpoint state and the ``molconf fit/validate/test/predict``
+commands (LightningCLI, configured by YAML files under ``configs/``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torchmetrics
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from molconf import constants as K
+from molconf.data.cache import GraphStore
+from molconf.data.dataset import ConformerDataset, SizeAwareBatchSampler, collate_dense
+from molconf.data.prepare import load_qm9
+from molconf.data.splits import SPLIT_PARTS, load_split
+from molconf.metrics import PooledDistanceMetrics, c_rmsd, mol_with_coords
+from molconf.models import ConformerTransformer, conformer_loss
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a :class:`SizeAwareBatchSampler` that can resume mid-epoch.
+
+    Lightning saves ``state_dict()`` in checkpoints and calls ``load_state_dict()`` on
+    resume; the next iteration then skips the batches the interrupted epoch had consumed,
+    so a resumed run sees exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, *args, consumed_batches=lambda: 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._consumed_batches = consumed_batches
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.batch_sampler.epoch, "consumed": int(self._consumed_batches())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_sampler.set_epoch(state["epoch"])
+        self.batch_sampler.skip_next = state["consumed"]
+
+
+class ConformerDataModule(L.LightningDataModule):
+    """QM9 (cached) with the committed split and size-aware batching.
+
+    Parameters
+    ----------
+    dataset : str
+        ``"qm9"``.
+    batch_size : int, optional
+        Molecules per batch (or give ``max_atoms`` for a padded-atom budget instead).
+    max_atoms : int, optional
+        Padded atoms per batch (``count × largest``), for drug-sized data.
+    pe_dim : int
+        Laplacian encoding width (must equal the model's).
+    source_limit : int, optional
+        Build the cache from only the first N molecules of the source (tests, smoke runs).
+    train_limit, val_limit, test_limit : int, optional
+        Use only the first N molecules of a split part.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "qm9",
+        batch_size: int | None = 100,
+        max_atoms: int | None = None,
+        pe_dim: int = 32,
+        cache_dir: str | None = None,
+        split_dir: str | None = None,
+        source_limit: int | None = None,
+        train_limit: int | None = None,
+        val_limit: int | None = None,
+        test_limit: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if dataset != "qm9":
+            raise ValueError(f"unknown dataset {dataset!r}")
+        if batch_size is not None and max_atoms is not None:
+            batch_size = None  # an atom budget overrides the default molecule count
+        self.save_hyperparameters()
+        self.store: GraphStore | None = None
+        self.rows: dict[str, np.ndarray] = {}
+        self.missing: dict[str, int] = {}
+
+    def prepare_data(self) -> None:
+        # Build the cache once (rank 0); other ranks then load it in setup().
+        load_qm9(self.hparams.cache_dir, limit=self.hparams.source_limit)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.store is not None:
+            return
+        hp = self.hparams
+        self.store = load_qm9(hp.cache_dir, limit=hp.source_limit)
+        limits = {"train": hp.train_limit, "val": hp.val_limit, "test": hp.test_limit}
+        for part in SPLIT_PARTS:
+            rows, missing = self.store.positions_of(load_split(hp.dataset, part, hp.split_dir))
+            self.rows[part] = rows[: limits[part]] if limits[part] else rows
+            self.missing[part] = len(missing)
+
+    def dataset(self, part: str) -> ConformerDataset:
+        return ConformerDataset(self.store, self.rows[part], self.hparams.pe_dim)
+
+    def _loader(self, part: str, shuffle: bool) -> DataLoader:
+        ds = self.dataset(part)
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        sampler = SizeAwareBatchSampler(
+            ds.sizes, self.hparams.batch_size, self.hparams.max_atoms, shuffle=shuffle,
+            seed=self.hparams.seed, num_replicas=world, rank=rank,
+        )
+        consumed = (lambda: trainer.fit_loop.epoch_loop.batch_progress.current.completed) if trainer else (lambda: 0)
+        return ResumableDataLoader(
+            ds, batch_sampler=sampler, collate_fn=collate_dense, num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0, consumed_batches=consumed,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+class ConformerModule(L.LightningModule):
+    """Trains a :class:`ConformerTransformer` on the distance loss of DESIGN §4–5.
+
+    Parameters
+    ----------
+    model : ConformerTransformer
+        The network (``class_path``/``init_args`` in YAML).
+    lr, betas, weight_decay : optimiser (AdamW)
+    warmup_fraction : float
+        Linear warm-up over this share of all steps, then linear decay to 0.
+    c_rmsd_on_val : bool
+        Also compute C-RMSD during validation (needs RDKit per molecule, slower).
+    """
+
+    def __init__(
+        self,
+        model: ConformerTransformer,
+        lr: float = 5e-5,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        warmup_fraction: float = 0.1,
+        c_rmsd_on_val: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+        self.val_metrics = PooledDistanceMetrics()
+        self.test_metrics = PooledDistanceMetrics()
+        self.val_c_rmsd = torchmetrics.MeanMetric()
+        self.test_c_rmsd = torchmetrics.MeanMetric()
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.model(batch)
+
+    def training_step(self, batch, batch_idx):
+        losses = conformer_loss(self.model(batch), batch)
+        if not torch.isfinite(losses["loss"]):
+            # Stop before an optimiser step or checkpoint can store NaN weights.
+            raise FloatingPointError(
+                f"non-finite training loss ({losses['loss'].item()}) at global step "
+                f"{self.global_step}, batch {batch_idx} (molecules {batch[K.MOL_INDEX].tolist()[:8]}…); "
+                "training stopped, last good checkpoint kept"
+            )
+        bs = batch[K.MASK].shape[0]
+        self.log("train/loss", losses["loss"], batch_size=bs, prog_bar=True)
+        self.log_dict({"train/loss_enc": losses["loss_enc"], "train/loss_dec": losses["loss_dec"]}, batch_size=bs)
+        return losses["loss"]
+
+    def _eval_step(self, batch, metrics: PooledDistanceMetrics, rmsd: torchmetrics.MeanMetric, with_rmsd: bool):
+        out = self.model(batch)
+        metrics.update(out[K.POS_PRED], batch[K.POS], batch[K.MASK])
+        if with_rmsd:
+            store = self.trainer.datamodule.store
+            rows, _ = store.positions_of(batch[K.MOL_INDEX].tolist())
+            pred = out[K.POS_PRED].detach().double().cpu().numpy()
+            for b, row in enumerate(rows):
+                n = int(batch[K.NUM_ATOMS][b])
+                ref = store.mol(int(row))
+                rmsd.update(c_rmsd(ref, mol_with_coords(ref, pred[b, :n])))
+
+    def _log_eval(self, prefix: str, metrics, rmsd, with_rmsd: bool):
+        values = {f"{prefix}/{k}": v for k, v in metrics.compute().items()}
+        if with_rmsd:
+            values[f"{prefix}/{K.C_RMSD}"] = rmsd.compute()
+            rmsd.reset()
+        self.log_dict(values, prog_bar=True, sync_dist=False)  # torchmetrics already synced
+        metrics.reset()
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, self.val_metrics, self.val_c_rmsd, self.hparams.c_rmsd_on_val)
+
+    def on_validation_epoch_end(self):
+        self._log_eval("val", self.val_metrics, self.val_c_rmsd, self.hparams.c_rmsd_on_val)
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, self.test_metrics, self.test_c_rmsd, True)
+
+    def on_test_epoch_end(self):
+        self._log_eval("test", self.test_metrics, self.test_c_rmsd, True)
+
+    def predict_step(self, batch, batch_idx):
+        out = self.model(batch)
+        return {K.MOL_INDEX: batch[K.MOL_INDEX], K.POS_PRED: out[K.POS_PRED], K.MASK: batch[K.MASK]}
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, betas=tuple(self.hparams.betas),
+                                weight_decay=self.hparams.weight_decay)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = max(int(self.hparams.warmup_fraction * total), 1)
+
+        def factor(step: int) -> float:  # linear warm-up, then linear decay to 0
+            if step < warmup:
+                return (step + 1) / warmup
+            return max(0.0, (total - step) / max(total - warmup, 1))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # Exact resume: the RNG drives eigenvector sign flips and dropout, so it is part of the state.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["molconf_rng"] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("molconf_rng")
+        if state is not None:
+            torch.set_rng_state(state["torch"])
+            np.random.set_state(state["numpy"])
+
+
+# Shared trainer defaults; experiment configs under configs/ override what they change.
+TRAINER_DEFAULTS = {
+    "gradient_clip_val": 1.0,
+    "use_distributed_sampler": False,  # the size-aware batch sampler shards by rank itself
+    "log_every_n_steps": 20,
+    "default_root_dir": "runs/default",
+}
+
+
+def _checkpoint_dir(root: str | None) -> str:
+    return str(Path(root or TRAINER_DEFAULTS["default_root_dir"]) / "checkpoints")
+
+
+class ConformerCLI(LightningCLI):
+    """``molconf fit|validate|test|predict --config configs/<name>.yaml``.
+
+    Adds to every run: checkpoints (best by ``val/d_mae`` and ``last.ckpt``; options under
+    ``checkpoint.*``), a learning-rate monitor, and CSV + TensorBoard logs under
+    ``trainer.default_root_dir`` unless the config sets ``trainer.logger``.
+    """
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": f"val/{K.D_MAE}",
+            "checkpoint.mode": "min",
+            "checkpoint.save_last": True,
+            "checkpoint.filename": "best-{epoch:02d}-{step}",
+        })
+        # Checkpoints live at a fixed place per run folder, so `--ckpt_path last` finds them.
+        parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir)
+        # The Laplacian encoding width is one number shared by data and model.
+        parser.link_arguments("data.pe_dim", "model.model.init_args.pe_dim")
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        cfg = self._get(self.config_init, "trainer", default={})
+        if cfg.get("logger") in (None, True):
+            root = cfg.get("default_root_dir") or TRAINER_DEFAULTS["default_root_dir"]
+            kwargs["logger"] = [CSVLogger(root, name="csv"), TensorBoardLogger(root, name="tensorboard")]
+        callbacks = list(kwargs.pop("callbacks", None) or []) + [LearningRateMonitor("step")]
+        return super().instantiate_trainer(callbacks=callbacks, **kwargs)
+
+
+def run_lightning_cli(args: list[str]) -> None:
+    ConformerCLI(
+        ConformerModule,
+        ConformerDataModule,
+        args=args,
+        trainer_defaults=TRAINER_DEFAULTS,
+        save_config_kwargs={"overwrite": True},
+    )

@@ -1,0 +1,337 @@
+"""Conformation metrics, computed exactly as GTMGC / ReBind report them (DESIGN.md §3).
+
+- **D-MAE / D-RMSE**: errors of the interatomic distance matrix over *all* atoms (H
+  included), the full N×N matrix (diagonal included), **pooled** over the whole set:
+  ``D-MAE = Σ_mol Σ_ij |D_ij − D̂_ij| / Σ_mol N²`` and
+  ``D-RMSE = sqrt(Σ_mol Σ_ij (D_ij − D̂_ij)² / Σ_mol N²)``. Per-molecule means are
+  reported too; they weight small molecules more and so differ from the pooled values.
+- **C-RMSD**: mean over molecules of ``rdMolAlign.GetBestRMS`` on heavy atoms
+  (``Chem.RemoveHs``), symmetry-aware with optimal rigid alignment.
+- **Stereo consistency**: share of molecules whose predicted conformer has the reference
+  conformer's CIP label at every stereocentre and stereo double bond.
+
+Predicted molecules must share the reference's atom order (build them with
+:func:`mol_with_coords`); distance errors compare atom *i* with atom *i*.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torchmetrics
+from rdkit import Chem
+from rdkit.Chem import rdCIPLabeler, rdMolAlign
+
+from molconf.constants import C_RMSD, D_MAE, D_RMSE, STEREO_OK
+from molconf.ops.reference import pair_distances
+
+D_MAE_PER_MOL = "d_mae_per_mol"
+D_RMSE_PER_MOL = "d_rmse_per_mol"
+N_MOLECULES = "n_molecules"
+N_FAILED = "n_failed"
+# the sums every distance accumulator keeps; each is additive across batches and processes
+_SUM_KEYS = ("abs_err_sum", "sq_err_sum", "n_pairs", "mae_mol_sum", "rmse_mol_sum", "n_mol")
+
+
+# --------------------------------------------------------------------------- distances
+def distance_errors(pos_pred: torch.Tensor, pos_true: torch.Tensor, mask: torch.Tensor):
+    """Per-molecule sums of distance-matrix errors for a dense padded batch.
+
+    Parameters
+    ----------
+    pos_pred, pos_true : (B, N, 3) float tensors
+    mask : (B, N) bool tensor, True for real atoms
+
+    Returns
+    -------
+    abs_err_sum, sq_err_sum, n_pairs : (B,) tensors
+        ``Σ_ij |D_ij − D̂_ij|``, ``Σ_ij (D_ij − D̂_ij)²`` over real atom pairs (diagonal
+        included, padding excluded) and ``n_pairs = N_i²``. Per-molecule D-MAE is
+        ``abs_err_sum / n_pairs``. Differentiable (finite gradient at zero distance).
+
+    Examples
+    --------
+    >>> true = torch.tensor([[[0., 0, 0], [1, 0, 0], [9, 9, 9]]])
+    >>> pred = torch.tensor([[[0., 0, 0], [2, 0, 0], [0, 0, 0]]])
+    >>> mask = torch.tensor([[True, True, False]])
+    >>> abs_sum, sq_sum, n = distance_errors(pred, true, mask)
+    >>> abs_sum.tolist(), sq_sum.tolist(), n.tolist(), (abs_sum / n).tolist()
+    ([2.0], [2.0], [4.0], [0.5])
+    """
+    mask = mask.bool()
+    pair_mask = (mask.unsqueeze(2) & mask.unsqueeze(1)).to(pos_true.dtype)
+    err = (pair_distances(pos_pred) - pair_distances(pos_true)) * pair_mask
+    n_atoms = mask.sum(1).to(pos_true.dtype)
+    return err.abs().sum((1, 2)), err.square().sum((1, 2)), n_atoms * n_atoms
+
+
+def distance_errors_numpy(pred: np.ndarray, true: np.ndarray) -> tuple[float, float, int]:
+    """Single-molecule version of :func:`distance_errors` on (N, 3) arrays (float64).
+
+    >>> distance_errors_numpy(np.array([[0., 0, 0], [2, 0, 0]]), np.array([[0., 0, 0], [1, 0, 0]]))
+    (2.0, 2.0, 4)
+    """
+    pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
+    if pred.shape != true.shape or pred.ndim != 2 or pred.shape[1] != 3:
+        raise ValueError(f"expected two (N, 3) arrays, got {pred.shape} and {true.shape}")
+    dist = lambda x: np.linalg.norm(x[:, None] - x[None], axis=-1)  # noqa: E731
+    err = dist(pred) - dist(true)
+    return float(np.abs(err).sum()), float(np.square(err).sum()), len(true) ** 2
+
+
+def _finalize(s: dict) -> dict:
+    """Turn additive sums into metrics: pooled and per-molecule-mean D-MAE / D-RMSE."""
+    n_pairs, n_mol = float(s["n_pairs"]), float(s["n_mol"])
+    nan = float("nan")
+    return {
+        D_MAE: float(s["abs_err_sum"]) / n_pairs if n_pairs else nan,
+        D_RMSE: math.sqrt(float(s["sq_err_sum"]) / n_pairs) if n_pairs else nan,
+        D_MAE_PER_MOL: float(s["mae_mol_sum"]) / n_mol if n_mol else nan,
+        D_RMSE_PER_MOL: float(s["rmse_mol_sum"]) / n_mol if n_mol else nan,
+        N_MOLECULES: int(n_mol),
+    }
+
+
+class DistanceMetricAccumulator:
+    """Accumulates pooled D-MAE / D-RMSE over batches; all state is additive sums.
+
+    To combine processes, all-reduce (sum) the values of :meth:`state` or :meth:`merge`
+    the states of other accumulators.
+
+    Examples
+    --------
+    >>> acc = DistanceMetricAccumulator()
+    >>> acc.update_numpy(np.array([[0., 0, 0], [2, 0, 0]]), np.array([[0., 0, 0], [1, 0, 0]]))
+    >>> acc.update_numpy(np.zeros((3, 3)), np.zeros((3, 3)))
+    >>> r = acc.compute()
+    >>> round(r["d_mae"], 4), r["d_mae_per_mol"], r["n_molecules"]  # 2/(4+9) vs (0.5+0)/2
+    (0.1538, 0.25, 2)
+    """
+
+    def __init__(self) -> None:
+        self._s = dict.fromkeys(_SUM_KEYS, 0.0)
+
+    def _add(self, abs_sum, sq_sum, n_pairs) -> None:
+        abs_sum, sq_sum, n_pairs = (
+            np.asarray(x, np.float64).reshape(-1) for x in (abs_sum, sq_sum, n_pairs))
+        self._s["abs_err_sum"] += abs_sum.sum()
+        self._s["sq_err_sum"] += sq_sum.sum()
+        self._s["n_pairs"] += n_pairs.sum()
+        self._s["mae_mol_sum"] += (abs_sum / n_pairs).sum()
+        self._s["rmse_mol_sum"] += np.sqrt(sq_sum / n_pairs).sum()
+        self._s["n_mol"] += len(n_pairs)
+
+    @torch.no_grad()
+    def update(self, pos_pred: torch.Tensor, pos_true: torch.Tensor, mask: torch.Tensor) -> None:
+        """Add a dense padded batch ((B, N, 3), (B, N, 3), (B, N) bool)."""
+        self._add(*(t.detach().double().cpu().numpy() for t in distance_errors(
+            pos_pred.double(), pos_true.double(), mask)))
+
+    def update_numpy(self, pred: np.ndarray, true: np.ndarray) -> None:
+        """Add one molecule given as (N, 3) arrays."""
+        self._add(*distance_errors_numpy(pred, true))
+
+    def state(self) -> dict[str, float]:
+        """The additive sums (safe to sum across processes)."""
+        return {k: float(v) for k, v in self._s.items()}
+
+    def merge(self, other: "DistanceMetricAccumulator | dict") -> "DistanceMetricAccumulator":
+        """Add another accumulator (or a :meth:`state` dict) into this one; returns self."""
+        state = other.state() if isinstance(other, DistanceMetricAccumulator) else other
+        for k in _SUM_KEYS:
+            self._s[k] += float(state[k])
+        return self
+
+    def compute(self) -> dict:
+        """Pooled ``d_mae``/``d_rmse``, per-molecule means and ``n_molecules``."""
+        return _finalize(self._s)
+
+
+class PooledDistanceMetrics(torchmetrics.Metric):
+    """torchmetrics version of :class:`DistanceMetricAccumulator` (DDP-synced by summing).
+
+    ``compute()`` returns a dict of scalar tensors keyed like the accumulator's.
+
+    >>> m = PooledDistanceMetrics()
+    >>> true = torch.tensor([[[0., 0, 0], [1, 0, 0]]])
+    >>> m.update(torch.zeros(1, 2, 3), true, torch.ones(1, 2, dtype=torch.bool))
+    >>> {k: round(float(v), 4) for k, v in m.compute().items()}  # doctest: +NORMALIZE_WHITESPACE
+    {'d_mae': 0.5, 'd_rmse': 0.7071, 'd_mae_per_mol': 0.5, 'd_rmse_per_mol': 0.7071,
+     'n_molecules': 1.0}
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        for k in _SUM_KEYS:
+            self.add_state(k, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, pos_pred: torch.Tensor, pos_true: torch.Tensor, mask: torch.Tensor) -> None:
+        abs_sum, sq_sum, n_pairs = (t.detach().double() for t in distance_errors(
+            pos_pred.detach().double(), pos_true.detach().double(), mask))
+        self.abs_err_sum += abs_sum.sum()
+        self.sq_err_sum += sq_sum.sum()
+        self.n_pairs += n_pairs.sum()
+        self.mae_mol_sum += (abs_sum / n_pairs).sum()
+        self.rmse_mol_sum += (sq_sum / n_pairs).sqrt().sum()
+        self.n_mol += n_pairs.numel()
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        out = _finalize({k: getattr(self, k) for k in _SUM_KEYS})
+        return {k: torch.tensor(float(v), dtype=torch.float64) for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------- RDKit helpers
+def mol_with_coords(mol: Chem.Mol, coords) -> Chem.Mol:
+    """Copy of ``mol`` with a single 3D conformer set to ``coords`` ((N, 3), mol's atom order).
+
+    >>> m = mol_with_coords(Chem.MolFromSmiles("O"), [[0.0, 0.0, 0.0]])
+    >>> m.GetNumConformers(), m.GetConformer().GetPositions().tolist()
+    (1, [[0.0, 0.0, 0.0]])
+    """
+    coords = np.asarray(coords, np.float64)
+    if coords.shape != (mol.GetNumAtoms(), 3):
+        raise ValueError(f"coords shape {coords.shape} != ({mol.GetNumAtoms()}, 3)")
+    out = Chem.Mol(mol)
+    out.RemoveAllConformers()
+    conf = Chem.Conformer(mol.GetNumAtoms())
+    for i, xyz in enumerate(coords.tolist()):
+        conf.SetAtomPosition(i, xyz)
+    conf.Set3D(True)
+    out.AddConformer(conf, assignId=True)
+    return out
+
+
+def c_rmsd(ref_mol: Chem.Mol, pred_mol: Chem.Mol, ref_conf_id: int = -1,
+           pred_conf_id: int = -1, max_matches: int = 1_000_000) -> float:
+    """Heavy-atom, symmetry-aware RMSD after optimal rigid alignment (GTMGC's C-RMSD).
+
+    Both molecules go through ``Chem.RemoveHs`` (which copies them, so the inputs are not
+    modified by ``GetBestRMS(prbMol=pred, refMol=ref)`` aligning the probe in place).
+    ``max_matches`` caps the symmetry-equivalent atom mappings tried; RDKit's default
+    (1e6) reproduces the papers and is harmless for QM9-sized molecules, while a lower
+    cap bounds the run time for highly symmetric large molecules at the risk of
+    over-estimating the RMSD.
+
+    >>> from rdkit.Chem import AllChem
+    >>> m = Chem.AddHs(Chem.MolFromSmiles("CCO"))
+    >>> _ = AllChem.EmbedMolecule(m, randomSeed=1)
+    >>> round(c_rmsd(m, mol_with_coords(m, m.GetConformer().GetPositions() + 5.0)), 6)
+    0.0
+    """
+    ref, prb = Chem.RemoveHs(ref_mol), Chem.RemoveHs(pred_mol)
+    return float(rdMolAlign.GetBestRMS(prb, ref, pred_conf_id, ref_conf_id, maxMatches=max_matches))
+
+
+def stereo_labels(mol: Chem.Mol, conf_id: int = -1) -> dict[str, str]:
+    """CIP labels perceived from a 3D conformer.
+
+    Keys are ``"atom <i>"`` for tetrahedral stereocentres and ``"bond <i>-<j>"`` (i < j)
+    for stereo double bonds; values are CIP codes (R/S/r/s, E/Z/seqCis/seqTrans).
+    Chiral tags from the input (e.g. SMILES) are replaced by those of the conformer.
+    Uses the new CIP labeller, falling back to RDKit's legacy labels if it gives up.
+
+    >>> from rdkit.Chem import AllChem
+    >>> m = Chem.AddHs(Chem.MolFromSmiles("C[C@H](N)O"))
+    >>> _ = AllChem.EmbedMolecule(m, randomSeed=0)
+    >>> stereo_labels(m)
+    {'atom 1': 'R'}
+    """
+    if mol.GetNumConformers() == 0:
+        raise ValueError("stereo_labels needs a molecule with a conformer")
+    m = Chem.Mol(mol, confId=mol.GetConformer(conf_id).GetId())
+    Chem.AssignStereochemistryFrom3D(m, confId=conf_id, replaceExistingTags=True)
+    try:
+        rdCIPLabeler.AssignCIPLabels(m)
+        bond_codes = {b: b.GetProp("_CIPCode") for b in m.GetBonds() if b.HasProp("_CIPCode")}
+    except RuntimeError:  # labeller hit its iteration limit: legacy (approximate) CIP
+        Chem.AssignStereochemistry(m, cleanIt=True, force=True)
+        legacy = {Chem.BondStereo.STEREOE: "E", Chem.BondStereo.STEREOZ: "Z"}
+        bond_codes = {b: legacy[b.GetStereo()] for b in m.GetBonds() if b.GetStereo() in legacy}
+    labels = {f"atom {a.GetIdx()}": a.GetProp("_CIPCode")
+              for a in m.GetAtoms() if a.HasProp("_CIPCode")}
+    for bond, code in bond_codes.items():
+        i, j = sorted((bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()))
+        labels[f"bond {i}-{j}"] = code
+    return labels
+
+
+def stereo_mismatches(ref_mol: Chem.Mol, pred_mol: Chem.Mol) -> list[str]:
+    """Reference stereo elements whose label is missing or different in the prediction.
+
+    Returns strings like ``"atom 1: R -> S"`` or ``"bond 1-2: E -> missing"``; labels the
+    prediction has but the reference lacks are ignored.
+    """
+    ref, pred = stereo_labels(ref_mol), stereo_labels(pred_mol)
+    return [f"{k}: {v} -> {pred.get(k, 'missing')}" for k, v in ref.items() if pred.get(k) != v]
+
+
+def stereo_consistent(ref_mol: Chem.Mol, pred_mol: Chem.Mol) -> bool:
+    """True if every reference stereocentre / stereo double bond keeps its CIP label."""
+    return not stereo_mismatches(ref_mol, pred_mol)
+
+
+# --------------------------------------------------------------------------- summary
+def molecule_metrics(ref: Chem.Mol, pred: Chem.Mol | None, index: int = 0,
+                     max_matches: int = 1_000_000) -> dict:
+    """Every metric of one ``(ref, pred)`` pair (pred None = failed prediction).
+
+    Returns a dict with ``index``, ``n_atoms``, ``failed``, the four metric keys (NaN for
+    failures), ``stereo_mismatches`` ("; "-joined) and the additive distance sums
+    (``abs_err_sum``, ``sq_err_sum``, ``n_pairs``) that :func:`aggregate` pools.
+    """
+    row = {"index": index, "n_atoms": ref.GetNumAtoms(), "failed": pred is None,
+           D_MAE: math.nan, D_RMSE: math.nan, C_RMSD: math.nan, STEREO_OK: math.nan,
+           "stereo_mismatches": "", "abs_err_sum": 0.0, "sq_err_sum": 0.0, "n_pairs": 0}
+    if pred is None:
+        return row
+    z_ref = [a.GetAtomicNum() for a in ref.GetAtoms()]
+    if z_ref != [a.GetAtomicNum() for a in pred.GetAtoms()]:
+        raise ValueError(f"pair {index}: prediction's atoms differ from the reference's")
+    abs_sum, sq_sum, n = distance_errors_numpy(
+        pred.GetConformer().GetPositions(), ref.GetConformer().GetPositions())
+    mismatches = stereo_mismatches(ref, pred)
+    row.update({D_MAE: abs_sum / n, D_RMSE: math.sqrt(sq_sum / n),
+                C_RMSD: c_rmsd(ref, pred, max_matches=max_matches),
+                STEREO_OK: float(not mismatches), "stereo_mismatches": "; ".join(mismatches),
+                "abs_err_sum": abs_sum, "sq_err_sum": sq_sum, "n_pairs": n})
+    return row
+
+
+def aggregate(rows: Sequence[dict]) -> dict:
+    """Pool per-molecule rows of :func:`molecule_metrics` into one summary row.
+
+    Failures are counted in ``n_failed`` and excluded from every mean, including the
+    stereo consistency share (taken over successful predictions).
+    """
+    acc = DistanceMetricAccumulator()
+    ok = [r for r in rows if not r["failed"]]
+    for r in ok:
+        acc._add(r["abs_err_sum"], r["sq_err_sum"], r["n_pairs"])
+    summary = acc.compute()
+    summary.update({C_RMSD: float(np.mean([r[C_RMSD] for r in ok])) if ok else math.nan,
+                    STEREO_OK: float(np.mean([r[STEREO_OK] for r in ok])) if ok else math.nan,
+                    N_MOLECULES: len(rows), N_FAILED: len(rows) - len(ok)})
+    return summary
+
+
+def summarize(pairs: Sequence[tuple[Chem.Mol, Chem.Mol | None]],
+              max_matches: int = 1_000_000) -> tuple[dict, list[dict]]:
+    """Full metric row for ``(ref_mol, pred_mol or None)`` pairs (None = failed prediction).
+
+    Both molecules of a pair must have the same atoms in the same order (H included).
+
+    Returns
+    -------
+    row : dict
+        ``d_mae``, ``d_rmse`` (pooled), ``c_rmsd`` (mean), ``stereo_consistency`` (share),
+        ``d_mae_per_mol``, ``d_rmse_per_mol``, ``n_molecules`` (all pairs), ``n_failed``.
+    per_molecule : list of dict
+        One :func:`molecule_metrics` dict per pair.
+    """
+    per_mol = [molecule_metrics(ref, pred, i, max_matches) for i, (ref, pred) in enumerate(pairs)]
+    return aggregate(per_mol), per_mol

@@ -1,0 +1,15 @@
+"""Conformer prediction models (plain ``nn.Module``s, no Lightning needed)."""
+
+from molconf.models.loss import conformer_loss, distance_mae
+from molconf.models.relations import ForceRewiringRelations, RowMaxDistanceRelations
+from molconf.models.transformer import ConformerTransformer, gtmgc, rebind
+
+__all__ = [
+    "ConformerTransformer",
+    "ForceRewiringRelations",
+    "RowMaxDistanceRelations",
+    "conformer_loss",
+    "distance_mae",
+    "gtmgc",
+    "rebind",
+]

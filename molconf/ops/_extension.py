@@ -1,0 +1,300 @@
+"""Build, load and register the compiled molconf ops (C++ on CPU, CUDA where available).
+
+The extension is compiled on first use with ``torch.utils.cpp_extension.load`` (ninja) or,
+when ninja is missing, with one direct compiler call; the shared library is cached under
+``$MOLCONF_CACHE_DIR/extensions`` (default ``~/.cache/molconf/extensions``) in a directory
+named after a hash of the sources, flags and torch/Python versions, so edited sources or a
+new torch rebuild instead of loading a stale library.
+
+Nothing here may break ``import molconf``: :func:`load` never raises. When the build or the
+load fails, it records the reason, warns once (``RuntimeWarning``) and ``molconf.ops``
+falls back to the pure-PyTorch reference.
+
+The C++ side (``cuda_ext/register.cpp``) defines the schemas and CPU/CUDA kernels; this
+module adds what torch.library wants from Python: fake (meta) kernels, so ``torch.compile``
+can trace the ops, and the autograd formula of ``lj_energy_forces``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from molconf.constants import ENV_CACHE_DIR, LJ_R_MIN
+
+NAMESPACE = "molconf"
+_HEADERS = ("lj_math.h", "ops.h")
+_CPU_SOURCES = ("register.cpp", "lj_cpu.cpp")
+_CUDA_SOURCES = ("lj_cuda.cu",)
+# -ffp-contract=off: no FMA contraction, so per-pair arithmetic rounds exactly like the
+# PyTorch reference (the top-K selection compares forces bit for bit).
+_CFLAGS = ("-O3", "-fopenmp", "-ffp-contract=off", f"-DMOLCONF_LJ_R_MIN={LJ_R_MIN!r}")
+_LDFLAGS = ("-fopenmp",)
+_CUDA_CFLAGS = ("-O3", "--fmad=false", f"-DMOLCONF_LJ_R_MIN={LJ_R_MIN!r}", "-DMOLCONF_WITH_CUDA")
+_OUTPUT_TAIL_LINES = 25  # compiler output kept in the warning when a build fails
+
+
+@dataclass(frozen=True)
+class ExtensionState:
+    """Outcome of the one build/load attempt of this process."""
+
+    ok: bool
+    reason: str  # why it is unavailable ("" when ok)
+    with_cuda: bool = False
+    library: str = ""
+
+
+_LOCK = threading.RLock()
+_STATE: ExtensionState | None = None
+_PY_REGISTERED = False
+
+
+# --------------------------------------------------------------------------- locations
+
+
+def source_dir() -> Path | None:
+    """Directory holding the C++/CUDA sources, or ``None``.
+
+    Looked up inside the package first (``molconf/_cuda_ext``, for installed copies), then
+    next to the package in a source checkout (``<repo>/cuda_ext``).
+    """
+    pkg = Path(__file__).resolve().parents[1]  # .../molconf
+    for cand in (pkg / "_cuda_ext", pkg.parent / "cuda_ext"):
+        if all((cand / f).is_file() for f in (*_HEADERS, *_CPU_SOURCES)):
+            return cand
+    return None
+
+
+def cache_root() -> Path:
+    """``$MOLCONF_CACHE_DIR`` or ``~/.cache/molconf``."""
+    env = os.environ.get(ENV_CACHE_DIR)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "molconf"
+
+
+def _cuda_wanted() -> bool:
+    # CUDA kernels need a CUDA build of torch (headers, libc10_cuda) and nvcc; a CPU-only
+    # torch cannot link them even where nvcc exists (as on the project's machines).
+    if torch.version.cuda is None or not torch.cuda.is_available():
+        return False
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    return CUDA_HOME is not None
+
+
+def _build_name(src: Path, with_cuda: bool) -> str:
+    h = hashlib.sha256()
+    files = (*_HEADERS, *_CPU_SOURCES, *(_CUDA_SOURCES if with_cuda else ()))
+    for f in files:
+        h.update(f.encode())
+        h.update((src / f).read_bytes())
+    meta = (torch.__version__, sys.version, platform.machine(), _CFLAGS, _LDFLAGS, with_cuda)
+    h.update(repr(meta).encode())
+    return f"molconf_ops_{h.hexdigest()[:16]}"
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _tail(text: str, n: int = _OUTPUT_TAIL_LINES) -> str:
+    lines = [ln for ln in str(text).strip().splitlines() if ln.strip()]
+    return "\n".join(lines[-n:])
+
+
+def _build_direct(name: str, src: Path, build_dir: Path) -> Path:
+    """Compile the CPU extension with one compiler call (used when ninja is missing)."""
+    from torch.utils import cpp_extension
+
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found (set CXX or install g++)")
+    torch_lib = Path(torch.__file__).parent / "lib"
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    out = build_dir / f"{name}.so"
+    tmp = build_dir / f"{name}.so.tmp{os.getpid()}"
+    cmd = [
+        cxx,
+        *(str(src / s) for s in _CPU_SOURCES),
+        "-shared",
+        "-fPIC",
+        "-std=c++20",
+        *_CFLAGS,
+        f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+        *(f"-I{p}" for p in cpp_extension.include_paths()),
+        f"-L{torch_lib}",
+        "-lc10",
+        "-ltorch_cpu",
+        "-ltorch",
+        f"-Wl,-rpath,{torch_lib}",
+        *_LDFLAGS,
+        "-o",
+        str(tmp),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"compiler failed:\n{_tail(proc.stderr + proc.stdout)}")
+    os.replace(tmp, out)  # atomic: a concurrent process never sees a half-written library
+    return out
+
+
+def _build() -> tuple[str, bool]:
+    """Build (or find the cached build of) the extension and load it into the process.
+
+    Returns the library path and whether it has CUDA kernels. Raises on any failure.
+    """
+    src = source_dir()
+    if src is None:
+        pkg = Path(__file__).resolve().parents[1]
+        raise FileNotFoundError(
+            f"C++ sources not found (looked in {pkg / '_cuda_ext'} and {pkg.parent / 'cuda_ext'})"
+        )
+    with_cuda = _cuda_wanted()
+    name = _build_name(src, with_cuda)
+    build_dir = cache_root() / "extensions" / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    lib = build_dir / f"{name}.so"
+    marker = build_dir / "BUILD_OK"  # written only after a complete build
+    if lib.is_file() and marker.is_file():
+        torch.ops.load_library(str(lib))
+        return str(lib), with_cuda
+
+    from torch.utils import cpp_extension
+
+    if cpp_extension.is_ninja_available():
+        sources = [str(src / s) for s in _CPU_SOURCES]
+        if with_cuda:
+            sources += [str(src / s) for s in _CUDA_SOURCES]
+        cflags = [*_CFLAGS, *(["-DMOLCONF_WITH_CUDA"] if with_cuda else [])]
+        try:
+            cpp_extension.load(
+                name=name,
+                sources=sources,
+                extra_cflags=cflags,
+                extra_cuda_cflags=list(_CUDA_CFLAGS),
+                extra_ldflags=list(_LDFLAGS),
+                build_directory=str(build_dir),
+                with_cuda=with_cuda,
+                is_python_module=False,  # pure TORCH_LIBRARY registration, no pybind module
+                verbose=False,
+            )
+        except Exception as exc:  # the compiler output is in the message: keep its tail
+            raise RuntimeError(_tail(str(exc))) from exc
+    else:
+        if with_cuda:
+            with_cuda = False  # the direct fallback builds the CPU kernels only
+        _build_direct(name, src, build_dir)
+        torch.ops.load_library(str(lib))
+    marker.write_text(f"torch {torch.__version__}\n")
+    return str(lib), with_cuda
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def _register_python_parts() -> None:
+    """Fake kernels and autograd; once per process (torch.library refuses duplicates)."""
+    global _PY_REGISTERED
+    if _PY_REGISTERED:
+        return
+
+    @torch.library.register_fake(f"{NAMESPACE}::rewire_by_force")
+    def _rewire_fake(pos, mask, bond_adj, sigma, epsilon, k, return_forces=False):
+        b, n = pos.shape[0], pos.shape[1]
+        attr = pos.new_empty((b, n, n), dtype=torch.bool)
+        rep = pos.new_empty((b, n, n), dtype=torch.bool)
+        force = pos.new_empty((b, n, n) if return_forces else (0,))
+        return attr, rep, force
+
+    @torch.library.register_fake(f"{NAMESPACE}::lj_energy_forces")
+    def _lj_fake(pos, mask, sigma, epsilon, exclude=None):
+        return pos.new_empty((pos.shape[0],)), pos.new_empty(pos.shape)
+
+    @torch.library.register_fake(f"{NAMESPACE}::lj_energy_forces_backward")
+    def _lj_backward_fake(grad_energy, grad_forces, pos, mask, sigma, epsilon, exclude=None):
+        return pos.new_empty(pos.shape)
+
+    torch.library.register_autograd(
+        f"{NAMESPACE}::lj_energy_forces", _lj_backward, setup_context=_lj_setup_context
+    )
+    _PY_REGISTERED = True
+
+
+def _lj_setup_context(ctx, inputs, output):
+    pos, mask, sigma, epsilon, exclude = inputs
+    ctx.save_for_backward(pos, mask, sigma, epsilon, exclude)
+    # Unused outputs then arrive as None and the backward kernel skips their terms
+    # (e.g. a loss on the energy alone never evaluates Hessian blocks).
+    ctx.set_materialize_grads(False)
+
+
+def _lj_backward(ctx, grad_energy, grad_forces):
+    pos, mask, sigma, epsilon, exclude = ctx.saved_tensors
+    if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+        raise NotImplementedError(
+            "molconf::lj_energy_forces differentiates with respect to pos only; "
+            "call molconf.ops.lj_energy_forces, which routes sigma/epsilon that require "
+            "grad to the reference implementation"
+        )
+    if not ctx.needs_input_grad[0] or (grad_energy is None and grad_forces is None):
+        return None, None, None, None, None
+    if torch.is_grad_enabled():
+        # create_graph=True (double backward, e.g. a loss on autograd-derived forces):
+        # the compiled backward has no derivative of its own, so rebuild this one step with
+        # the differentiable reference.
+        from molconf.ops import reference
+
+        with torch.enable_grad():
+            e, f = reference.lj_energy_forces(pos, mask, sigma, epsilon, exclude)
+            outs = [o for o, g in ((e, grad_energy), (f, grad_forces)) if g is not None]
+            grads = [g for g in (grad_energy, grad_forces) if g is not None]
+            (grad_pos,) = torch.autograd.grad(outs, [pos], grads, create_graph=True)
+        return grad_pos, None, None, None, None
+    grad_pos = torch.ops.molconf.lj_energy_forces_backward(
+        grad_energy, grad_forces, pos, mask, sigma, epsilon, exclude
+    )
+    return grad_pos, None, None, None, None
+
+
+# --------------------------------------------------------------------------- public
+
+
+def load() -> ExtensionState:
+    """Build/load the extension once per process; never raises.
+
+    On failure the reason is recorded and a single ``RuntimeWarning`` is emitted.
+    """
+    global _STATE
+    if _STATE is not None:
+        return _STATE
+    with _LOCK:
+        if _STATE is not None:
+            return _STATE
+        try:
+            lib, with_cuda = _build()
+            _register_python_parts()
+            state = ExtensionState(ok=True, reason="", with_cuda=with_cuda, library=lib)
+        except Exception as exc:  # noqa: BLE001 - any failure means "use the reference"
+            reason = f"{type(exc).__name__}: {exc}".strip()
+            state = ExtensionState(ok=False, reason=reason)
+            warnings.warn(
+                "molconf.ops: the compiled extension is unavailable, falling back to the "
+                f"pure-PyTorch reference ops (slower, same results). Reason: {reason}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        _STATE = state
+        return state
+
+
+def state() -> ExtensionState | None:
+    """The recorded outcome, or ``None`` when no load was attempted yet."""
+    return _STATE

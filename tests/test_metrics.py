@@ -1,0 +1,299 @@
+"""Tests for molconf.metrics: pooled distance metrics, C-RMSD and stereo consistency."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from rdkit import Chem
+from rdkit.Chem import AllChem
+
+from molconf.constants import C_RMSD, D_MAE, D_RMSE, STEREO_OK
+from molconf.metrics import (
+    DistanceMetricAccumulator,
+    PooledDistanceMetrics,
+    c_rmsd,
+    distance_errors,
+    distance_errors_numpy,
+    mol_with_coords,
+    stereo_consistent,
+    stereo_labels,
+    stereo_mismatches,
+    summarize,
+)
+
+# 3-atom example: true distances 3, 4, 5 (a 3-4-5 triangle); predicted 3, 0, 3.
+TRI_TRUE = np.array([[0.0, 0, 0], [3, 0, 0], [0, 4, 0]])
+TRI_PRED = np.array([[0.0, 0, 0], [3, 0, 0], [0, 0, 0]])
+# errors per unordered pair: |3-3|=0, |4-0|=4, |5-3|=2; each counted twice in the N×N matrix
+TRI_ABS, TRI_SQ = 2 * (0 + 4 + 2), 2 * (0 + 16 + 4)
+# 2-atom example: true distance 1, predicted 2
+DI_TRUE = np.array([[0.0, 0, 0], [1, 0, 0]])
+DI_PRED = np.array([[0.0, 0, 0], [2, 0, 0]])
+
+
+def random_rotation(rng):
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+def embed(smiles, seed=0):
+    mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    assert AllChem.EmbedMolecule(mol, randomSeed=seed) == 0
+    return mol
+
+
+def coords(mol):
+    return mol.GetConformer().GetPositions()
+
+
+def pad_batch(pairs, n_max):
+    """Dense padded (pred, true, mask) with garbage in the padding."""
+    b = len(pairs)
+    pred = torch.full((b, n_max, 3), 123.0, dtype=torch.float64)
+    true = torch.full((b, n_max, 3), -77.0, dtype=torch.float64)
+    mask = torch.zeros(b, n_max, dtype=torch.bool)
+    for i, (p, t) in enumerate(pairs):
+        pred[i, : len(p)] = torch.as_tensor(p)
+        true[i, : len(t)] = torch.as_tensor(t)
+        mask[i, : len(t)] = True
+    return pred, true, mask
+
+
+# ----------------------------------------------------------------------------- distances
+def test_hand_computed_three_atoms():
+    abs_sum, sq_sum, n = distance_errors_numpy(TRI_PRED, TRI_TRUE)
+    assert (abs_sum, sq_sum, n) == (TRI_ABS, TRI_SQ, 9)
+    acc = DistanceMetricAccumulator()
+    acc.update_numpy(TRI_PRED, TRI_TRUE)
+    out = acc.compute()
+    assert out[D_MAE] == pytest.approx(12 / 9)  # diagonal included: N² = 9, not 6 or 3
+    assert out[D_RMSE] == pytest.approx(math.sqrt(40 / 9))
+
+
+def test_pooled_differs_from_per_molecule_mean():
+    acc = DistanceMetricAccumulator()
+    acc.update_numpy(DI_PRED, DI_TRUE)  # abs 2 over 4 pairs, sq 2
+    acc.update_numpy(TRI_PRED, TRI_TRUE)  # abs 12 over 9 pairs, sq 40
+    out = acc.compute()
+    assert out[D_MAE] == pytest.approx(14 / 13)
+    assert out[D_RMSE] == pytest.approx(math.sqrt(42 / 13))
+    assert out["d_mae_per_mol"] == pytest.approx((2 / 4 + 12 / 9) / 2)
+    assert out["d_rmse_per_mol"] == pytest.approx((math.sqrt(2 / 4) + math.sqrt(40 / 9)) / 2)
+    assert out["n_molecules"] == 2
+    assert out[D_MAE] != pytest.approx(out["d_mae_per_mol"])
+
+
+def test_dense_padding_ignored_and_matches_numpy():
+    rng = np.random.default_rng(0)
+    sizes = [2, 5, 9, 1]
+    pairs = [(rng.normal(size=(n, 3)) * 2, rng.normal(size=(n, 3)) * 2) for n in sizes]
+    pred, true, mask = pad_batch(pairs, n_max=11)
+    abs_sum, sq_sum, n_pairs = distance_errors(pred, true, mask)
+    for i, (p, t) in enumerate(pairs):
+        ref = distance_errors_numpy(p, t)
+        assert abs_sum[i].item() == pytest.approx(ref[0], rel=1e-12, abs=1e-12)
+        assert sq_sum[i].item() == pytest.approx(ref[1], rel=1e-12, abs=1e-12)
+        assert n_pairs[i].item() == sizes[i] ** 2
+    # dense accumulator == numpy accumulator
+    dense, np_acc = DistanceMetricAccumulator(), DistanceMetricAccumulator()
+    dense.update(pred.float(), true.float(), mask)
+    for p, t in pairs:
+        np_acc.update_numpy(p, t)
+    for k, v in np_acc.compute().items():
+        assert dense.compute()[k] == pytest.approx(v, rel=1e-5)
+
+
+def test_gradient_is_finite():
+    # atoms 0 and 1 coincide: sqrt'(0) must not leak into the gradient
+    pred = torch.tensor([[[0.0, 0, 0], [0, 0, 0], [1, 0, 0]]], requires_grad=True)
+    true = torch.tensor([[[0.0, 0, 0], [1, 0, 0], [0, 1, 0]]])
+    abs_sum, _, n = distance_errors(pred, true, torch.ones(1, 3, dtype=torch.bool))
+    (abs_sum / n).sum().backward()
+    assert torch.isfinite(pred.grad).all()
+
+
+def test_invariances_and_rmse_at_least_mae():
+    rng = np.random.default_rng(1)
+    true, pred = rng.normal(size=(7, 3)) * 1.5, rng.normal(size=(7, 3)) * 1.5
+    base = distance_errors_numpy(pred, true)
+    rot, shift = random_rotation(rng), rng.normal(size=3) * 10
+    perm = rng.permutation(7)
+    variants = [
+        (pred @ rot.T + shift, true),  # rigid motion of the prediction
+        (pred, true @ rot.T - shift),  # rigid motion of the reference
+        (pred[perm], true[perm]),  # same atom permutation on both
+    ]
+    for p, t in variants:
+        assert distance_errors_numpy(p, t) == pytest.approx(base)
+    acc = DistanceMetricAccumulator()
+    for _ in range(5):
+        n = rng.integers(1, 10)
+        acc.update_numpy(rng.normal(size=(n, 3)), rng.normal(size=(n, 3)))
+    out = acc.compute()
+    assert out[D_RMSE] >= out[D_MAE] and out["d_rmse_per_mol"] >= out["d_mae_per_mol"]
+
+
+def test_accumulator_merge_equals_single_pass_and_torchmetrics_agrees():
+    rng = np.random.default_rng(2)
+    batches = []
+    for _ in range(4):
+        sizes = rng.integers(1, 8, size=3)
+        pairs = [(rng.normal(size=(n, 3)), rng.normal(size=(n, 3))) for n in sizes]
+        batches.append(pad_batch(pairs, 8))
+    single, metric = DistanceMetricAccumulator(), PooledDistanceMetrics()
+    parts = [DistanceMetricAccumulator(), DistanceMetricAccumulator()]
+    for i, batch in enumerate(batches):
+        single.update(*batch)
+        parts[i % 2].update(*batch)
+        metric.update(*batch)
+    merged = DistanceMetricAccumulator().merge(parts[0]).merge(parts[1].state())
+    tm = metric.compute()
+    for k, v in single.compute().items():
+        assert merged.compute()[k] == pytest.approx(v, rel=1e-12)
+        assert float(tm[k]) == pytest.approx(v, rel=1e-12)
+    assert single.compute()["n_molecules"] == 12
+
+
+# ----------------------------------------------------------------------------- RDKit helpers
+def test_mol_with_coords_copies_and_checks_shape():
+    mol = embed("CCO")
+    AllChem.EmbedMultipleConfs(mol, 3, randomSeed=0)
+    new = np.arange(mol.GetNumAtoms() * 3, dtype=float).reshape(-1, 3)
+    out = mol_with_coords(mol, new)
+    assert out.GetNumConformers() == 1 and mol.GetNumConformers() == 3
+    np.testing.assert_allclose(coords(out), new)
+    assert out.GetConformer().Is3D()
+    with pytest.raises(ValueError):
+        mol_with_coords(mol, new[:-1])
+
+
+def test_c_rmsd_identical_and_rigid_motion():
+    rng = np.random.default_rng(3)
+    ref = embed("CC(O)CN")
+    ref_xyz = coords(ref).copy()
+    assert c_rmsd(ref, Chem.Mol(ref)) == pytest.approx(0.0, abs=1e-6)
+    pred = mol_with_coords(ref, ref_xyz @ random_rotation(rng).T + [3.0, -2.0, 7.0])
+    pred_xyz = coords(pred).copy()
+    assert c_rmsd(ref, pred) == pytest.approx(0.0, abs=1e-6)
+    # inputs untouched (GetBestRMS aligns its probe in place)
+    np.testing.assert_array_equal(coords(ref), ref_xyz)
+    np.testing.assert_array_equal(coords(pred), pred_xyz)
+
+
+@pytest.mark.parametrize("smiles, perm", [
+    ("CC(C)C", [2, 1, 0, 3]),  # isobutane: swap two methyl carbons
+    ("c1ccccc1", [1, 2, 3, 4, 5, 0]),  # benzene: rotate ring labels by one
+])
+def test_c_rmsd_symmetry_aware(smiles, perm):
+    ref = embed(smiles)
+    xyz = coords(ref)
+    swapped = xyz.copy()
+    swapped[: len(perm)] = xyz[perm]  # heavy atoms come first after AddHs
+    pred = mol_with_coords(ref, swapped)
+    heavy_plain = np.sqrt(np.mean(np.sum((xyz[: len(perm)] - swapped[: len(perm)]) ** 2, -1)))
+    assert heavy_plain > 0.5  # order-preserving RMSD would be large ...
+    assert c_rmsd(ref, pred) == pytest.approx(0.0, abs=1e-4)  # ... the symmetric one is ~0
+
+
+def kabsch_rmsd(p, q):
+    p, q = p - p.mean(0), q - q.mean(0)
+    u, _, vt = np.linalg.svd(p.T @ q)
+    d = np.sign(np.linalg.det(u @ vt))
+    rot = u @ np.diag([1, 1, d]) @ vt
+    return float(np.sqrt(np.mean(np.sum((p @ rot - q) ** 2, -1))))
+
+
+def test_c_rmsd_known_distortion_matches_kabsch():
+    ref = embed("CC(O)CN")  # no heavy-atom graph symmetry: only the identity mapping
+    heavy = [a.GetIdx() for a in ref.GetAtoms() if a.GetAtomicNum() > 1]
+    xyz = coords(ref)
+    moved = xyz.copy()
+    moved[2] += [0.6, -0.4, 0.3]  # displace the oxygen; H positions are irrelevant
+    expected = kabsch_rmsd(moved[heavy], xyz[heavy])
+    assert expected > 0.1
+    assert c_rmsd(ref, mol_with_coords(ref, moved)) == pytest.approx(expected, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- stereo
+def test_stereo_mirror_image_is_inconsistent():
+    mol = embed("C[C@H](N)O")
+    mirror = mol_with_coords(mol, coords(mol) * [-1, 1, 1])
+    assert stereo_labels(mol) == {"atom 1": "R"}
+    assert stereo_labels(mirror) == {"atom 1": "S"}
+    assert stereo_consistent(mol, mol_with_coords(mol, coords(mol)))
+    assert not stereo_consistent(mol, mirror)
+    assert stereo_mismatches(mol, mirror) == ["atom 1: R -> S"]
+
+
+def test_stereo_missing_label_is_inconsistent():
+    mol = embed("C[C@H](N)O")
+    flat = coords(mol).copy()
+    flat[:, 2] = 0.0  # planar: no perceivable chirality
+    assert stereo_mismatches(mol, mol_with_coords(mol, flat)) == ["atom 1: R -> missing"]
+
+
+def test_stereo_double_bond_e_z():
+    e_mol = embed("C/C=C/C")
+    z_mol = embed("C/C=C\\C")
+    elements = lambda m: [a.GetAtomicNum() for a in m.GetAtoms()]  # noqa: E731
+    assert elements(e_mol) == elements(z_mol)  # same atom order
+    pred_z = mol_with_coords(e_mol, coords(z_mol))  # E-tagged graph, Z geometry
+    assert stereo_labels(e_mol) == {"bond 1-2": "E"}
+    assert stereo_labels(pred_z) == {"bond 1-2": "Z"}
+    assert stereo_mismatches(e_mol, pred_z) == ["bond 1-2: E -> Z"]
+    assert stereo_consistent(e_mol, mol_with_coords(e_mol, coords(e_mol)))
+
+
+def test_stereo_achiral_always_consistent():
+    mol = embed("CCO")
+    assert stereo_labels(mol) == {}
+    assert stereo_consistent(mol, mol_with_coords(mol, coords(mol) * [-1, 1, 1]))
+    with pytest.raises(ValueError):
+        stereo_labels(Chem.MolFromSmiles("CCO"))  # no conformer
+
+
+# ----------------------------------------------------------------------------- summary
+def test_summarize_row_and_per_molecule():
+    chiral, butene, ethanol = embed("C[C@H](N)O"), embed("C/C=C/C"), embed("CCO")
+    moved = coords(ethanol).copy()
+    moved[2] += [0.5, 0.0, 0.0]
+    pairs = [
+        # mirror image: distance errors 0, stereo inconsistent
+        (chiral, mol_with_coords(chiral, coords(chiral) * [-1, 1, 1])),
+        (butene, None),  # failure
+        (ethanol, mol_with_coords(ethanol, moved)),
+    ]
+    row, per_mol = summarize(pairs)
+    assert row["n_molecules"] == 3 and row["n_failed"] == 1
+    acc = DistanceMetricAccumulator()
+    acc.update_numpy(coords(pairs[0][1]), coords(chiral))
+    acc.update_numpy(moved, coords(ethanol))
+    for k, v in acc.compute().items():
+        if k != "n_molecules":
+            assert row[k] == pytest.approx(v)
+    assert per_mol[0][D_MAE] == pytest.approx(0.0, abs=1e-12)  # mirror images share distances
+    rmsds = [c_rmsd(chiral, pairs[0][1]), c_rmsd(ethanol, pairs[2][1])]
+    assert row[C_RMSD] == pytest.approx(np.mean(rmsds))
+    assert row[STEREO_OK] == pytest.approx(0.5)  # over the two successful predictions
+    assert row[D_RMSE] >= row[D_MAE]
+    assert [r["failed"] for r in per_mol] == [False, True, False]
+    assert math.isnan(per_mol[1][D_MAE]) and math.isnan(per_mol[1][C_RMSD])
+    assert per_mol[0]["stereo_mismatches"] == "atom 1: R -> S"
+    assert per_mol[2][STEREO_OK] == 1.0 and per_mol[2]["n_atoms"] == 9
+    with pytest.raises(ValueError):
+        summarize([(ethanol, chiral)])
+
+
+def test_stereo_legacy_fallback(monkeypatch):
+    """If the new CIP labeller gives up, legacy labels are used (same answers here)."""
+    import molconf.metrics as metrics
+
+    def give_up(mol, *args, **kwargs):
+        raise RuntimeError("max iterations exceeded")
+
+    chiral, butene = embed("C[C@H](N)O"), embed("C/C=C/C")
+    expected = [stereo_labels(chiral), stereo_labels(butene)]
+    monkeypatch.setattr(metrics.rdCIPLabeler, "AssignCIPLabels", give_up)
+    assert [stereo_labels(chiral), stereo_labels(butene)] == expected
