@@ -187,12 +187,12 @@ class GraphStore:
         ps, pe = a["pe_offsets"][i], a["pe_offsets"][i + 1]
         n = int(e - s)
         return GraphArrays(
-            atomic_numbers=np.asarray(a["atomic_numbers"][s:e]),
-            atom_features=np.asarray(a["atom_features"][s:e]),
-            bonds=np.asarray(a["bonds"][bs:be]),
-            bond_types=np.asarray(a["bond_types"][bs:be]),
-            lap_pe=np.asarray(a["lap_pe"][ps:pe]).reshape(n, n),
-            pos=np.asarray(a["pos"][s:e]),
+            atomic_numbers=np.array(a["atomic_numbers"][s:e]),
+            atom_features=np.array(a["atom_features"][s:e]),
+            bonds=np.array(a["bonds"][bs:be]),
+            bond_types=np.array(a["bond_types"][bs:be]),
+            lap_pe=np.array(a["lap_pe"][ps:pe]).reshape(n, n),
+            pos=np.array(a["pos"][s:e]),
         )
 
     def mol(self, i: int) -> Chem.Mol:

@@ -32,8 +32,8 @@ class ForceRewiringRelations(nn.Module):
         ``"uff"`` (σ = x/2^(1/6) for all elements) or ``"reference"`` (σ_H = x_H, as the
         ReBind code does).
     detach : bool
-        Rewire on a detached conformation (always effectively true: edge choice is discrete);
-        kept for symmetry with the distance relation.
+        Accepted for symmetry with the distance relation; the conformation is always
+        detached here because the edge choice is discrete.
     """
 
     n_relations = 3  # bond, attractive, repulsive
@@ -48,13 +48,13 @@ class ForceRewiringRelations(nn.Module):
 
     def forward(self, pos: torch.Tensor, atomic_numbers: torch.Tensor, bond_adj: torch.Tensor,
                 mask: torch.Tensor) -> torch.Tensor:
-        pos = pos.detach().float()
+        pos = pos.detach()  # edge choice is discrete: no gradient flows through it anyway
         sigma, eps = ops.lj_parameters(atomic_numbers, self.h_sigma_convention)
         if self.k_rule == "degree":
             k = ops.degree_compensating_k(bond_adj, mask)
         else:
             k = torch.where(mask, self.k_rule, 0).long()
-        attr, rep = ops.rewire_by_force(pos, mask, bond_adj, sigma.float(), eps.float(), k)
+        attr, rep = ops.rewire_by_force(pos, mask, bond_adj, sigma.to(pos.dtype), eps.to(pos.dtype), k)
         return torch.stack([bond_adj, attr, rep], dim=1).to(pos.dtype)  # (B, 3, N, N)
 
 

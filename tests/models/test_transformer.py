@@ -1,0 +1,129 @@
+"""ReBind / GTMGC transformer: relations, equivariance, invariance, and that it can learn."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from molconf import constants as K
+from molconf.data import ConformerDataset, batch_from_smiles, collate_dense
+from molconf.models import ConformerTransformer, conformer_loss, distance_mae, gtmgc, rebind
+from molconf.models.relations import RowMaxDistanceRelations
+
+
+def tiny(relation, **kw):
+    cfg = dict(d_model=32, n_heads=4, ffn_dim=64, n_encoder_layers=2, n_decoder_layers=2, pe_dim=16)
+    return ConformerTransformer(relation, **{**cfg, **kw})
+
+
+@pytest.fixture(scope="module")
+def real_batch(qm9_small):
+    ds = ConformerDataset(qm9_small, np.arange(200, 212), pe_dim=16)
+    return collate_dense([ds[i] for i in range(len(ds))])
+
+
+def test_paper_sizes():
+    # DESIGN: ReBind ~35M parameters, GTMGC ~10M.
+    n_rebind = sum(p.numel() for p in rebind().parameters())
+    n_gtmgc = sum(p.numel() for p in gtmgc().parameters())
+    assert 33e6 < n_rebind < 37e6 and 9e6 < n_gtmgc < 11e6
+
+
+def test_row_max_distance_relation_against_loops():
+    torch.manual_seed(0)
+    pos = torch.randn(2, 5, 3)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    bonds = torch.zeros(2, 5, 5, dtype=torch.bool)
+    rel = RowMaxDistanceRelations()(pos, torch.ones(2, 5, dtype=torch.long), bonds, mask)
+    assert rel.shape == (2, 2, 5, 5)
+    for b in range(2):
+        n = int(mask[b].sum())
+        for i in range(5):
+            for j in range(5):
+                if i < n and j < n and i != j:
+                    d = [float(torch.dist(pos[b, i], pos[b, k])) for k in range(n)]
+                    assert rel[b, 1, i, j].item() == pytest.approx(max(d) - d[j], abs=1e-5)
+                else:
+                    assert rel[b, 1, i, j] == 0
+
+
+@pytest.mark.parametrize("relation", ["rebind", "gtmgc"])
+def test_permutation_equivariance(relation, real_batch):
+    torch.manual_seed(1)
+    # float64: top-K edge selection is discontinuous, and float32 summation-order noise
+    # between permuted inputs can flip a near-tie between two candidates.
+    model = tiny(relation).double().eval()
+    b = {k: (v.double() if v.is_floating_point() else v) for k, v in real_batch.items()}
+    n = b[K.MASK].shape[1]
+    # permute only real atoms of each molecule among themselves, padding stays at the end
+    permuted = {k: v.clone() for k, v in b.items()}
+    perms = []
+    for i in range(b[K.MASK].shape[0]):
+        m = int(b[K.MASK][i].sum())
+        p = torch.cat([torch.randperm(m), torch.arange(m, n)])
+        perms.append(p)
+        for key in (K.ATOM_FEATURES, K.ATOMIC_NUMBERS, K.POS, K.LAP_PE, K.MASK):
+            permuted[key][i] = b[key][i][p]
+        permuted[K.BOND_ADJ][i] = b[K.BOND_ADJ][i][p][:, p]
+    with torch.no_grad():
+        out, out_p = model(b)[K.POS_PRED], model(permuted)[K.POS_PRED]
+    for i, p in enumerate(perms):
+        m = int(b[K.MASK][i].sum())
+        # permuted atom j is original atom p[j]; equal up to a rigid motion: compare distances
+        d = torch.cdist(out[i, p[:m]], out[i, p[:m]])
+        d_p = torch.cdist(out_p[i, :m], out_p[i, :m])
+        assert torch.allclose(d, d_p, atol=1e-8)
+
+
+def test_loss_is_rigid_motion_invariant(real_batch):
+    torch.manual_seed(2)
+    out = {K.POS_PRED: torch.randn_like(real_batch[K.POS]), K.POS_ENC: torch.randn_like(real_batch[K.POS])}
+    q, _ = torch.linalg.qr(torch.randn(3, 3))
+    moved = dict(real_batch)
+    moved[K.POS] = real_batch[K.POS] @ q.T + torch.tensor([1.0, -2.0, 3.0])
+    a, b = conformer_loss(out, real_batch)["loss"], conformer_loss(out, moved)["loss"]
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_padding_does_not_change_predictions():
+    model = tiny("rebind").eval()
+    alone = batch_from_smiles(["CCO"], pe_dim=16)
+    padded = batch_from_smiles(["CCO", "CCCCCCCC"], pe_dim=16)  # CCO gets padded to 26 atoms
+    with torch.no_grad():
+        a = model(alone)[K.POS_PRED][0]
+        b = model(padded)[K.POS_PRED][0, : a.shape[0]]
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_options_are_validated():
+    with pytest.raises(ValueError, match="unknown decoder relation"):
+        ConformerTransformer("nope")
+    with pytest.raises(ValueError, match="pe_dim"):
+        ConformerTransformer("rebind", d_model=16, n_heads=4, pe_dim=32)
+    with pytest.raises(ValueError, match="k_rule"):
+        ConformerTransformer("rebind", relation_options={"k_rule": "max"})
+
+
+@pytest.mark.parametrize("relation", ["rebind", "gtmgc"])
+def test_tiny_model_overfits_16_molecules(relation, qm9_small):
+    torch.manual_seed(0)
+    ds = ConformerDataset(qm9_small, np.arange(100, 116), pe_dim=16)
+    batch = collate_dense([ds[i] for i in range(16)])
+    model = ConformerTransformer(relation, d_model=64, n_heads=4, ffn_dim=128, n_encoder_layers=2,
+                                 n_decoder_layers=2, pe_dim=16, pe_sign_flip=False)
+    opt = torch.optim.Adam(model.parameters(), 2e-3)
+    best = math.inf
+    for step in range(1500):
+        loss = conformer_loss(model(batch), batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 50 == 49:
+            with torch.no_grad():
+                model.eval()
+                best = min(best, distance_mae(model(batch)[K.POS_PRED], batch[K.POS], batch[K.MASK]).item())
+                model.train()
+            if best < 0.05:
+                break
+    assert best < 0.05
