@@ -29,23 +29,25 @@ from molconf.models import ConformerTransformer, conformer_loss
 
 
 class ResumableDataLoader(DataLoader):
-    """A DataLoader over a :class:`SizeAwareBatchSampler` that can resume mid-epoch.
+    """A DataLoader over a :class:`SizeAwareBatchSampler` that follows the trainer's progress.
 
-    Lightning saves ``state_dict()`` in checkpoints and calls ``load_state_dict()`` on
-    resume; the next iteration then skips the batches the interrupted epoch had consumed,
-    so a resumed run sees exactly the batches an uninterrupted one would.
+    Each new iteration asks ``progress()`` for ``(epoch, batches already done in it)``: the
+    epoch seeds the batch order (Lightning only sets epochs on ``batch_sampler.sampler``,
+    which a batch sampler of its own does not have) and, after a resume from a mid-epoch
+    checkpoint, the batches the interrupted run had done are skipped, so the resumed run
+    sees exactly the batches an uninterrupted one would.
     """
 
-    def __init__(self, *args, consumed_batches=lambda: 0, **kwargs):
+    def __init__(self, *args, progress=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self._consumed_batches = consumed_batches
+        self._progress = progress
 
-    def state_dict(self) -> dict:
-        return {"epoch": self.batch_sampler.epoch, "consumed": int(self._consumed_batches())}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.batch_sampler.set_epoch(state["epoch"])
-        self.batch_sampler.skip_next = state["consumed"]
+    def __iter__(self):
+        if self._progress is not None:
+            epoch, done = self._progress()
+            self.batch_sampler.set_epoch(epoch)
+            self.batch_sampler.skip_next = done
+        return super().__iter__()
 
 
 class ConformerDataModule(L.LightningDataModule):
@@ -110,18 +112,35 @@ class ConformerDataModule(L.LightningDataModule):
     def dataset(self, part: str) -> ConformerDataset:
         return ConformerDataset(self.store, self.rows[part], self.hparams.pe_dim)
 
+    def _sampler(self, part: str, shuffle: bool, world: int, rank: int) -> SizeAwareBatchSampler:
+        return SizeAwareBatchSampler(
+            self.store.num_atoms[self.rows[part]], self.hparams.batch_size, self.hparams.max_atoms,
+            shuffle=shuffle, seed=self.hparams.seed, num_replicas=world, rank=rank,
+        )
+
+    def train_batches_per_epoch(self, world: int = 1, rank: int = 0) -> int:
+        self.setup("fit")
+        return len(self._sampler("train", True, world, rank))
+
     def _loader(self, part: str, shuffle: bool) -> DataLoader:
         ds = self.dataset(part)
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
-        sampler = SizeAwareBatchSampler(
-            ds.sizes, self.hparams.batch_size, self.hparams.max_atoms, shuffle=shuffle,
-            seed=self.hparams.seed, num_replicas=world, rank=rank,
-        )
-        consumed = (lambda: trainer.fit_loop.epoch_loop.batch_progress.current.completed) if trainer else (lambda: 0)
+        sampler = self._sampler(part, shuffle, world, rank)
+        progress = None
+        if shuffle and trainer is not None:
+            # Restored from the checkpoint on resume, (epoch, 0) at the start of every epoch.
+            # "processed", not "completed": a checkpoint written in on_train_batch_end has
+            # processed the batch but not yet marked it completed.
+            def progress():
+                return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
         return ResumableDataLoader(
             ds, batch_sampler=sampler, collate_fn=collate_dense, num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0, consumed_batches=consumed,
+            persistent_workers=self.hparams.num_workers > 0, progress=progress,
+            # Each new iterator draws a base seed from this generator; with the default
+            # (global) RNG that draw would shift the training RNG stream after a resume.
+            generator=torch.Generator().manual_seed(self.hparams.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -221,10 +240,34 @@ class ConformerModule(L.LightningModule):
         out = self.model(batch)
         return {K.MOL_INDEX: batch[K.MOL_INDEX], K.POS_PRED: out[K.POS_PRED], K.MASK: batch[K.MASK]}
 
+    def _total_steps(self) -> int:
+        """Optimiser steps of the whole run, for the schedule.
+
+        Counted from the data module's batch sampler rather than with
+        ``trainer.estimated_stepping_batches``: that property builds the training iterator
+        before a checkpoint's loop state is restored, which would defeat mid-epoch resume.
+        """
+        t = self.trainer
+        dm = getattr(t, "datamodule", None)
+        if not isinstance(dm, ConformerDataModule):
+            return int(t.estimated_stepping_batches)
+        per_epoch = dm.train_batches_per_epoch(t.world_size, t.global_rank)
+        if isinstance(t.limit_train_batches, int):
+            per_epoch = min(per_epoch, t.limit_train_batches)
+        elif t.limit_train_batches is not None:
+            per_epoch = int(per_epoch * t.limit_train_batches)
+        per_epoch = math.ceil(per_epoch / t.accumulate_grad_batches)
+        total = per_epoch * t.max_epochs if t.max_epochs not in (None, -1) else math.inf
+        if t.max_steps not in (None, -1):
+            total = min(total, t.max_steps)
+        if total == math.inf:
+            raise ValueError("set trainer.max_epochs or trainer.max_steps: the schedule needs a length")
+        return int(total)
+
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, betas=tuple(self.hparams.betas),
                                 weight_decay=self.hparams.weight_decay)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        total = max(self._total_steps(), 1)
         warmup = max(int(self.hparams.warmup_fraction * total), 1)
 
         def factor(step: int) -> float:  # linear warm-up, then linear decay to 0
@@ -235,15 +278,14 @@ class ConformerModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    # Exact resume: the RNG drives eigenvector sign flips and dropout, so it is part of the state.
+    # Exact resume: torch's RNG drives eigenvector sign flips and dropout, so it is part of
+    # the state (batch order comes from the sampler's own (seed, epoch) generator).
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["molconf_rng"] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+        checkpoint["molconf_torch_rng"] = torch.get_rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint.get("molconf_rng")
-        if state is not None:
-            torch.set_rng_state(state["torch"])
-            np.random.set_state(state["numpy"])
+        if "molconf_torch_rng" in checkpoint:
+            torch.set_rng_state(checkpoint["molconf_torch_rng"])
 
 
 # Shared trainer defaults; experiment configs under configs/ override what they change.

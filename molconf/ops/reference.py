@@ -126,6 +126,9 @@ def lj_energy_forces(
     Differentiable with respect to ``pos`` through autograd; forces are −∂E/∂pos computed
     analytically (not by autograd) so they are themselves differentiable.
     """
+    # Padding may hold any value (even NaN); zero it so masked pairs stay finite both in
+    # f * unit below (0 * NaN would leak into real atoms' forces) and in the gradient.
+    pos = torch.where(mask.unsqueeze(-1), pos, torch.zeros_like(pos))
     diff = pos.unsqueeze(2) - pos.unsqueeze(1)  # (B, N, N, 3)
     r = _safe_norm(diff)  # (B, N, N)
     sigma_ij, eps_ij = mixed_lj_parameters(sigma, epsilon)
