@@ -8,6 +8,7 @@ commands (LightningCLI, configured by YAML files under ``configs/``).
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import lightning as L
@@ -181,7 +182,10 @@ class ConformerModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
+        self.hparams["model_config"] = model.config  # lets a checkpoint rebuild the network alone
         self.model = model
+        self._train_seconds_before = 0.0  # wall time of earlier (resumed-from) sessions
+        self._fit_started: float | None = None
         self.val_metrics = PooledDistanceMetrics()
         self.test_metrics = PooledDistanceMetrics()
         self.val_c_rmsd = torchmetrics.MeanMetric()
@@ -282,10 +286,21 @@ class ConformerModule(L.LightningModule):
     # the state (batch order comes from the sampler's own (seed, epoch) generator).
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["molconf_torch_rng"] = torch.get_rng_state()
+        checkpoint["molconf_train_seconds"] = self.train_seconds
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "molconf_torch_rng" in checkpoint:
             torch.set_rng_state(checkpoint["molconf_torch_rng"])
+        self._train_seconds_before = float(checkpoint.get("molconf_train_seconds", 0.0))
+
+    def on_fit_start(self) -> None:
+        self._fit_started = time.monotonic()
+
+    @property
+    def train_seconds(self) -> float:
+        """Wall-clock seconds spent in ``fit`` (validation included), across resumes."""
+        running = time.monotonic() - self._fit_started if self._fit_started is not None else 0.0
+        return self._train_seconds_before + running
 
 
 # Shared trainer defaults; experiment configs under configs/ override what they change.

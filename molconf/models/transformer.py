@@ -66,6 +66,12 @@ class ConformerTransformer(nn.Module):
         relation_options: dict | None = None,
     ):
         super().__init__()
+        # Everything needed to rebuild this model; saved beside its weights.
+        self.config = dict(
+            relation=relation, d_model=d_model, n_heads=n_heads, ffn_dim=ffn_dim,
+            n_encoder_layers=n_encoder_layers, n_decoder_layers=n_decoder_layers, dropout=dropout,
+            pe_dim=pe_dim, head=head, pe_sign_flip=pe_sign_flip, relation_options=dict(relation_options or {}),
+        )
         if pe_dim > d_model:
             raise ValueError(f"pe_dim={pe_dim} must not exceed d_model={d_model}")
         head = head or ("gated" if relation == "rebind" else "shared")

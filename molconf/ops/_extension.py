@@ -52,6 +52,7 @@ class ExtensionState:
     reason: str  # why it is unavailable ("" when ok)
     with_cuda: bool = False
     library: str = ""
+    cuda_reason: str = ""  # why CUDA kernels are missing although CUDA is available
 
 
 _LOCK = threading.RLock()
@@ -97,7 +98,8 @@ def _build_name(src: Path, with_cuda: bool) -> str:
     for f in files:
         h.update(f.encode())
         h.update((src / f).read_bytes())
-    meta = (torch.__version__, sys.version, platform.machine(), _CFLAGS, _LDFLAGS, with_cuda)
+    meta = (torch.__version__, sys.version, platform.machine(), _CFLAGS, _LDFLAGS, with_cuda,
+            _CUDA_CFLAGS if with_cuda else ())
     h.update(repr(meta).encode())
     return f"molconf_ops_{h.hexdigest()[:16]}"
 
@@ -146,18 +148,10 @@ def _build_direct(name: str, src: Path, build_dir: Path) -> Path:
     return out
 
 
-def _build() -> tuple[str, bool]:
-    """Build (or find the cached build of) the extension and load it into the process.
+def _build_variant(src: Path, with_cuda: bool) -> str:
+    """Build (or find the cached build of) one variant and load it; returns the library."""
+    from torch.utils import cpp_extension
 
-    Returns the library path and whether it has CUDA kernels. Raises on any failure.
-    """
-    src = source_dir()
-    if src is None:
-        pkg = Path(__file__).resolve().parents[1]
-        raise FileNotFoundError(
-            f"C++ sources not found (looked in {pkg / '_cuda_ext'} and {pkg.parent / 'cuda_ext'})"
-        )
-    with_cuda = _cuda_wanted()
     name = _build_name(src, with_cuda)
     build_dir = cache_root() / "extensions" / name
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -165,20 +159,16 @@ def _build() -> tuple[str, bool]:
     marker = build_dir / "BUILD_OK"  # written only after a complete build
     if lib.is_file() and marker.is_file():
         torch.ops.load_library(str(lib))
-        return str(lib), with_cuda
-
-    from torch.utils import cpp_extension
-
+        return str(lib)
     if cpp_extension.is_ninja_available():
         sources = [str(src / s) for s in _CPU_SOURCES]
         if with_cuda:
             sources += [str(src / s) for s in _CUDA_SOURCES]
-        cflags = [*_CFLAGS, *(["-DMOLCONF_WITH_CUDA"] if with_cuda else [])]
         try:
             cpp_extension.load(
                 name=name,
                 sources=sources,
-                extra_cflags=cflags,
+                extra_cflags=[*_CFLAGS, *(["-DMOLCONF_WITH_CUDA"] if with_cuda else [])],
                 extra_cuda_cflags=list(_CUDA_CFLAGS),
                 extra_ldflags=list(_LDFLAGS),
                 build_directory=str(build_dir),
@@ -188,13 +178,34 @@ def _build() -> tuple[str, bool]:
             )
         except Exception as exc:  # the compiler output is in the message: keep its tail
             raise RuntimeError(_tail(str(exc))) from exc
+    elif with_cuda:
+        raise RuntimeError("building the CUDA kernels needs ninja (pip install ninja)")
     else:
-        if with_cuda:
-            with_cuda = False  # the direct fallback builds the CPU kernels only
         _build_direct(name, src, build_dir)
         torch.ops.load_library(str(lib))
     marker.write_text(f"torch {torch.__version__}\n")
-    return str(lib), with_cuda
+    return str(lib)
+
+
+def _build() -> tuple[str, bool, str]:
+    """Build and load the extension: with CUDA kernels where possible, else CPU only.
+
+    Returns the library path, whether it has CUDA kernels and, when CUDA was wanted but
+    failed, why. Raises when not even the CPU build works.
+    """
+    src = source_dir()
+    if src is None:
+        pkg = Path(__file__).resolve().parents[1]
+        raise FileNotFoundError(
+            f"C++ sources not found (looked in {pkg / '_cuda_ext'} and {pkg.parent / 'cuda_ext'})"
+        )
+    cuda_reason = ""
+    if _cuda_wanted():
+        try:
+            return _build_variant(src, with_cuda=True), True, ""
+        except Exception as exc:  # noqa: BLE001 - keep the CPU kernels at least
+            cuda_reason = f"{type(exc).__name__}: {exc}".strip()
+    return _build_variant(src, with_cuda=False), False, cuda_reason
 
 
 # --------------------------------------------------------------------------- registration
@@ -279,9 +290,18 @@ def load() -> ExtensionState:
         if _STATE is not None:
             return _STATE
         try:
-            lib, with_cuda = _build()
+            lib, with_cuda, cuda_reason = _build()
             _register_python_parts()
-            state = ExtensionState(ok=True, reason="", with_cuda=with_cuda, library=lib)
+            state = ExtensionState(
+                ok=True, reason="", with_cuda=with_cuda, library=lib, cuda_reason=cuda_reason
+            )
+            if cuda_reason:
+                warnings.warn(
+                    "molconf.ops: the CUDA kernels could not be built; CUDA tensors use the "
+                    f"pure-PyTorch reference ops. Reason: {cuda_reason}",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
         except Exception as exc:  # noqa: BLE001 - any failure means "use the reference"
             reason = f"{type(exc).__name__}: {exc}".strip()
             state = ExtensionState(ok=False, reason=reason)
@@ -289,7 +309,7 @@ def load() -> ExtensionState:
                 "molconf.ops: the compiled extension is unavailable, falling back to the "
                 f"pure-PyTorch reference ops (slower, same results). Reason: {reason}",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,  # load <- _use_extension <- public op <- caller
             )
         _STATE = state
         return state
