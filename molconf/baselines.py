@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import json
 import multiprocessing as mp
 import os
@@ -153,6 +154,13 @@ def write_results(out: Path, name: str, table: list[dict], per_mol: list[dict], 
                      f"{r['seconds_per_mol'] * 1000:.1f} ms |")
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     (out / f"{name}.json").write_text(json.dumps({"meta": meta, "table": table}, indent=1) + "\n")
+    # per-molecule values (for error-vs-size and other breakdowns), compressed
+    with gzip.open(out / f"{name}_per_molecule.csv.gz", "wt", newline="") as fh:
+        keys = ["index", "method", "n_atoms", "failed", "d_mae", "d_rmse", "c_rmsd",
+                "stereo_consistency", "abs_err_sum", "sq_err_sum", "n_pairs", "seconds"]
+        w = csv.DictWriter(fh, keys, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(per_mol)
     failures = [r for r in per_mol if r["failed"]]
     with open(out / f"{name}_failures.csv", "w", newline="") as fh:
         w = csv.writer(fh)
