@@ -1,7 +1,8 @@
 """The ``molconf`` command.
 
-``molconf fit|validate|test --config configs/<name>.yaml`` run the Lightning CLI;
-``molconf predict --config ...`` does too. Other subcommands have their own parsers:
+``molconf fit|validate|test --config configs/<name>.yaml`` run the Lightning CLI, and so does
+``molconf predict`` when given ``--config``; without it, ``molconf predict`` predicts
+conformers for SMILES or files (:mod:`molconf.predict_cli`). Other subcommands have their own parsers:
 ``molconf baselines`` (RDKit ETKDG / MMFF on a split) and ``molconf prepare`` (build a
 data-set cache).
 """
@@ -14,7 +15,8 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 USAGE = """usage: molconf <command> [options]
 
 commands:
-  fit | validate | test | predict   Lightning CLI (--config configs/<name>.yaml; --help)
+  predict                           conformers for SMILES / .smi / .csv / .sdf (molconf predict --help)
+  fit | validate | test | predict   Lightning CLI with --config configs/<name>.yaml
   baselines                         RDKit ETKDG and ETKDG+MMFF on a split, with metrics
   prepare                           build a data-set cache (python -m molconf.data.prepare)
 """
@@ -26,6 +28,10 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     command, rest = argv[0], argv[1:]
+    if command == "predict" and not any(a in ("-c", "--config") or a.startswith("--config=") for a in rest):
+        from molconf.predict_cli import main as predict_main
+
+        sys.exit(predict_main(rest))
     if command in LIGHTNING_COMMANDS:
         from molconf.lightning import run_lightning_cli
 

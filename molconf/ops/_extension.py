@@ -4,7 +4,8 @@ The extension is compiled on first use with ``torch.utils.cpp_extension.load`` (
 when ninja is missing, with one direct compiler call; the shared library is cached under
 ``$MOLCONF_CACHE_DIR/extensions`` (default ``~/.cache/molconf/extensions``) in a directory
 named after a hash of the sources, flags and torch/Python versions, so edited sources or a
-new torch rebuild instead of loading a stale library.
+new torch rebuild instead of loading a stale library. A build already present under the
+default location is reused even when ``MOLCONF_CACHE_DIR`` points elsewhere.
 
 Nothing here may break ``import molconf``: :func:`load` never raises. When the build or the
 load fails, it records the reason, warns once (``RuntimeWarning``) and ``molconf.ops``
@@ -58,6 +59,7 @@ class ExtensionState:
 _LOCK = threading.RLock()
 _STATE: ExtensionState | None = None
 _PY_REGISTERED = False
+_LOADED_LIBRARY = ""
 
 
 # --------------------------------------------------------------------------- locations
@@ -76,10 +78,37 @@ def source_dir() -> Path | None:
     return None
 
 
+def default_cache_root() -> Path:
+    return Path.home() / ".cache" / "molconf"
+
+
 def cache_root() -> Path:
     """``$MOLCONF_CACHE_DIR`` or ``~/.cache/molconf``."""
     env = os.environ.get(ENV_CACHE_DIR)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "molconf"
+    return Path(env).expanduser() if env else default_cache_root()
+
+
+def _extension_roots() -> list[Path]:
+    """Where builds are looked up, in order; new builds go to the first.
+
+    The default location is always searched too: builds are keyed by a hash of everything
+    that affects them, so one made there is valid wherever MOLCONF_CACHE_DIR points (test
+    suites point it at a fresh folder per session and would otherwise recompile each time).
+    """
+    roots = [cache_root() / "extensions"]
+    default = default_cache_root() / "extensions"
+    if default not in roots:
+        roots.append(default)
+    return roots
+
+
+def _registered() -> bool:
+    """Whether this process already holds molconf's compiled ops."""
+    try:
+        torch.ops.molconf.rewire_by_force  # noqa: B018 - raises when not registered
+    except (AttributeError, RuntimeError):
+        return False
+    return True
 
 
 def _cuda_wanted() -> bool:
@@ -153,13 +182,15 @@ def _build_variant(src: Path, with_cuda: bool) -> str:
     from torch.utils import cpp_extension
 
     name = _build_name(src, with_cuda)
-    build_dir = cache_root() / "extensions" / name
+    for root in _extension_roots():
+        lib = root / name / f"{name}.so"
+        if lib.is_file() and (root / name / "BUILD_OK").is_file():
+            torch.ops.load_library(str(lib))
+            return str(lib)
+    build_dir = _extension_roots()[0] / name
     build_dir.mkdir(parents=True, exist_ok=True)
     lib = build_dir / f"{name}.so"
     marker = build_dir / "BUILD_OK"  # written only after a complete build
-    if lib.is_file() and marker.is_file():
-        torch.ops.load_library(str(lib))
-        return str(lib)
     if cpp_extension.is_ninja_available():
         sources = [str(src / s) for s in _CPU_SOURCES]
         if with_cuda:
@@ -199,6 +230,13 @@ def _build() -> tuple[str, bool, str]:
         raise FileNotFoundError(
             f"C++ sources not found (looked in {pkg / '_cuda_ext'} and {pkg.parent / 'cuda_ext'})"
         )
+    if _registered():
+        # Loaded earlier in this process (e.g. by a previous load() whose state was reset):
+        # never dlopen a second copy, its TORCH_LIBRARY(molconf) would abort the process.
+        has_cuda = torch._C._dispatch_has_kernel_for_dispatch_key(
+            f"{NAMESPACE}::rewire_by_force", "CUDA"
+        )
+        return _LOADED_LIBRARY or "(loaded earlier)", has_cuda, ""
     cuda_reason = ""
     if _cuda_wanted():
         try:
@@ -283,7 +321,7 @@ def load() -> ExtensionState:
 
     On failure the reason is recorded and a single ``RuntimeWarning`` is emitted.
     """
-    global _STATE
+    global _STATE, _LOADED_LIBRARY
     if _STATE is not None:
         return _STATE
     with _LOCK:
@@ -291,6 +329,7 @@ def load() -> ExtensionState:
             return _STATE
         try:
             lib, with_cuda, cuda_reason = _build()
+            _LOADED_LIBRARY = lib
             _register_python_parts()
             state = ExtensionState(
                 ok=True, reason="", with_cuda=with_cuda, library=lib, cuda_reason=cuda_reason

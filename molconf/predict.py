@@ -1,0 +1,332 @@
+"""Prediction API: RDKit ``Mol`` or SMILES in, ``Mol`` with the predicted conformer out.
+
+>>> from molconf import predict                                   # doctest: +SKIP
+>>> [mol] = predict("CCO")                                         # doctest: +SKIP
+>>> mol.GetNumConformers(), mol.GetNumAtoms()                      # doctest: +SKIP
+(1, 9)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rdkit import Chem, RDLogger
+from rdkit.Chem import AllChem, Descriptors
+
+from molconf import constants as K
+from molconf.data.dataset import collate_dense, graph_to_data
+from molconf.data.features import featurize
+from molconf.errors import MoleculeError
+from molconf.metrics import mol_with_coords
+from molconf.models import ConformerTransformer, load_model
+from molconf.stereo import StereoReport, enforce_stereo, graph_stereo_labels
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_MODEL = "qm9_rebind"
+RELAX_METHODS = (None, "mmff", "uff")
+_PERIODIC = Chem.GetPeriodicTable()
+
+
+@dataclass
+class LoadedModel:
+    """A network plus what its model card says it covers."""
+
+    name: str
+    network: ConformerTransformer
+    elements: tuple[int, ...]  # atomic numbers it was trained on
+    max_atoms: int  # largest molecule (with H) in its training data
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def size_limit(self) -> int:
+        """Largest molecule accepted: twice the training maximum (beyond that, refused)."""
+        return 2 * self.max_atoms
+
+
+@dataclass
+class Failure:
+    """One input that got no prediction."""
+
+    index: int
+    input: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"input #{self.index} ({self.input}): {self.reason}"
+
+
+@dataclass
+class PredictionReport:
+    """Everything :func:`predict` did besides returning molecules."""
+
+    model: str
+    failures: list[Failure] = field(default_factory=list)
+    notes: dict[int, list[str]] = field(default_factory=dict)  # index -> remarks (not failures)
+    stereo: dict[int, StereoReport] = field(default_factory=dict)
+
+    def note(self, index: int, text: str) -> None:
+        self.notes.setdefault(index, []).append(text)
+
+
+def available_models() -> list[str]:
+    """Names of the models shipped inside the package."""
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt"))
+
+
+def resolve_model(model: str | Path | ConformerTransformer | LoadedModel = "default") -> LoadedModel:
+    """A shipped model by name (``"default"`` = QM9 ReBind), a weights/checkpoint path, or a network."""
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, ConformerTransformer):
+        return LoadedModel("custom", model.eval(), tuple(range(1, 119)), 10_000)
+    name = DEFAULT_MODEL if model == "default" else str(model)
+    path = WEIGHTS_DIR / f"{name}.pt" if (WEIGHTS_DIR / f"{name}.pt").is_file() else Path(name)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model {model!r}: no such file and not a shipped model (shipped: {available_models()})"
+        )
+    network, meta = load_model(path)
+    elements = tuple(meta.get("elements", range(1, 119)))
+    return LoadedModel(meta.get("name", path.stem), network, elements, int(meta.get("max_atoms", 10_000)), meta)
+
+
+def _describe(item) -> str:
+    if isinstance(item, str):
+        return repr(item if len(item) <= 60 else item[:57] + "...")
+    if isinstance(item, Chem.Mol):
+        name = item.GetProp("_Name") if item.HasProp("_Name") else ""
+        return f"Mol {name!r}" if name else f"Mol {Chem.MolToSmiles(item)}"
+    return type(item).__name__
+
+
+def prepare(item, model: LoadedModel) -> Chem.Mol:
+    """Validate one input and return it as a sanitised ``Mol`` with explicit H.
+
+    Raises :class:`MoleculeError` naming the input and the reason.
+    """
+    label = _describe(item)
+    if item is None:
+        raise MoleculeError(label, "no molecule (None)")
+    if isinstance(item, str):
+        if not item.strip():
+            raise MoleculeError(label, "empty input")
+        RDLogger.DisableLog("rdApp.*")
+        try:
+            mol = Chem.MolFromSmiles(item.strip())
+        finally:
+            RDLogger.EnableLog("rdApp.*")
+        if mol is None:
+            raise MoleculeError(label, "invalid SMILES")
+    elif isinstance(item, Chem.Mol):
+        mol = Chem.Mol(item)
+        try:
+            Chem.SanitizeMol(mol)
+        except Exception as err:
+            raise MoleculeError(label, f"RDKit cannot sanitise it ({err})") from None
+    else:
+        raise MoleculeError(label, "expected a SMILES string or an RDKit Mol")
+    if mol.GetNumAtoms() == 0:
+        raise MoleculeError(label, "no atoms")
+    n_frag = len(Chem.GetMolFrags(mol))
+    if n_frag > 1:
+        raise MoleculeError(label, f"{n_frag} disconnected fragments (a salt or mixture?): "
+                                   "predict one molecule at a time, e.g. keep the largest fragment")
+    radicals = Descriptors.NumRadicalElectrons(mol)
+    if radicals:
+        raise MoleculeError(label, f"radical ({radicals} unpaired electrons): the model covers closed-shell molecules")
+    charge = Chem.GetFormalCharge(mol)
+    if charge:
+        raise MoleculeError(label, f"net charge {charge:+d}: the model was trained on neutral molecules")
+    mol = Chem.AddHs(mol, addCoords=False)
+    unsupported = sorted({a.GetAtomicNum() for a in mol.GetAtoms()} - set(model.elements))
+    if unsupported:
+        names = ", ".join(_PERIODIC.GetElementSymbol(z) for z in unsupported)
+        known = ", ".join(_PERIODIC.GetElementSymbol(z) for z in model.elements)
+        raise MoleculeError(label, f"element(s) {names} not supported by model '{model.name}' (supports {known})")
+    if mol.GetNumAtoms() > model.size_limit:
+        raise MoleculeError(label, f"{mol.GetNumAtoms()} atoms (with H) is far beyond model '{model.name}' "
+                                   f"(trained on ≤ {model.max_atoms}; refuses > {model.size_limit})")
+    mol.RemoveAllConformers()
+    return mol
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def relax(mol: Chem.Mol, method: str, max_iters: int = 2000) -> str | None:
+    """Optimise the conformer in place with MMFF94 or UFF; returns a note if it could not."""
+    if method == "mmff":
+        if not AllChem.MMFFHasAllMoleculeParams(mol):
+            return "no MMFF parameters: conformer left unrelaxed"
+        AllChem.MMFFOptimizeMolecule(mol, maxIters=max_iters)
+    elif method == "uff":
+        if not AllChem.UFFHasAllMoleculeParams(mol):
+            return "no UFF parameters: conformer left unrelaxed"
+        AllChem.UFFOptimizeMolecule(mol, maxIters=max_iters)
+    else:
+        raise ValueError(f"relax must be one of {RELAX_METHODS}, got {method!r}")
+    return None
+
+
+def predict(
+    mols,
+    model="default",
+    batch_size: int = 64,
+    relax_with: str | None = None,
+    num_threads: int | None = None,
+    fix_stereo: bool = True,
+    return_report: bool = False,
+    progress: bool = False,
+):
+    """Predict one ground-state conformer per molecule.
+
+    Parameters
+    ----------
+    mols : str, rdkit.Chem.Mol, or a sequence of them
+        SMILES strings and/or RDKit molecules (hydrogens are added if missing).
+    model : str, path, or ConformerTransformer
+        ``"default"`` (the shipped QM9 ReBind model), a shipped model's name, a weights or
+        Lightning checkpoint file, or a network.
+    batch_size : int
+        Molecules per forward pass (results do not depend on it).
+    relax_with : {None, "mmff", "uff"}
+        Optional force-field optimisation of each prediction.
+    num_threads : int, optional
+        torch threads to use (restored afterwards).
+    fix_stereo : bool
+        Repair predictions whose stereocentres / double bonds disagree with the input
+        (see :mod:`molconf.stereo`); what cannot be repaired is reported.
+    return_report : bool
+        Also return a :class:`PredictionReport`.
+
+    Returns
+    -------
+    list of rdkit.Chem.Mol or None
+        In input order; ``None`` where the input could not be predicted. Each failure is
+        named (index, input, reason) in one warning and in the report.
+    """
+    single = isinstance(mols, (str, Chem.Mol))
+    items = [mols] if single else list(mols)
+    if relax_with not in RELAX_METHODS:
+        raise ValueError(f"relax_with must be one of {RELAX_METHODS}, got {relax_with!r}")
+    loaded = resolve_model(model)
+    report = PredictionReport(model=loaded.name)
+    prepared: dict[int, Chem.Mol] = {}
+    first_seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        try:
+            mol = prepare(item, loaded)
+        except MoleculeError as err:
+            report.failures.append(Failure(i, err.molecule, err.reason))
+            continue
+        key = Chem.MolToSmiles(mol)
+        if key in first_seen:
+            report.note(i, f"duplicate of input #{first_seen[key]} (same prediction)")
+        first_seen.setdefault(key, i)
+        prepared[i] = mol
+    results: list[Chem.Mol | None] = [None] * len(items)
+    network = loaded.network.eval()
+    # sort by size so batches pad little; results go back to input order
+    order = sorted(prepared, key=lambda i: prepared[i].GetNumAtoms())
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(order), desc="predicting", unit="mol")
+    with _threads(num_threads), torch.no_grad():
+        for idx in batches:
+            batch = collate_dense([graph_to_data(featurize(prepared[i]), network.pe_dim) for i in idx])
+            pos = network(batch)[K.POS_PRED].double().numpy()  # (B, N, 3)
+            for b, i in enumerate(idx):
+                n = prepared[i].GetNumAtoms()
+                coords = pos[b, :n]
+                if not np.isfinite(coords).all():
+                    report.failures.append(Failure(i, _describe(items[i]), "model produced non-finite coordinates"))
+                    continue
+                results[i] = _finish(prepared[i], coords, i, loaded, relax_with, fix_stereo, report)
+            if bar is not None:
+                bar.update(len(idx))
+    if bar is not None:
+        bar.close()
+    report.failures.sort(key=lambda f: f.index)
+    if report.failures:
+        warnings.warn(
+            f"{len(report.failures)} of {len(items)} inputs not predicted:\n"
+            + "\n".join(f"  {f}" for f in report.failures),
+            stacklevel=2,
+        )
+    return (results, report) if return_report else results
+
+
+def _finish(mol, coords, i, loaded, relax_with, fix_stereo, report) -> Chem.Mol:
+    out = mol_with_coords(mol, coords)
+    target = graph_stereo_labels(mol)
+    if relax_with is not None:
+        note = relax(out, relax_with)
+        if note:
+            report.note(i, note)
+    if target and fix_stereo:
+        report.stereo[i] = enforce_stereo(out, target)
+        if relax_with is not None and report.stereo[i].fixed_by:
+            relax(out, relax_with)  # tidy the geometry around what was moved
+            report.stereo[i] = StereoReport(len(target), report.stereo[i].fixed_by,
+                                            enforce_stereo(out, target).remaining)
+        if report.stereo[i].remaining:
+            report.note(i, "stereo not matched: " + "; ".join(report.stereo[i].remaining))
+    # perceive the conformer's own stereo so the returned Mol's tags agree with its geometry
+    Chem.AssignStereochemistryFrom3D(out)
+    out.SetProp("molconf_model", loaded.name)
+    return out
+
+
+# --------------------------------------------------------------------------- output
+def to_ase(mol: Chem.Mol, conf_id: int = -1):
+    """The conformer as ``ase.Atoms``."""
+    import ase
+
+    conf = mol.GetConformer(conf_id)
+    return ase.Atoms(numbers=[a.GetAtomicNum() for a in mol.GetAtoms()], positions=conf.GetPositions())
+
+
+def write_sdf(mols: Iterable[Chem.Mol | None], path: str | Path) -> int:
+    """Write the molecules that have a conformer to an SDF file; returns how many."""
+    n = 0
+    with Chem.SDWriter(str(path)) as writer:
+        for mol in mols:
+            if mol is not None:
+                writer.write(mol)
+                n += 1
+    return n
+
+
+def write_xyz(mols: Sequence[Chem.Mol | None], path: str | Path, extended: bool = True) -> int:
+    """Write the molecules to one (ext)XYZ file through ASE; returns how many."""
+    import ase.io
+
+    frames = []
+    for mol in mols:
+        if mol is None:
+            continue
+        atoms = to_ase(mol)
+        atoms.info["smiles"] = Chem.MolToSmiles(Chem.RemoveHs(mol))
+        frames.append(atoms)
+    ase.io.write(str(path), frames, format="extxyz" if extended else "xyz")
+    return len(frames)

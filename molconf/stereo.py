@@ -1,0 +1,162 @@
+"""Keep the input's stereochemistry in a predicted conformer.
+
+A network that sees an (undirected) graph cannot know which of two mirror-image
+arrangements a chiral tag asks for, so predictions are checked against the input's CIP
+labels and repaired where a rigid operation can do it:
+
+1. a reflection of the whole conformer, when every tetrahedral centre is inverted;
+2. per wrong tetrahedral centre, swapping two acyclic substituents (each rotated 180° about
+   the bisector of their bonds, which keeps every internal distance of both);
+3. per wrong double bond outside a ring, rotating the smaller side 180° about the bond.
+
+What is still wrong afterwards is reported, not hidden.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from rdkit import Chem
+from rdkit.Chem import rdCIPLabeler
+
+from molconf.metrics import stereo_labels
+
+
+def graph_stereo_labels(mol: Chem.Mol) -> dict[str, str]:
+    """CIP labels the molecular graph specifies (chiral tags, bond stereo), keyed like
+    :func:`molconf.metrics.stereo_labels`; unspecified centres have no entry."""
+    m = Chem.Mol(mol)
+    Chem.AssignStereochemistry(m, cleanIt=True, force=True)
+    try:
+        rdCIPLabeler.AssignCIPLabels(m)
+    except RuntimeError:
+        pass  # keep legacy labels from AssignStereochemistry
+    labels = {f"atom {a.GetIdx()}": a.GetProp("_CIPCode") for a in m.GetAtoms() if a.HasProp("_CIPCode")}
+    for b in m.GetBonds():
+        if b.HasProp("_CIPCode"):
+            i, j = sorted((b.GetBeginAtomIdx(), b.GetEndAtomIdx()))
+            labels[f"bond {i}-{j}"] = b.GetProp("_CIPCode")
+        elif b.GetStereo() in (Chem.BondStereo.STEREOE, Chem.BondStereo.STEREOZ):
+            i, j = sorted((b.GetBeginAtomIdx(), b.GetEndAtomIdx()))
+            labels[f"bond {i}-{j}"] = "E" if b.GetStereo() == Chem.BondStereo.STEREOE else "Z"
+    return labels
+
+
+@dataclass
+class StereoReport:
+    """What the stereo check found and did for one molecule."""
+
+    checked: int = 0  # stereo elements the input specifies
+    fixed_by: list[str] = field(default_factory=list)  # actions that were applied
+    remaining: list[str] = field(default_factory=list)  # mismatches left, e.g. "atom 3: R -> S"
+
+    @property
+    def consistent(self) -> bool:
+        return not self.remaining
+
+
+def _mismatches(target: dict[str, str], mol: Chem.Mol) -> list[str]:
+    got = stereo_labels(mol)
+    return [f"{k}: {v} -> {got.get(k, 'missing')}" for k, v in target.items() if got.get(k) != v]
+
+
+def _subtree(mol: Chem.Mol, centre: int, neighbour: int) -> set[int] | None:
+    """Atoms on ``neighbour``'s side of the bond centre–neighbour, or None if in a ring."""
+    if mol.GetBondBetweenAtoms(centre, neighbour).IsInRing():
+        return None
+    seen, stack = {neighbour}, [neighbour]
+    while stack:
+        for nb in mol.GetAtomWithIdx(stack.pop()).GetNeighbors():
+            j = nb.GetIdx()
+            if j != centre and j not in seen:
+                seen.add(j)
+                stack.append(j)
+    return seen
+
+
+def _rotate(pos: np.ndarray, atoms: set[int], origin: np.ndarray, axis: np.ndarray, angle: float) -> None:
+    axis = axis / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rot = np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k  # Rodrigues
+    idx = sorted(atoms)
+    pos[idx] = (pos[idx] - origin) @ rot.T + origin
+
+
+def _set_positions(mol: Chem.Mol, pos: np.ndarray) -> None:
+    conf = mol.GetConformer()
+    for i, p in enumerate(pos):
+        conf.SetAtomPosition(i, p.tolist())
+
+
+def _swap_substituents(mol: Chem.Mol, centre: int) -> bool:
+    pos = mol.GetConformer().GetPositions()
+    subs = []
+    for nb in mol.GetAtomWithIdx(centre).GetNeighbors():
+        tree = _subtree(mol, centre, nb.GetIdx())
+        if tree is not None:
+            subs.append((len(tree), nb.GetIdx(), tree))
+    if len(subs) < 2:
+        return False
+    subs.sort()
+    (_, a, tree_a), (_, b, tree_b) = subs[:2]
+    c = pos[centre]
+    ua, ub = pos[a] - c, pos[b] - c
+    ua, ub = ua / np.linalg.norm(ua), ub / np.linalg.norm(ub)
+    axis = ua + ub
+    if np.linalg.norm(axis) < 1e-6:  # opposite bonds: any perpendicular axis works
+        axis = np.cross(ua, [1.0, 0, 0]) if abs(ua[0]) < 0.9 else np.cross(ua, [0, 1.0, 0])
+    _rotate(pos, tree_a | tree_b, c, axis, np.pi)
+    _set_positions(mol, pos)
+    return True
+
+
+def _flip_double_bond(mol: Chem.Mol, i: int, j: int) -> bool:
+    bond = mol.GetBondBetweenAtoms(i, j)
+    if bond is None or bond.IsInRing():
+        return False
+    side_i, side_j = _subtree(mol, j, i), _subtree(mol, i, j)
+    side, anchor = (side_j - {j}, j) if len(side_j) <= len(side_i) else (side_i - {i}, i)
+    pos = mol.GetConformer().GetPositions()
+    _rotate(pos, side, pos[anchor], pos[j] - pos[i], np.pi)
+    _set_positions(mol, pos)
+    return True
+
+
+def enforce_stereo(mol: Chem.Mol, target: dict[str, str]) -> StereoReport:
+    """Repair ``mol``'s conformer (in place) towards the ``target`` CIP labels."""
+    report = StereoReport(checked=len(target))
+    wrong = _mismatches(target, mol)
+    if not wrong:
+        return report
+    centres = [k for k in target if k.startswith("atom")]
+    wrong_centres = [w for w in wrong if w.startswith("atom")]
+    if centres and len(wrong_centres) == len(centres):
+        before = mol.GetConformer().GetPositions()
+        _set_positions(mol, before * np.array([-1.0, 1.0, 1.0]))
+        now = _mismatches(target, mol)
+        if len(now) < len(wrong):
+            report.fixed_by.append("reflection")
+            wrong = now
+        else:
+            _set_positions(mol, before)
+    for w in list(wrong):
+        key = w.split(":")[0]
+        before = mol.GetConformer().GetPositions()
+        if key.startswith("atom"):
+            ok = _swap_substituents(mol, int(key.split()[1]))
+            action = f"swapped two substituents at {key}"
+        else:
+            i, j = map(int, key.split()[1].split("-"))
+            ok = _flip_double_bond(mol, i, j)
+            action = f"rotated one side of {key}"
+        if not ok:
+            continue
+        now = _mismatches(target, mol)
+        if any(m.startswith(key + ":") for m in now) or len(now) > len(wrong) - 1:
+            _set_positions(mol, before)  # the move did not help: undo it
+        else:
+            report.fixed_by.append(action)
+            wrong = now
+    report.remaining = _mismatches(target, mol)
+    return report
