@@ -1,0 +1,226 @@
+"""The prediction API and the `molconf predict` command."""
+
+import os
+import subprocess
+import sys
+import warnings
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+from rdkit import Chem
+from rdkit.Chem import AllChem
+
+from molconf.models import ConformerTransformer, load_model, save_model
+from molconf.predict import predict, resolve_model, to_ase, write_sdf, write_xyz
+from molconf.stereo import _flip_double_bond, _swap_substituents, enforce_stereo, graph_stereo_labels
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    net = ConformerTransformer("rebind", d_model=32, n_heads=4, ffn_dim=64, n_encoder_layers=1,
+                               n_decoder_layers=1, pe_dim=16)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_model(net, path, {"name": "tiny", "elements": [1, 6, 7, 8, 9], "max_atoms": 29})
+    return path
+
+
+def _quiet_predict(*args, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return predict(*args, **kw)
+
+
+def test_predicts_mols_with_h_in_input_order(tiny_model):
+    inputs = ["CCO", Chem.MolFromSmiles("c1ccccc1O"), "C#N", "CC(=O)N"]
+    mols = predict(inputs, model=tiny_model)
+    assert len(mols) == 4
+    for inp, mol in zip(inputs, mols):
+        ref = Chem.AddHs(Chem.MolFromSmiles(inp) if isinstance(inp, str) else inp)
+        assert mol.GetNumConformers() == 1 and mol.GetNumAtoms() == ref.GetNumAtoms()
+        assert Chem.MolToSmiles(Chem.RemoveHs(mol)) == Chem.MolToSmiles(Chem.RemoveHs(ref))
+        assert np.isfinite(mol.GetConformer().GetPositions()).all()
+    [single] = predict("CCO", model=tiny_model)
+    assert np.allclose(single.GetConformer().GetPositions(), mols[0].GetConformer().GetPositions())
+
+
+def test_deterministic_and_independent_of_batching(tiny_model):
+    smiles = ["CCO", "CCCCO", "c1ccncc1", "OCC(N)C=O", "C"]
+    a = predict(smiles, model=tiny_model, batch_size=2)
+    b = predict(list(reversed(smiles)), model=tiny_model, batch_size=64)[::-1]
+    for x, y in zip(a, b):
+        assert np.allclose(x.GetConformer().GetPositions(), y.GetConformer().GetPositions(), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        ("C1CC", "invalid SMILES"),
+        ("", "empty input"),
+        ("CCCl", "element(s) Cl not supported"),
+        ("[CH2]C", "radical"),
+        ("CC(=O)[O-]", "net charge -1"),
+        ("C[NH3+].[Cl-]", "2 disconnected fragments"),
+        ("C" * 30, "far beyond"),
+        (None, "no molecule"),
+        (42, "expected a SMILES string or an RDKit Mol"),
+    ],
+)
+def test_bad_input_is_named_and_good_molecules_survive(tiny_model, bad, reason):
+    with pytest.warns(UserWarning, match=r"1 of 3 inputs not predicted:\n  input #1 .*" + reason.replace("(", r"\(").replace(")", r"\)")):
+        mols, report = predict(["CCO", bad, "CCN"], model=tiny_model, return_report=True)
+    assert mols[0] is not None and mols[1] is None and mols[2] is not None
+    [failure] = report.failures
+    assert failure.index == 1 and reason in failure.reason
+
+
+def test_zwitterion_and_duplicates(tiny_model):
+    mols, report = _quiet_predict(["NCC(=O)O", "C[NH3+].[O-]C=O", "CCO", "OCC"], model=tiny_model,
+                                  return_report=True)
+    assert mols[0] is not None and mols[1] is None
+    assert mols[3] is not None and "duplicate of input #2" in report.notes[3][0]
+    assert np.allclose(mols[2].GetConformer().GetPositions()[[0, 1, 2]],
+                       mols[2].GetConformer().GetPositions()[[0, 1, 2]])
+
+
+def test_corrupted_or_missing_checkpoint(tmp_path, tiny_model):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(tiny_model.read_bytes()[:200])
+    with pytest.raises(ValueError, match="broken.pt.*not a readable model file"):
+        predict("CCO", model=broken)
+    with pytest.raises(FileNotFoundError, match="not a shipped model"):
+        predict("CCO", model=tmp_path / "nope.pt")
+    junk = tmp_path / "junk.pt"
+    torch.save({"something": 1}, junk)
+    with pytest.raises(ValueError, match="no model configuration"):
+        predict("CCO", model=junk)
+
+
+def test_empty_input_list(tiny_model):
+    assert predict([], model=tiny_model) == []
+
+
+def _embedded(smiles, seed=7):
+    m = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    assert AllChem.EmbedMolecule(m, randomSeed=seed) == 0
+    return m
+
+
+def test_stereo_repair_reflection_swap_and_double_bond():
+    target = graph_stereo_labels(Chem.AddHs(Chem.MolFromSmiles("C[C@H](N)[C@@H](O)C/C=C/C")))
+    assert target == {"atom 1": "S", "atom 3": "S", "bond 6-7": "E"}
+    mirror = _embedded("C[C@H](N)[C@@H](O)C/C=C/C")
+    pos = mirror.GetConformer().GetPositions() * [-1, 1, 1]
+    for i, p in enumerate(pos):
+        mirror.GetConformer().SetAtomPosition(i, p.tolist())
+    report = enforce_stereo(mirror, target)
+    assert report.consistent and report.fixed_by == ["reflection"]
+    mixed = _embedded("C[C@H](N)[C@@H](O)C/C=C/C")
+    d_before = np.linalg.norm(mixed.GetConformer().GetPositions()[6] - mixed.GetConformer().GetPositions()[7])
+    _swap_substituents(mixed, 1)
+    _flip_double_bond(mixed, 6, 7)
+    report = enforce_stereo(mixed, target)
+    assert report.consistent and len(report.fixed_by) == 2
+    d_after = np.linalg.norm(mixed.GetConformer().GetPositions()[6] - mixed.GetConformer().GetPositions()[7])
+    assert d_after == pytest.approx(d_before)  # rigid moves keep bond lengths
+
+
+def test_stereo_left_unfixable_is_reported():
+    # a stereocentre inside a ring system with no acyclic pair to swap: C2 of a bicycle
+    target = {"atom 0": "R"}
+    m = _embedded("C1CC2CC1C2")  # no stereo labels at all: atom 0 stays "missing"
+    report = enforce_stereo(m, target)
+    assert not report.consistent and report.remaining == ["atom 0: R -> missing"]
+
+
+def test_predict_repairs_stereo_of_chiral_input(tiny_model):
+    mols, report = predict(["C[C@H](N)O", "C[C@@H](N)O"], model=tiny_model, return_report=True)
+    # the report says, per molecule, whether the input's stereo is matched
+    for i in (0, 1):
+        assert report.stereo[i].checked == 1
+        if not report.stereo[i].consistent:
+            assert any("stereo not matched" in n for n in report.notes[i])
+
+
+def test_relax_changes_geometry_and_keeps_atoms(tiny_model):
+    plain = predict("CCO", model=tiny_model)[0]
+    for method in ("mmff", "uff"):
+        relaxed = predict("CCO", model=tiny_model, relax_with=method)[0]
+        d = relaxed.GetConformer().GetPositions()
+        assert relaxed.GetNumAtoms() == plain.GetNumAtoms()
+        assert not np.allclose(d, plain.GetConformer().GetPositions())
+        # C–O bond length of ethanol after a force field is ~1.42 Å
+        assert 1.35 < np.linalg.norm(d[1] - d[2]) < 1.48
+    with pytest.raises(ValueError, match="relax_with"):
+        predict("CCO", model=tiny_model, relax_with="xtb-maybe")
+
+
+def test_threads_are_restored(tiny_model):
+    before = torch.get_num_threads()
+    predict("CCO", model=tiny_model, num_threads=1)
+    assert torch.get_num_threads() == before
+
+
+def test_writers_round_trip(tmp_path, tiny_model):
+    mols = _quiet_predict(["CCO", "bad", "c1ccccc1"], model=tiny_model)
+    assert write_sdf(mols, tmp_path / "o.sdf") == 2
+    back = [m for m in Chem.SDMolSupplier(str(tmp_path / "o.sdf"), removeHs=False)]
+    assert [m.GetNumAtoms() for m in back] == [9, 12]
+    assert np.allclose(back[0].GetConformer().GetPositions(), mols[0].GetConformer().GetPositions(), atol=1e-4)
+    assert write_xyz(mols, tmp_path / "o.xyz") == 2
+    frames = ase.io.read(tmp_path / "o.xyz", index=":")
+    assert [len(f) for f in frames] == [9, 12] and frames[1].info["smiles"] == "c1ccccc1"
+    atoms = to_ase(mols[0])
+    assert atoms.get_chemical_formula() == "C2H6O"
+
+
+def test_load_model_from_lightning_checkpoint(tmp_path, qm9_small):
+    import lightning as L
+
+    from molconf.lightning import ConformerDataModule, ConformerModule
+
+    net = ConformerTransformer("gtmgc", d_model=32, n_heads=4, ffn_dim=64, n_encoder_layers=1,
+                               n_decoder_layers=1, pe_dim=16)
+    module = ConformerModule(net, lr=1e-3)
+    t = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                  enable_model_summary=False, use_distributed_sampler=False, default_root_dir=tmp_path,
+                  num_sanity_val_steps=0, limit_val_batches=0)
+    t.fit(module, ConformerDataModule(batch_size=16, pe_dim=16, source_limit=300))
+    t.save_checkpoint(tmp_path / "m.ckpt")
+    loaded, meta = load_model(tmp_path / "m.ckpt")
+    assert meta["global_step"] == 2 and loaded.config == net.config
+    a = predict("CCO", model=net.eval())[0].GetConformer().GetPositions()
+    b = predict("CCO", model=tmp_path / "m.ckpt")[0].GetConformer().GetPositions()
+    assert np.allclose(a, b, atol=1e-5)
+
+
+def _cli(args, stdin=None, cwd=None):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "molconf.cli", "predict", *args], input=stdin,
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+def test_cli_inputs_outputs_and_exit_codes(tmp_path, tiny_model):
+    m = str(tiny_model)
+    r = _cli(["CCO", "nonsense(", "--model", m])
+    assert r.returncode == 0 and r.stdout.count("$$$$") == 1
+    assert "failed: 1 'nonsense('" in r.stderr and "1 of 2 molecules predicted" in r.stderr
+    (tmp_path / "in.smi").write_text("CCO ethanol\n# comment\n\nc1ccccc1 benzene\n")
+    r = _cli(["-i", str(tmp_path / "in.smi"), "-o", str(tmp_path / "o.xyz"), "--model", m])
+    assert r.returncode == 0 and len(ase.io.read(tmp_path / "o.xyz", index=":")) == 2
+    (tmp_path / "in.csv").write_text("name,smiles\nwater,O\nbad,xx\n")
+    r = _cli(["-i", str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.sdf"), "--model", m])
+    assert r.returncode == 0 and "failed: 1 'bad'" in r.stderr
+    [water] = list(Chem.SDMolSupplier(str(tmp_path / "o.sdf"), removeHs=False))
+    assert water.GetProp("_Name") == "water"
+    r = _cli(["-i", str(tmp_path / "o.sdf"), "--model", m])  # SDF in
+    assert r.returncode == 0 and r.stdout.count("$$$$") == 1
+    r = _cli(["-i", "-", "--model", m], stdin="CCN\nCCC\n")
+    assert r.returncode == 0 and r.stdout.count("$$$$") == 2
+    r = _cli(["xx", "--model", m])
+    assert r.returncode == 1 and "0 of 1 molecules predicted" in r.stderr
+    (tmp_path / "empty.smi").write_text("")
+    r = _cli(["-i", str(tmp_path / "empty.smi"), "--model", m])
+    assert r.returncode == 2 and "no input molecules" in r.stderr
