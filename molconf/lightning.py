@@ -194,6 +194,13 @@ class ConformerModule(L.LightningModule):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.model(batch)
 
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        pe_dim = getattr(getattr(dm, "hparams", None), "pe_dim", None)
+        if pe_dim is not None and pe_dim != self.model.pe_dim:
+            raise ValueError(f"data.pe_dim={pe_dim} differs from the model's pe_dim={self.model.pe_dim}: "
+                             "the Laplacian encoding width must match")
+
     def training_step(self, batch, batch_idx):
         losses = conformer_loss(self.model(batch), batch)
         if not torch.isfinite(losses["loss"]):
@@ -334,8 +341,6 @@ class ConformerCLI(LightningCLI):
         })
         # Checkpoints live at a fixed place per run folder, so `--ckpt_path last` finds them.
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir)
-        # The Laplacian encoding width is one number shared by data and model.
-        parser.link_arguments("data.pe_dim", "model.model.init_args.pe_dim")
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         cfg = self._get(self.config_init, "trainer", default={})
@@ -347,9 +352,13 @@ class ConformerCLI(LightningCLI):
 
 
 def run_lightning_cli(args: list[str]) -> None:
+    # Subclass mode: a config names its module and data classes (``class_path``), so other
+    # LightningModules (e.g. the diffusion denoiser) train under the same command.
     ConformerCLI(
-        ConformerModule,
-        ConformerDataModule,
+        L.LightningModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
         args=args,
         trainer_defaults=TRAINER_DEFAULTS,
         save_config_kwargs={"overwrite": True},
