@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import molconf.predict
 from molconf import constants as K
 from molconf.data import ConformerDataset, collate_dense, load_qm9
 from molconf.data.splits import load_split
@@ -33,11 +34,14 @@ from molconf.metrics import aggregate, mol_with_coords, molecule_metrics
 from molconf.models import load_model, save_model
 
 RESULTS = Path(__file__).parent / "results"
-WEIGHTS = RESULTS / "weights"
+PACKAGE_WEIGHTS = Path(molconf.predict.__file__).parent / "weights"
 MODELS = {  # name -> (training run folder, committed weights)
-    "ReBind (CPU budget)": ("runs/rebind_qm9_cpu", WEIGHTS / "rebind_qm9_cpu.pt"),
-    "GTMGC (CPU budget)": ("runs/gtmgc_qm9_cpu", WEIGHTS / "gtmgc_qm9_cpu.pt"),
+    # the ReBind CPU model is also molconf's shipped default model
+    "ReBind (CPU budget)": ("runs/rebind_qm9_cpu", PACKAGE_WEIGHTS / "qm9_rebind.pt"),
+    "GTMGC (CPU budget)": ("runs/gtmgc_qm9_cpu", RESULTS / "weights" / "gtmgc_qm9_cpu.pt"),
 }
+QM9_ELEMENTS = [1, 6, 7, 8, 9]
+QM9_MAX_ATOMS = 29
 PUBLISHED = [  # DESIGN §3: published QM9 test numbers (D-MAE, D-RMSE, C-RMSD), not ours
     ("GINE", 0.357, 0.669, 0.693), ("GATv2", 0.339, 0.659, 0.666), ("GPS", 0.326, 0.640, 0.666),
     ("GTMGC", 0.264, 0.470, 0.367), ("WGFormer", 0.227, 0.422, 0.206),
@@ -158,9 +162,12 @@ def main(argv=None):
     out = Path(args.out)
     if args.export:
         for name, (run, weights) in MODELS.items():
-            model, meta = load_model(best_checkpoint(run))
+            ckpt = best_checkpoint(run)
+            model, meta = load_model(ckpt)
+            meta.update(name=weights.stem, elements=QM9_ELEMENTS, max_atoms=QM9_MAX_ATOMS,
+                        trained_on="QM9 train split (datasets/qm9/split_train.npy)", checkpoint=ckpt.name)
             save_model(model, weights, meta, half=True)
-            print(f"exported {name} -> {weights} ({weights.stat().st_size / 1e6:.1f} MB)")
+            print(f"exported {name} ({ckpt}) -> {weights} ({weights.stat().st_size / 1e6:.1f} MB)")
     store = load_qm9()
     rows, _ = store.positions_of(load_split("qm9", "test"))
     if args.limit:
@@ -184,6 +191,35 @@ def main(argv=None):
     table += rd_table
     per_mol += rd_per_mol
     write(out, table, per_mol, degrees, len(rows))
+    if not args.limit:
+        write_model_card(table[0], MODELS["ReBind (CPU budget)"][1], len(rows))
+
+
+def write_model_card(row: dict, weights: Path, n_test: int) -> None:
+    """The shipped default model's card, with the test metrics just measured."""
+    model, meta = load_model(weights)
+    cfg = model.config
+    card = f"""# Model card: `{weights.stem}` (molconf's default model)
+
+- **Task**: one ground-state conformer per molecule from its 2D graph (explicit H).
+- **Architecture**: ReBind encoder-decoder graph transformer (LJ-force rewiring, degree-compensating K),
+  {cfg['n_encoder_layers']}+{cfg['n_decoder_layers']} layers, d_model {cfg['d_model']}, {cfg['n_heads']} heads,
+  FFN {cfg['ffn_dim']}, Laplacian encoding width {cfg['pe_dim']}; {row['params']:,} parameters; weights stored as float16.
+- **Data**: QM9 (B3LYP/6-31G(2df,p) geometries, from the `qm9pack` wheel), bonds perceived with RDKit;
+  trained on the committed train split (`datasets/qm9/split_train.npy`, 110,000 ids), model selection
+  on the val split.
+- **Training**: `molconf fit --config configs/rebind_qm9_cpu.yaml` (via `bash benchmarks/train_cpu_models.sh`);
+  checkpoint `{meta.get('checkpoint')}` after {meta.get('global_step')} optimiser steps
+  (epoch {meta.get('epoch')}), {(meta.get('train_seconds') or 0) / 3600:.2f} h of wall time on 2 CPU cores.
+- **Test metrics** (QM9 test split, {n_test} molecules; `python benchmarks/qm9_benchmark.py`):
+  D-MAE {row['d_mae']:.4f} Å, D-RMSE {row['d_rmse']:.4f} Å, C-RMSD {row['c_rmsd']:.4f} Å,
+  stereo consistency {row['stereo_consistency']:.4f} (raw network output, before `predict`'s stereo repair).
+- **Supported elements**: H, C, N, O, F. **Size**: trained on molecules of ≤ {QM9_MAX_ATOMS} atoms
+  (with H); `predict` refuses molecules of more than {2 * QM9_MAX_ATOMS} atoms.
+- **Out of scope**: charged molecules (net charge ≠ 0), radicals, multi-fragment inputs (salts); each is
+  refused with a reason. Molecules much larger or chemically unlike QM9 (drug-sized) get low-quality geometries.
+"""
+    weights.with_suffix(".md").write_text(card)
 
 
 def write(out: Path, table, per_mol, degrees, n):

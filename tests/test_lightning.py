@@ -168,3 +168,11 @@ def test_ddp_two_cpu_processes_agree(tmp_path, qm9_small):
     assert r0["world"] == r1["world"] == 2
     assert np.allclose(r0["params"], r1["params"]) and r0["checksum"] == pytest.approx(r1["checksum"])
     assert len(r0["seen"]) == len(r1["seen"]) > 0 and not set(r0["seen"]) & set(r1["seen"])
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_every_config_parses(config, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "molconf.cli", "fit", "--config", str(REPO / "configs" / config),
+                           "--print_config"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "class_path" in proc.stdout
