@@ -119,6 +119,11 @@ class ConformerDataModule(L.LightningDataModule):
             shuffle=shuffle, seed=self.hparams.seed, num_replicas=world, rank=rank,
         )
 
+    def padding_report(self) -> dict[str, float]:
+        """Share of padded atom slots per split with this batching (0 = no waste)."""
+        self.setup("fit")
+        return {part: self._sampler(part, part == "train", 1, 0).padding_fraction() for part in SPLIT_PARTS}
+
     def train_batches_per_epoch(self, world: int = 1, rank: int = 0) -> int:
         self.setup("fit")
         return len(self._sampler("train", True, world, rank))
