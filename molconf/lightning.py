@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader
 from molconf import constants as K
 from molconf.data.cache import GraphStore
 from molconf.data.dataset import ConformerDataset, SizeAwareBatchSampler, collate_dense
-from molconf.data.prepare import load_qm9
-from molconf.data.splits import SPLIT_PARTS, load_split
+from molconf.data.load import DATASETS, load_dataset, load_dataset_split
+from molconf.data.splits import SPLIT_PARTS
 from molconf.metrics import PooledDistanceMetrics, c_rmsd, mol_with_coords
 from molconf.models import ConformerTransformer, conformer_loss
 
@@ -52,12 +52,20 @@ class ResumableDataLoader(DataLoader):
 
 
 class ConformerDataModule(L.LightningDataModule):
-    """QM9 (cached) with the committed split and size-aware batching.
+    """QM9 or GEOM-DRUGS (cached) with a fixed split and size-aware batching.
 
     Parameters
     ----------
     dataset : str
-        ``"qm9"``.
+        ``"qm9"`` or ``"geom_drugs"``.
+    data_root : str, optional
+        Source of the data: QM9's original XYZ archive (default: the ``qm9pack`` wheel), or
+        the GEOM release folder holding ``rdkit_folder`` (default: the shipped format
+        fixture ``datasets/geom_drugs/sample``, not ground truth).
+    split_dir : str, optional
+        QM9: folder of ``split_<part>.npy`` (default ``datasets/qm9``). GEOM-DRUGS: split
+        file or folder, e.g. torsional diffusion's ``split.npy`` (default: the one in
+        ``data_root``).
     batch_size : int, optional
         Molecules per batch (or give ``max_atoms`` for a padded-atom budget instead).
     max_atoms : int, optional
@@ -84,10 +92,11 @@ class ConformerDataModule(L.LightningDataModule):
         test_limit: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
+        data_root: str | None = None,
     ):
         super().__init__()
-        if dataset != "qm9":
-            raise ValueError(f"unknown dataset {dataset!r}")
+        if dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
         if batch_size is not None and max_atoms is not None:
             batch_size = None  # an atom budget overrides the default molecule count
         self.save_hyperparameters()
@@ -97,16 +106,18 @@ class ConformerDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         # Build the cache once (rank 0); other ranks then load it in setup().
-        load_qm9(self.hparams.cache_dir, limit=self.hparams.source_limit)
+        hp = self.hparams
+        load_dataset(hp.dataset, hp.data_root, hp.cache_dir, limit=hp.source_limit)
 
     def setup(self, stage: str | None = None) -> None:
         if self.store is not None:
             return
         hp = self.hparams
-        self.store = load_qm9(hp.cache_dir, limit=hp.source_limit)
+        self.store = load_dataset(hp.dataset, hp.data_root, hp.cache_dir, limit=hp.source_limit)
         limits = {"train": hp.train_limit, "val": hp.val_limit, "test": hp.test_limit}
         for part in SPLIT_PARTS:
-            rows, missing = self.store.positions_of(load_split(hp.dataset, part, hp.split_dir))
+            ids = load_dataset_split(hp.dataset, part, hp.split_dir, hp.data_root)
+            rows, missing = self.store.positions_of(ids)
             self.rows[part] = rows[: limits[part]] if limits[part] else rows
             self.missing[part] = len(missing)
 

@@ -12,6 +12,7 @@ from molconf.data.dataset import (
     graph_to_data,
 )
 from molconf.data.features import featurize
+from molconf.data.load import load_dataset
 from molconf.data.prepare import load_qm9
 from molconf.errors import MoleculeError
 
@@ -42,5 +43,6 @@ __all__ = [
     "default_cache_dir",
     "featurize",
     "graph_to_data",
+    "load_dataset",
     "load_qm9",
 ]

@@ -5,6 +5,9 @@ Layout of a cache folder::
     manifest.json     format version, source fingerprint, counts, sha256 of every array
     <name>.npy        one file per array (loaded memory-mapped)
 
+Caches are written one molecule at a time by :class:`CacheWriter` (memory does not grow
+with the molecule count); :func:`write_cache` is its in-memory convenience wrapper.
+
 A cache whose manifest is missing, of another format version, built from another source, or
 whose arrays do not match their checksums raises :class:`~molconf.errors.CacheError`; the
 loaders then rebuild it rather than use it.
@@ -13,6 +16,8 @@ loaders then rebuild it rather than use it.
 from __future__ import annotations
 
 import hashlib
+import io
+import itertools
 import json
 import os
 import shutil
@@ -25,7 +30,7 @@ import numpy as np
 from rdkit import Chem
 
 from molconf.constants import ENV_CACHE_DIR
-from molconf.data.features import GraphArrays
+from molconf.data.features import NUM_ATOM_FEATURES, GraphArrays
 from molconf.errors import CacheError
 
 FORMAT_VERSION = 1
@@ -54,10 +59,184 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _offsets(lengths: Sequence[int]) -> np.ndarray:
-    out = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=out[1:])
-    return out
+# Per-array dtype and trailing shape. Offset arrays (``*_offsets``) have one entry more than
+# there are molecules (a leading 0); every other per-atom/bond/byte array is ragged.
+_ARRAY_LAYOUT: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
+    "mol_ids": (np.dtype(np.int64), ()),
+    "atom_offsets": (np.dtype(np.int64), ()),
+    "atomic_numbers": (np.dtype(np.uint8), ()),
+    "atom_features": (np.dtype(np.uint8), (NUM_ATOM_FEATURES,)),
+    "pos": (np.dtype(np.float32), (3,)),
+    "bond_offsets": (np.dtype(np.int64), ()),
+    "bonds": (np.dtype(np.int16), (2,)),
+    "bond_types": (np.dtype(np.uint8), ()),
+    "pe_offsets": (np.dtype(np.int64), ()),
+    "lap_pe": (np.dtype(np.float32), ()),
+    "mol_offsets": (np.dtype(np.int64), ()),
+    "mol_bytes": (np.dtype(np.uint8), ()),
+}
+# Which ragged array each offset array indexes.
+_OFFSETS_OF = {
+    "atom_offsets": "atomic_numbers", "bond_offsets": "bonds",
+    "pe_offsets": "lap_pe", "mol_offsets": "mol_bytes",
+}  # fmt: skip
+_COPY_CHUNK = 1 << 22  # bytes per read/write when assembling .npy files
+
+
+class CacheWriter:
+    """Write a cache one molecule at a time, in memory independent of the molecule count.
+
+    Every array is appended to a raw file in a temporary sibling folder; :meth:`finish`
+    turns the raw files into ``.npy`` files (header + the same bytes, streamed), writes the
+    manifest and renames the folder into place, so readers never see a half-written cache.
+    The result is byte-for-byte what :func:`write_cache` wrote before it became a wrapper.
+
+    Parameters
+    ----------
+    folder : path
+        Final cache folder (replaced if it exists, only when :meth:`finish` succeeds).
+
+    Examples
+    --------
+    >>> with CacheWriter(folder) as w:               # doctest: +SKIP
+    ...     for mol_id, graph, binary in molecules:
+    ...         w.add(mol_id, graph, binary)
+    ...     store_folder = w.finish(fingerprint, info)
+
+    Leaving the ``with`` block without :meth:`finish` (or by an exception) deletes the
+    temporary folder and leaves any existing cache untouched.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix=self.folder.name + ".tmp-", dir=self.folder.parent))
+        self._files = {name: open(self._tmp / f"{name}.raw", "wb") for name in _ARRAY_NAMES}
+        self._rows = {name: 0 for name in _ARRAY_NAMES}  # rows written to each raw file
+        self.num_molecules = 0
+        self.num_atoms = 0
+        self.max_atoms = 0
+        self._done = False
+
+    # --- appending ----------------------------------------------------------------------
+    def _append(self, name: str, values) -> None:
+        dtype, trailing = _ARRAY_LAYOUT[name]
+        arr = np.ascontiguousarray(np.asarray(values).astype(dtype, copy=False))
+        if arr.ndim == 0:
+            arr = arr.reshape(1)
+        if arr.shape[1:] != trailing:
+            raise ValueError(f"{name}: rows of shape {arr.shape[1:]}, expected {trailing}")
+        self._files[name].write(arr.tobytes())
+        self._rows[name] += arr.shape[0]
+
+    def _append_offset(self, name: str) -> None:
+        # Offsets are stored as running ends; finish() prepends the leading 0.
+        self._append(name, np.int64(self._rows[_OFFSETS_OF[name]]))
+
+    def add(self, mol_id: int, graph: GraphArrays, mol_binary: bytes) -> None:
+        """Append one molecule (it needs coordinates: ``graph.pos`` is not ``None``)."""
+        if self._done:
+            raise RuntimeError("CacheWriter.add after finish()")
+        if graph.pos is None:
+            raise ValueError("every cached molecule needs coordinates")
+        n = graph.num_atoms
+        if graph.pos.shape != (n, 3) or graph.lap_pe.shape != (n, n) or len(graph.atom_features) != n:
+            raise ValueError(f"molecule {mol_id}: arrays disagree on the atom count {n}")
+        self._append("mol_ids", np.int64(mol_id))
+        self._append("atomic_numbers", graph.atomic_numbers)
+        self._append("atom_features", graph.atom_features)
+        self._append("pos", graph.pos)
+        self._append("bonds", np.asarray(graph.bonds).reshape(-1, 2))
+        self._append("bond_types", graph.bond_types)
+        self._append("lap_pe", np.asarray(graph.lap_pe).ravel())
+        self._append("mol_bytes", np.frombuffer(mol_binary, dtype=np.uint8))
+        for name in _OFFSETS_OF:
+            self._append_offset(name)
+        self.num_molecules += 1
+        self.num_atoms += n
+        self.max_atoms = max(self.max_atoms, n)
+
+    def add_store(self, store: GraphStore) -> None:
+        """Append every molecule of another cache, array by array (no re-featurisation).
+
+        Used to combine shards; memory is bounded by the size of ``store``, not of the
+        cache being written.
+        """
+        if self._done:
+            raise RuntimeError("CacheWriter.add_store after finish()")
+        a = store._a
+        base = {off: self._rows[target] for off, target in _OFFSETS_OF.items()}
+        for name in _ARRAY_NAMES:
+            if name not in _OFFSETS_OF:
+                self._append(name, a[name])
+        for off in _OFFSETS_OF:  # the store's running ends, shifted past what was there
+            self._append(off, np.asarray(a[off][1:], dtype=np.int64) + base[off])
+        self.num_molecules += len(store)
+        self.num_atoms += int(store.num_atoms.sum())
+        self.max_atoms = max(self.max_atoms, int(store.num_atoms.max(initial=0)))
+
+    # --- finishing ----------------------------------------------------------------------
+    def _write_npy(self, name: str) -> str:
+        """Raw file -> ``<name>.npy`` (header, then the raw bytes); returns its sha256."""
+        dtype, trailing = _ARRAY_LAYOUT[name]
+        leading = b""
+        rows = self._rows[name]
+        if name in _OFFSETS_OF:
+            leading, rows = np.zeros(1, np.int64).tobytes(), rows + 1
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                  "shape": (rows, *trailing)}
+        head = io.BytesIO()
+        np.lib.format.write_array_header_1_0(head, header)
+        h = hashlib.sha256()
+        raw = self._tmp / f"{name}.raw"
+        with open(self._tmp / f"{name}.npy", "wb") as out, open(raw, "rb") as src:
+            # Hash while copying: the file is not read a second time.
+            for chunk in itertools.chain((head.getvalue(), leading), iter(lambda: src.read(_COPY_CHUNK), b"")):
+                h.update(chunk)
+                out.write(chunk)
+        raw.unlink()
+        return h.hexdigest()
+
+    def finish(self, fingerprint: dict, info: dict | None = None) -> Path:
+        """Build the ``.npy`` files and the manifest, then move the cache into place."""
+        if self._done:
+            raise RuntimeError("CacheWriter.finish called twice")
+        try:
+            for fh in self._files.values():
+                fh.close()
+            checksums = {name: self._write_npy(name) for name in _ARRAY_NAMES}
+            manifest = {
+                "format_version": FORMAT_VERSION,
+                "fingerprint": fingerprint,
+                "num_molecules": self.num_molecules,
+                "num_atoms": self.num_atoms,
+                "max_atoms": self.max_atoms,
+                "sha256": checksums,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "info": info or {},
+            }
+            (self._tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+            if self.folder.exists():
+                shutil.rmtree(self.folder)
+            self._tmp.rename(self.folder)
+        finally:
+            self._done = True
+            self.abort()
+        return self.folder
+
+    def abort(self) -> None:
+        """Discard everything written (a no-op after a successful :meth:`finish`)."""
+        for fh in self._files.values():
+            fh.close()
+        if self._tmp.exists():
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        self._done = True
+
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.abort()
 
 
 def write_cache(
@@ -68,52 +247,15 @@ def write_cache(
     fingerprint: dict,
     info: dict | None = None,
 ) -> Path:
-    """Write a cache atomically (to a temporary sibling folder, then renamed into place)."""
-    folder = Path(folder)
+    """Write a cache atomically from in-memory lists (a wrapper on :class:`CacheWriter`)."""
     if not (len(mol_ids) == len(graphs) == len(mol_binaries)):
         raise ValueError("mol_ids, graphs and mol_binaries must have the same length")
     if any(g.pos is None for g in graphs):
         raise ValueError("every cached molecule needs coordinates")
-    n_atoms = [g.num_atoms for g in graphs]
-    arrays = {
-        "mol_ids": np.asarray(mol_ids, dtype=np.int64),
-        "atom_offsets": _offsets(n_atoms),
-        "atomic_numbers": np.concatenate([g.atomic_numbers for g in graphs] or [np.zeros(0, np.uint8)]),
-        "atom_features": np.concatenate([g.atom_features for g in graphs] or [np.zeros((0, 9), np.uint8)]),
-        "pos": np.concatenate([g.pos for g in graphs] or [np.zeros((0, 3), np.float32)]).astype(np.float32),
-        "bond_offsets": _offsets([len(g.bonds) for g in graphs]),
-        "bonds": np.concatenate([g.bonds for g in graphs] or [np.zeros((0, 2), np.int16)]),
-        "bond_types": np.concatenate([g.bond_types for g in graphs] or [np.zeros(0, np.uint8)]),
-        "pe_offsets": _offsets([n * n for n in n_atoms]),
-        "lap_pe": np.concatenate([g.lap_pe.ravel() for g in graphs] or [np.zeros(0, np.float32)]),
-        "mol_offsets": _offsets([len(b) for b in mol_binaries]),
-        "mol_bytes": np.frombuffer(b"".join(mol_binaries), dtype=np.uint8),
-    }
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
-    try:
-        checksums = {}
-        for name in _ARRAY_NAMES:
-            np.save(tmp / f"{name}.npy", arrays[name])
-            checksums[name] = _sha256(tmp / f"{name}.npy")
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "fingerprint": fingerprint,
-            "num_molecules": len(graphs),
-            "num_atoms": int(sum(n_atoms)),
-            "max_atoms": int(max(n_atoms, default=0)),
-            "sha256": checksums,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "info": info or {},
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    with CacheWriter(folder) as writer:
+        for mol_id, graph, binary in zip(mol_ids, graphs, mol_binaries):
+            writer.add(mol_id, graph, binary)
+        return writer.finish(fingerprint, info)
 
 
 class GraphStore:

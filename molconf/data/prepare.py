@@ -173,9 +173,18 @@ def load_qm9(
 
 
 def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["geom_drugs"]:  # its own options (python datasets/geom_drugs/prepare.py --help)
+        from molconf.data.geom_prepare import main as geom_main
+
+        geom_main(argv[1:])
+        return
     p = argparse.ArgumentParser(prog="python -m molconf.data.prepare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dataset", choices=["qm9"])
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="geom_drugs: molconf prepare geom_drugs --help")
+    p.add_argument("dataset", choices=["qm9", "geom_drugs"])
     p.add_argument("--xyz", help="original QM9 archive (folder of .xyz or tar); default qm9pack")
     p.add_argument("--cache-dir", help="parent folder of caches")
     p.add_argument("--limit", type=int, help="only the first N molecules")
