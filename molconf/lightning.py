@@ -248,7 +248,10 @@ class ConformerModule(L.LightningModule):
         if with_rmsd:
             values[f"{prefix}/{K.C_RMSD}"] = rmsd.compute()
             rmsd.reset()
-        self.log_dict(values, prog_bar=True, sync_dist=False)  # torchmetrics already synced
+        # torchmetrics already synced the sums across processes; only headline numbers on the bar
+        headline = {k: v for k, v in values.items() if k.split("/")[1] in (K.D_MAE, K.D_RMSE, K.C_RMSD)}
+        self.log_dict(headline, prog_bar=True, sync_dist=False)
+        self.log_dict({k: v for k, v in values.items() if k not in headline}, sync_dist=False)
         metrics.reset()
 
     def validation_step(self, batch, batch_idx):
