@@ -41,95 +41,33 @@ __device__ __forceinline__ double warp_sum(double v) {
   return v;  // complete in lane 0
 }
 
-// One warp per row. Pass 1: each lane computes the masked F_ij of its columns into the
-// row buffer (shared memory, or global scratch for very long rows). Pass 2: each lane
-// ranks its valid columns against the whole row (rewire_rank, the same strict order as
-// the CPU's nth_element) and keeps those ranked below K_i. O(N^2 / 32) per row, no sort,
-// no atomics; ranks stop counting at K_i, which is small in practice.
+// One warp per row; the row bodies are lj_math.h's rewire_row_forces/rewire_row_select,
+// which the CPU emulation op replays lane by lane in the tests. Pass 1: each lane writes
+// the masked F_ij of its columns into the row buffer (shared memory, or global scratch for
+// very long rows). Pass 2: each lane ranks its valid columns against the whole row and
+// keeps those ranked below K_i. O(N^2 / 32) per row with early exit at rank K_i (small in
+// practice); no sort, no atomics.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    rewire_kernel(const T* __restrict__ P, const bool* __restrict__ M,
-                  const bool* __restrict__ A, const T* __restrict__ S,
-                  const T* __restrict__ E, const int64_t* __restrict__ K,
-                  bool* __restrict__ attr, bool* __restrict__ rep, T* __restrict__ force_out,
-                  T* __restrict__ scratch, int64_t B, int64_t N) {
+    rewire_kernel(RewireRowArgs<T> a, T* __restrict__ scratch, int64_t rows) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + warp;
-  if (row >= B * N) return;  // uniform per warp
-  const int64_t b = row / N, i = row - b * N;
-  T* buf = scratch ? scratch + row * N : reinterpret_cast<T*>(smem_raw) + warp * N;
-  bool* attr_row = attr + row * N;
-  bool* rep_row = rep + row * N;
-  T* f_out = force_out ? force_out + row * N : nullptr;
-
-  if (!M[row]) {
-    for (int64_t j = lane; j < N; j += kWarp) {
-      attr_row[j] = false;
-      rep_row[j] = false;
-      if (f_out) f_out[j] = T(0);
-    }
-    return;
-  }
-  const T* Pb = P + b * N * 3;
-  const bool* Mb = M + b * N;
-  const bool* A_row = A + row * N;
-  const T* Sb = S + b * N;
-  const T* Eb = E + b * N;
-  const T xi = Pb[3 * i], yi = Pb[3 * i + 1], zi = Pb[3 * i + 2];
-  const T si = Sb[i], ei = Eb[i];
-  for (int64_t j = lane; j < N; j += kWarp) {
-    const bool cand = Mb[j] && !A_row[j] && j != i;
-    const T f = cand ? rewire_pair_force(xi, yi, zi, Pb[3 * j], Pb[3 * j + 1], Pb[3 * j + 2],
-                                         si, Sb[j], ei, Eb[j])
-                     : T(0);
-    buf[j] = f;
-    if (f_out) f_out[j] = f;
-  }
+  if (row >= rows) return;  // uniform per warp
+  T* buf = scratch != nullptr ? scratch + row * a.n : reinterpret_cast<T*>(smem_raw) + warp * a.n;
+  rewire_row_forces(a, row, buf, lane, kWarp);
   __syncwarp();  // the whole row must be in buf before any lane ranks against it
-  const int64_t Ki = K[row];
-  for (int64_t j = lane; j < N; j += kWarp) {
-    const T f = buf[j];
-    const bool keep = Ki > 0 && rewire_valid(f) && rewire_rank(buf, N, j, Ki) < Ki;
-    attr_row[j] = keep && f < T(0);
-    rep_row[j] = keep && f > T(0);
-  }
+  rewire_row_select(a, row, buf, lane, kWarp);
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    lj_kernel(const T* __restrict__ P, const bool* __restrict__ M, const T* __restrict__ S,
-              const T* __restrict__ E, const bool* __restrict__ X, T* __restrict__ row_energy,
-              T* __restrict__ forces, int64_t B, int64_t N) {
+    lj_kernel(LjRowArgs<T> a, T* __restrict__ row_energy, T* __restrict__ forces, int64_t rows) {
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + warp;
-  if (row >= B * N) return;
-  const int64_t b = row / N, i = row - b * N;
-  double e = 0, fx = 0, fy = 0, fz = 0;
-  if (M[row]) {
-    const T* Pb = P + b * N * 3;
-    const bool* Mb = M + b * N;
-    const T* Sb = S + b * N;
-    const T* Eb = E + b * N;
-    const bool* X_row = X ? X + row * N : nullptr;
-    const T xi = Pb[3 * i], yi = Pb[3 * i + 1], zi = Pb[3 * i + 2];
-    const T si = Sb[i], ei = Eb[i];
-    for (int64_t j = lane; j < N; j += kWarp) {
-      if (!Mb[j] || j == i || (X_row && X_row[j])) continue;
-      const T dx = op_sub(xi, Pb[3 * j]), dy = op_sub(yi, Pb[3 * j + 1]),
-              dz = op_sub(zi, Pb[3 * j + 2]);
-      const T r = pair_distance(pair_r2(dx, dy, dz));
-      const LjPairTerms<T> t = lj_pair_terms(r, mix_sigma(si, Sb[j]), mix_epsilon(ei, Eb[j]), false);
-      e += t.energy;
-      fx += static_cast<double>(t.g) * dx;
-      fy += static_cast<double>(t.g) * dy;
-      fz += static_cast<double>(t.g) * dz;
-    }
-  }
-  e = warp_sum(e);
-  fx = warp_sum(fx);
-  fy = warp_sum(fy);
-  fz = warp_sum(fz);
+  if (row >= rows) return;
+  const Sum4 s = lj_row_partial(a, row, lane, kWarp);
+  const double e = warp_sum(s.e), fx = warp_sum(s.x), fy = warp_sum(s.y), fz = warp_sum(s.z);
   if (lane == 0) {
     row_energy[row] = static_cast<T>(e);
     forces[3 * row] = static_cast<T>(fx);
@@ -138,61 +76,16 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// See lj_cpu.cpp (lj_backward_rows) for the formula; one warp per row k.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    lj_backward_kernel(const T* __restrict__ GE, const T* __restrict__ GF,
-                       const T* __restrict__ P, const bool* __restrict__ M,
-                       const T* __restrict__ S, const T* __restrict__ E,
-                       const bool* __restrict__ X, T* __restrict__ grad_pos, int64_t B,
-                       int64_t N) {
+    lj_backward_kernel(LjRowArgs<T> a, const T* __restrict__ grad_energy,
+                       const T* __restrict__ grad_forces, T* __restrict__ grad_pos,
+                       int64_t rows) {
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + warp;
-  if (row >= B * N) return;
-  const int64_t b = row / N, k = row - b * N;
-  double gx = 0, gy = 0, gz = 0;
-  if (M[row] && (GE || GF)) {
-    const T* Pb = P + b * N * 3;
-    const bool* Mb = M + b * N;
-    const T* Sb = S + b * N;
-    const T* Eb = E + b * N;
-    const bool* Xb = X ? X + b * N * N : nullptr;
-    const double ge = GE ? static_cast<double>(GE[b]) : 0.0;
-    const T* GFb = GF ? GF + b * N * 3 : nullptr;
-    const double gkx = GFb ? GFb[3 * k] : 0.0, gky = GFb ? GFb[3 * k + 1] : 0.0,
-                 gkz = GFb ? GFb[3 * k + 2] : 0.0;
-    const T xk = Pb[3 * k], yk = Pb[3 * k + 1], zk = Pb[3 * k + 2];
-    const T sk = Sb[k], ek = Eb[k];
-    for (int64_t j = lane; j < N; j += kWarp) {
-      if (!Mb[j] || j == k) continue;
-      const double a_kj = (Xb && Xb[k * N + j]) ? 0.0 : 1.0;
-      const double a_jk = (Xb && Xb[j * N + k]) ? 0.0 : 1.0;
-      if (a_kj == 0.0 && a_jk == 0.0) continue;
-      const T dx = op_sub(xk, Pb[3 * j]), dy = op_sub(yk, Pb[3 * j + 1]),
-              dz = op_sub(zk, Pb[3 * j + 2]);
-      const T r = pair_distance(pair_r2(dx, dy, dz));
-      const LjPairTerms<T> t =
-          lj_pair_terms(r, mix_sigma(sk, Sb[j]), mix_epsilon(ek, Eb[j]), GFb != nullptr);
-      const double g = t.g, h = t.h;
-      if (g == 0.0 && h == 0.0) continue;
-      const double ce = -0.5 * ge * (a_kj + a_jk) * g;
-      gx += ce * dx;
-      gy += ce * dy;
-      gz += ce * dz;
-      if (GFb) {
-        const double vx = a_kj * gkx - a_jk * GFb[3 * j];
-        const double vy = a_kj * gky - a_jk * GFb[3 * j + 1];
-        const double vz = a_kj * gkz - a_jk * GFb[3 * j + 2];
-        const double hdv = h * (dx * vx + dy * vy + dz * vz);
-        gx += g * vx + hdv * dx;
-        gy += g * vy + hdv * dy;
-        gz += g * vz + hdv * dz;
-      }
-    }
-  }
-  gx = warp_sum(gx);
-  gy = warp_sum(gy);
-  gz = warp_sum(gz);
+  if (row >= rows) return;
+  const Sum4 s = lj_backward_row_partial(a, grad_energy, grad_forces, row, lane, kWarp);
+  const double gx = warp_sum(s.x), gy = warp_sum(s.y), gz = warp_sum(s.z);
   if (lane == 0) {
     grad_pos[3 * row] = static_cast<T>(gx);
     grad_pos[3 * row + 1] = static_cast<T>(gy);
@@ -222,13 +115,15 @@ void rewire_by_force_cuda(const at::Tensor& pos, const at::Tensor& mask,
     const int64_t shared = scratch ? 0 : rewire_cuda_shared_bytes(N, sizeof(scalar_t));
     TORCH_CHECK(scratch || shared > 0, "rewire_by_force (CUDA): rows of ", N,
                 " atoms need a global scratch buffer");
+    const RewireRowArgs<scalar_t> a{pos.data_ptr<scalar_t>(),     mask.data_ptr<bool>(),
+                                    bond_adj.data_ptr<bool>(),    sigma.data_ptr<scalar_t>(),
+                                    epsilon.data_ptr<scalar_t>(), k.data_ptr<int64_t>(),
+                                    attr.data_ptr<bool>(),        rep.data_ptr<bool>(),
+                                    force ? force->data_ptr<scalar_t>() : nullptr,
+                                    N};
     rewire_kernel<scalar_t><<<num_blocks(B * N), kThreads, shared,
                               static_cast<cudaStream_t>(stream)>>>(
-        pos.data_ptr<scalar_t>(), mask.data_ptr<bool>(), bond_adj.data_ptr<bool>(),
-        sigma.data_ptr<scalar_t>(), epsilon.data_ptr<scalar_t>(), k.data_ptr<int64_t>(),
-        attr.data_ptr<bool>(), rep.data_ptr<bool>(),
-        force ? force->data_ptr<scalar_t>() : nullptr,
-        scratch ? scratch->data_ptr<scalar_t>() : nullptr, B, N);
+        a, scratch ? scratch->data_ptr<scalar_t>() : nullptr, B * N);
     check_launch("molconf::rewire_by_force");
   });
 }
@@ -239,10 +134,11 @@ void lj_energy_forces_cuda(const at::Tensor& pos, const at::Tensor& mask, const 
   const int64_t B = pos.size(0), N = pos.size(1);
   if (B * N == 0) return;
   AT_DISPATCH_FLOATING_TYPES(pos.scalar_type(), "molconf::lj_energy_forces (CUDA)", [&] {
+    const LjRowArgs<scalar_t> a{pos.data_ptr<scalar_t>(), mask.data_ptr<bool>(),
+                                sigma.data_ptr<scalar_t>(), epsilon.data_ptr<scalar_t>(),
+                                exclude ? exclude->data_ptr<bool>() : nullptr, N};
     lj_kernel<scalar_t><<<num_blocks(B * N), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-        pos.data_ptr<scalar_t>(), mask.data_ptr<bool>(), sigma.data_ptr<scalar_t>(),
-        epsilon.data_ptr<scalar_t>(), exclude ? exclude->data_ptr<bool>() : nullptr,
-        row_energy.data_ptr<scalar_t>(), forces.data_ptr<scalar_t>(), B, N);
+        a, row_energy.data_ptr<scalar_t>(), forces.data_ptr<scalar_t>(), B * N);
     check_launch("molconf::lj_energy_forces");
   });
 }
@@ -255,12 +151,13 @@ void lj_energy_forces_backward_cuda(const at::Tensor* grad_energy, const at::Ten
   const int64_t B = pos.size(0), N = pos.size(1);
   if (B * N == 0) return;
   AT_DISPATCH_FLOATING_TYPES(pos.scalar_type(), "molconf::lj_energy_forces_backward (CUDA)", [&] {
+    const LjRowArgs<scalar_t> a{pos.data_ptr<scalar_t>(), mask.data_ptr<bool>(),
+                                sigma.data_ptr<scalar_t>(), epsilon.data_ptr<scalar_t>(),
+                                exclude ? exclude->data_ptr<bool>() : nullptr, N};
     lj_backward_kernel<scalar_t>
         <<<num_blocks(B * N), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-            opt_ptr<scalar_t>(grad_energy), opt_ptr<scalar_t>(grad_forces),
-            pos.data_ptr<scalar_t>(), mask.data_ptr<bool>(), sigma.data_ptr<scalar_t>(),
-            epsilon.data_ptr<scalar_t>(), exclude ? exclude->data_ptr<bool>() : nullptr,
-            grad_pos.data_ptr<scalar_t>(), B, N);
+            a, opt_ptr<scalar_t>(grad_energy), opt_ptr<scalar_t>(grad_forces),
+            grad_pos.data_ptr<scalar_t>(), B * N);
     check_launch("molconf::lj_energy_forces_backward");
   });
 }

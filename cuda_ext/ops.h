@@ -15,6 +15,23 @@ void rewire_by_force_cpu(const at::Tensor& pos, const at::Tensor& mask, const at
                          const at::Tensor& sigma, const at::Tensor& epsilon, const at::Tensor& k,
                          at::Tensor& attr, at::Tensor& rep, at::Tensor* force);
 
+// The CUDA rewiring kernel's per-row code (lj_math.h) replayed serially on the CPU, lane
+// by lane; same contract as rewire_by_force_cpu. For tests: it lets CPU-only machines check
+// the GPU's selection logic and its correctly rounded square roots.
+void rewire_by_force_cuda_emulation(const at::Tensor& pos, const at::Tensor& mask,
+                                    const at::Tensor& bond_adj, const at::Tensor& sigma,
+                                    const at::Tensor& epsilon, const at::Tensor& k,
+                                    at::Tensor& attr, at::Tensor& rep, at::Tensor* force);
+
+// The CUDA LJ kernels' per-row code replayed on the CPU (32 lanes, warp-tree sums): the
+// forward into row_energy (B, N) and forces (B, N, 3), and the backward for the given
+// output gradients (each may be nullptr) into grad_pos (B, N, 3). For tests.
+void lj_energy_forces_cuda_emulation(const at::Tensor& pos, const at::Tensor& mask,
+                                     const at::Tensor& sigma, const at::Tensor& epsilon,
+                                     const at::Tensor* exclude, const at::Tensor* grad_energy,
+                                     const at::Tensor* grad_forces, at::Tensor& row_energy,
+                                     at::Tensor& forces, at::Tensor& grad_pos);
+
 // row_energy: (B, N), Σ_j V_ij for each row i (the caller sums the rows of a molecule
 // and halves, as every pair appears twice). forces: (B, N, 3). exclude may be nullptr.
 void lj_energy_forces_cpu(const at::Tensor& pos, const at::Tensor& mask, const at::Tensor& sigma,

@@ -84,10 +84,10 @@ void* current_stream(const Tensor& pos) {
               " in this build of the extension");
 }
 
-std::tuple<Tensor, Tensor, Tensor> rewire_by_force(const Tensor& pos, const Tensor& mask,
-                                                   const Tensor& bond_adj, const Tensor& sigma,
-                                                   const Tensor& epsilon, const Tensor& k,
-                                                   bool return_forces) {
+std::tuple<Tensor, Tensor, Tensor> rewire_impl(const Tensor& pos, const Tensor& mask,
+                                               const Tensor& bond_adj, const Tensor& sigma,
+                                               const Tensor& epsilon, const Tensor& k,
+                                               bool return_forces, bool emulate_cuda) {
   check_common(pos, mask, sigma, epsilon);
   check_pair_mask(bond_adj, pos, "bond_adj");
   const int64_t B = pos.size(0), N = pos.size(1);
@@ -107,7 +107,11 @@ std::tuple<Tensor, Tensor, Tensor> rewire_by_force(const Tensor& pos, const Tens
   Tensor force = at::empty(force_shape, pos.options());
   if (B * N == 0) return {attr, rep, force};
   Tensor* force_ptr = return_forces ? &force : nullptr;
-  if (pos.device().is_cpu()) {
+  if (emulate_cuda) {
+    TORCH_CHECK_VALUE(pos.device().is_cpu(), "the CUDA emulation runs on CPU tensors only");
+    rewire_by_force_cuda_emulation(pos_c, mask_c, bond_c, sigma_c, eps_c, k_c, attr, rep,
+                                   force_ptr);
+  } else if (pos.device().is_cpu()) {
     rewire_by_force_cpu(pos_c, mask_c, bond_c, sigma_c, eps_c, k_c, attr, rep, force_ptr);
   } else if (pos.device().is_cuda()) {
 #ifdef MOLCONF_WITH_CUDA
@@ -125,6 +129,19 @@ std::tuple<Tensor, Tensor, Tensor> rewire_by_force(const Tensor& pos, const Tens
     no_kernel(pos);
   }
   return {attr, rep, force};
+}
+
+std::tuple<Tensor, Tensor, Tensor> rewire_by_force(const Tensor& pos, const Tensor& mask,
+                                                   const Tensor& bond_adj, const Tensor& sigma,
+                                                   const Tensor& epsilon, const Tensor& k,
+                                                   bool return_forces) {
+  return rewire_impl(pos, mask, bond_adj, sigma, epsilon, k, return_forces, false);
+}
+
+std::tuple<Tensor, Tensor, Tensor> rewire_by_force_cuda_emulation_op(
+    const Tensor& pos, const Tensor& mask, const Tensor& bond_adj, const Tensor& sigma,
+    const Tensor& epsilon, const Tensor& k, bool return_forces) {
+  return rewire_impl(pos, mask, bond_adj, sigma, epsilon, k, return_forces, true);
 }
 
 std::tuple<Tensor, Tensor> lj_energy_forces(const Tensor& pos, const Tensor& mask,
@@ -204,6 +221,44 @@ Tensor lj_energy_forces_backward(const std::optional<Tensor>& grad_energy,
   return grad_pos;
 }
 
+// Test hook: energy, forces and the backward for (grad_energy, grad_forces), computed by
+// the CUDA kernels' per-row code replayed on the CPU (see ops.h).
+std::tuple<Tensor, Tensor, Tensor> lj_cuda_emulation_op(const Tensor& pos, const Tensor& mask,
+                                                        const Tensor& sigma,
+                                                        const Tensor& epsilon,
+                                                        const std::optional<Tensor>& exclude,
+                                                        const std::optional<Tensor>& grad_energy,
+                                                        const std::optional<Tensor>& grad_forces) {
+  check_common(pos, mask, sigma, epsilon);
+  TORCH_CHECK_VALUE(pos.device().is_cpu(), "the CUDA emulation runs on CPU tensors only");
+  if (exclude.has_value()) check_pair_mask(*exclude, pos, "exclude");
+  const int64_t B = pos.size(0), N = pos.size(1);
+  if (grad_energy.has_value()) {
+    check_shape(*grad_energy, {B}, "grad_energy");
+    check_dtype(*grad_energy, pos.scalar_type(), "grad_energy");
+  }
+  if (grad_forces.has_value()) {
+    check_shape(*grad_forces, {B, N, 3}, "grad_forces");
+    check_dtype(*grad_forces, pos.scalar_type(), "grad_forces");
+  }
+  const Tensor pos_c = pos.contiguous(), mask_c = mask.contiguous(),
+               sigma_c = sigma.contiguous(), eps_c = epsilon.contiguous();
+  const Tensor excl_c = exclude.has_value() ? exclude->contiguous() : Tensor();
+  const Tensor ge_c = grad_energy.has_value() ? grad_energy->contiguous() : Tensor();
+  const Tensor gf_c = grad_forces.has_value() ? grad_forces->contiguous() : Tensor();
+  Tensor row_energy = at::empty({B, N}, pos.options());
+  Tensor forces = at::empty({B, N, 3}, pos.options());
+  Tensor grad_pos = at::empty({B, N, 3}, pos.options());
+  if (B * N > 0) {
+    lj_energy_forces_cuda_emulation(pos_c, mask_c, sigma_c, eps_c,
+                                    excl_c.defined() ? &excl_c : nullptr,
+                                    ge_c.defined() ? &ge_c : nullptr,
+                                    gf_c.defined() ? &gf_c : nullptr, row_energy, forces,
+                                    grad_pos);
+  }
+  return {at::sum(row_energy, {1}).mul_(0.5), forces, grad_pos};
+}
+
 }  // namespace
 }  // namespace molconf
 
@@ -211,9 +266,18 @@ TORCH_LIBRARY(molconf, m) {
   m.def(
       "rewire_by_force(Tensor pos, Tensor mask, Tensor bond_adj, Tensor sigma, Tensor epsilon, "
       "Tensor k, bool return_forces=False) -> (Tensor attr, Tensor rep, Tensor force)");
+  // Test hook: the CUDA kernel's per-row code run on the CPU (see ops.h).
+  m.def(
+      "_rewire_by_force_cuda_emulation(Tensor pos, Tensor mask, Tensor bond_adj, Tensor sigma, "
+      "Tensor epsilon, Tensor k, bool return_forces=False) -> (Tensor attr, Tensor rep, "
+      "Tensor force)");
   m.def(
       "lj_energy_forces(Tensor pos, Tensor mask, Tensor sigma, Tensor epsilon, "
       "Tensor? exclude=None) -> (Tensor energy, Tensor forces)");
+  m.def(
+      "_lj_energy_forces_cuda_emulation(Tensor pos, Tensor mask, Tensor sigma, Tensor epsilon, "
+      "Tensor? exclude=None, Tensor? grad_energy=None, Tensor? grad_forces=None) -> "
+      "(Tensor energy, Tensor forces, Tensor grad_pos)");
   m.def(
       "lj_energy_forces_backward(Tensor? grad_energy, Tensor? grad_forces, Tensor pos, "
       "Tensor mask, Tensor sigma, Tensor epsilon, Tensor? exclude=None) -> Tensor");
@@ -221,6 +285,8 @@ TORCH_LIBRARY(molconf, m) {
 
 TORCH_LIBRARY_IMPL(molconf, CPU, m) {
   m.impl("rewire_by_force", &molconf::rewire_by_force);
+  m.impl("_rewire_by_force_cuda_emulation", &molconf::rewire_by_force_cuda_emulation_op);
+  m.impl("_lj_energy_forces_cuda_emulation", &molconf::lj_cuda_emulation_op);
   m.impl("lj_energy_forces", &molconf::lj_energy_forces);
   m.impl("lj_energy_forces_backward", &molconf::lj_energy_forces_backward);
 }

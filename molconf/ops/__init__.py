@@ -80,13 +80,23 @@ def _check_tensor(x, name: str) -> torch.Tensor:
     return x
 
 
-def _check_positions(pos) -> tuple[int, int]:
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _check_positions(pos) -> tuple[torch.Tensor, int, int]:
+    """Validates pos (B, N, 3); half-precision input is computed in float32."""
     _check_tensor(pos, "pos")
     if pos.dim() != 3 or pos.shape[-1] != 3:
         raise ValueError(f"pos must have shape (B, N, 3), got {tuple(pos.shape)}")
-    if pos.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"pos must be float32 or float64, got {pos.dtype}")
-    return pos.shape[0], pos.shape[1]
+    if pos.dtype in _LOW_PRECISION:
+        # Mixed-precision models: LJ terms overflow float16 and lose ties in bfloat16.
+        pos = pos.float()
+    elif pos.dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"pos must be a floating-point tensor (float32, float64; float16 and bfloat16 "
+            f"are computed in float32), got {pos.dtype}"
+        )
+    return pos, pos.shape[0], pos.shape[1]
 
 
 def _check_like(x, name: str, shape: tuple, pos: torch.Tensor, kind: str) -> torch.Tensor:
@@ -136,7 +146,8 @@ def rewire_by_force(
     Parameters
     ----------
     pos : torch.Tensor
-        (B, N, 3) float32 or float64 positions (Å).
+        (B, N, 3) float32 or float64 positions (Å); float16/bfloat16 are computed in
+        float32.
     mask : torch.Tensor
         (B, N) bool, True for real atoms.
     bond_adj : torch.Tensor
@@ -153,15 +164,15 @@ def rewire_by_force(
     attr, rep : torch.Tensor
         (B, N, N) bool: kept pairs with attractive (F < 0) / repulsive (F > 0) force.
     force : torch.Tensor
-        (B, N, N) pair forces in ``pos.dtype``, 0 for non-candidates (only with
-        ``return_forces``).
+        (B, N, N) pair forces in the compute dtype (``pos.dtype``, float32 for half
+        inputs), 0 for non-candidates (only with ``return_forces``).
 
     Raises
     ------
     TypeError, ValueError
         Wrong types, dtypes, shapes or devices.
     """
-    b, n = _check_positions(pos)
+    pos, b, n = _check_positions(pos)
     mask = _check_like(mask, "mask", (b, n), pos, "bool")
     bond_adj = _check_like(bond_adj, "bond_adj", (b, n, n), pos, "bool")
     sigma = _check_like(sigma, "sigma", (b, n), pos, "float")
@@ -195,7 +206,8 @@ def lj_energy_forces(
     Parameters
     ----------
     pos : torch.Tensor
-        (B, N, 3) float32 or float64 positions (Å).
+        (B, N, 3) float32 or float64 positions (Å); float16/bfloat16 are computed in
+        float32 and the results cast back.
     mask : torch.Tensor
         (B, N) bool, True for real atoms.
     sigma, epsilon : torch.Tensor
@@ -215,7 +227,8 @@ def lj_energy_forces(
     TypeError, ValueError
         Wrong types, dtypes, shapes or devices.
     """
-    b, n = _check_positions(pos)
+    out_dtype = pos.dtype if isinstance(pos, torch.Tensor) else None
+    pos, b, n = _check_positions(pos)
     mask = _check_like(mask, "mask", (b, n), pos, "bool")
     sigma = _check_like(sigma, "sigma", (b, n), pos, "float")
     epsilon = _check_like(epsilon, "epsilon", (b, n), pos, "float")
@@ -223,5 +236,9 @@ def lj_energy_forces(
         exclude = _check_like(exclude, "exclude", (b, n, n), pos, "bool")
     params_need_grad = sigma.requires_grad or epsilon.requires_grad
     if not params_need_grad and _use_extension(pos.device.type):
-        return torch.ops.molconf.lj_energy_forces(pos, mask, sigma, epsilon, exclude)
-    return reference.lj_energy_forces(pos, mask, sigma, epsilon, exclude)
+        energy, forces = torch.ops.molconf.lj_energy_forces(pos, mask, sigma, epsilon, exclude)
+    else:
+        energy, forces = reference.lj_energy_forces(pos, mask, sigma, epsilon, exclude)
+    if out_dtype != pos.dtype:  # half-precision input: results in the input's dtype
+        energy, forces = energy.to(out_dtype), forces.to(out_dtype)
+    return energy, forces

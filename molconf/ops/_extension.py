@@ -3,9 +3,13 @@
 The extension is compiled on first use with ``torch.utils.cpp_extension.load`` (ninja) or,
 when ninja is missing, with one direct compiler call; the shared library is cached under
 ``$MOLCONF_CACHE_DIR/extensions`` (default ``~/.cache/molconf/extensions``) in a directory
-named after a hash of the sources, flags and torch/Python versions, so edited sources or a
-new torch rebuild instead of loading a stale library. A build already present under the
-default location is reused even when ``MOLCONF_CACHE_DIR`` points elsewhere.
+named after a hash of the sources, compiler flags, CPU model/features and torch/Python
+versions, so edited sources, another CPU or a new torch rebuild instead of loading a stale
+library. A build already present under the default location is reused even when
+``MOLCONF_CACHE_DIR`` points elsewhere. The CPU code is compiled with ``-march=native``
+(vectorised pair loops); a compiler that refuses it gets a portable build instead. With a
+CUDA build of torch and nvcc the CUDA kernels are built too; if only they fail, the CPU
+kernels are kept and CUDA tensors use the reference (one warning).
 
 Nothing here may break ``import molconf``: :func:`load` never raises. When the build or the
 load fails, it records the reason, warns once (``RuntimeWarning``) and ``molconf.ops``
@@ -38,8 +42,20 @@ _HEADERS = ("lj_math.h", "ops.h")
 _CPU_SOURCES = ("register.cpp", "lj_cpu.cpp")
 _CUDA_SOURCES = ("lj_cuda.cu",)
 # -ffp-contract=off: no FMA contraction, so per-pair arithmetic rounds exactly like the
-# PyTorch reference (the top-K selection compares forces bit for bit).
-_CFLAGS = ("-O3", "-fopenmp", "-ffp-contract=off", f"-DMOLCONF_LJ_R_MIN={LJ_R_MIN!r}")
+# PyTorch reference (the top-K selection compares forces bit for bit). -fno-math-errno
+# and -fno-trapping-math: sqrt/div may be evaluated unconditionally, which is what lets
+# GCC vectorise the branch-free pair loops; neither changes any result (no reassociation,
+# no fast-math). -march=native: the library is built on, and cached for, this CPU (its
+# flags are part of the build hash); if the compiler rejects it, a portable build follows.
+_CFLAGS = (
+    "-O3",
+    "-fopenmp",
+    "-ffp-contract=off",
+    "-fno-math-errno",
+    "-fno-trapping-math",
+    f"-DMOLCONF_LJ_R_MIN={LJ_R_MIN!r}",
+)
+_NATIVE_CFLAGS = ("-march=native",)
 _LDFLAGS = ("-fopenmp",)
 _CUDA_CFLAGS = ("-O3", "--fmad=false", f"-DMOLCONF_LJ_R_MIN={LJ_R_MIN!r}", "-DMOLCONF_WITH_CUDA")
 _OUTPUT_TAIL_LINES = 25  # compiler output kept in the warning when a build fails
@@ -121,14 +137,37 @@ def _cuda_wanted() -> bool:
     return CUDA_HOME is not None
 
 
-def _build_name(src: Path, with_cuda: bool) -> str:
+def _cpu_fingerprint() -> str:
+    """What a -march=native build depends on: the CPU model and its feature flags."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            info = fh.read()
+        keep = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags", "Features"))]
+        return "\n".join(sorted(set(keep)))
+    except OSError:
+        return f"{platform.processor()} {torch.backends.cpu.get_cpu_capability()}"
+
+
+def _cflags(native: bool) -> list[str]:
+    return [*_CFLAGS, *(_NATIVE_CFLAGS if native else ())]
+
+
+def _build_name(src: Path, with_cuda: bool, native: bool = True) -> str:
     h = hashlib.sha256()
     files = (*_HEADERS, *_CPU_SOURCES, *(_CUDA_SOURCES if with_cuda else ()))
     for f in files:
         h.update(f.encode())
         h.update((src / f).read_bytes())
-    meta = (torch.__version__, sys.version, platform.machine(), _CFLAGS, _LDFLAGS, with_cuda,
-            _CUDA_CFLAGS if with_cuda else ())
+    meta = (
+        torch.__version__,
+        sys.version,
+        platform.machine(),
+        _cflags(native),
+        _LDFLAGS,
+        with_cuda,
+        _CUDA_CFLAGS if with_cuda else (),
+        _cpu_fingerprint() if native else "",
+    )
     h.update(repr(meta).encode())
     return f"molconf_ops_{h.hexdigest()[:16]}"
 
@@ -141,7 +180,7 @@ def _tail(text: str, n: int = _OUTPUT_TAIL_LINES) -> str:
     return "\n".join(lines[-n:])
 
 
-def _build_direct(name: str, src: Path, build_dir: Path) -> Path:
+def _build_direct(name: str, src: Path, build_dir: Path, cflags: list[str]) -> Path:
     """Compile the CPU extension with one compiler call (used when ninja is missing)."""
     from torch.utils import cpp_extension
 
@@ -158,7 +197,7 @@ def _build_direct(name: str, src: Path, build_dir: Path) -> Path:
         "-shared",
         "-fPIC",
         "-std=c++20",
-        *_CFLAGS,
+        *cflags,
         f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
         *(f"-I{p}" for p in cpp_extension.include_paths()),
         f"-L{torch_lib}",
@@ -177,11 +216,11 @@ def _build_direct(name: str, src: Path, build_dir: Path) -> Path:
     return out
 
 
-def _build_variant(src: Path, with_cuda: bool) -> str:
+def _build_variant(src: Path, with_cuda: bool, native: bool) -> str:
     """Build (or find the cached build of) one variant and load it; returns the library."""
     from torch.utils import cpp_extension
 
-    name = _build_name(src, with_cuda)
+    name = _build_name(src, with_cuda, native)
     for root in _extension_roots():
         lib = root / name / f"{name}.so"
         if lib.is_file() and (root / name / "BUILD_OK").is_file():
@@ -191,6 +230,7 @@ def _build_variant(src: Path, with_cuda: bool) -> str:
     build_dir.mkdir(parents=True, exist_ok=True)
     lib = build_dir / f"{name}.so"
     marker = build_dir / "BUILD_OK"  # written only after a complete build
+    cflags = _cflags(native)
     if cpp_extension.is_ninja_available():
         sources = [str(src / s) for s in _CPU_SOURCES]
         if with_cuda:
@@ -199,7 +239,7 @@ def _build_variant(src: Path, with_cuda: bool) -> str:
             cpp_extension.load(
                 name=name,
                 sources=sources,
-                extra_cflags=[*_CFLAGS, *(["-DMOLCONF_WITH_CUDA"] if with_cuda else [])],
+                extra_cflags=[*cflags, *(["-DMOLCONF_WITH_CUDA"] if with_cuda else [])],
                 extra_cuda_cflags=list(_CUDA_CFLAGS),
                 extra_ldflags=list(_LDFLAGS),
                 build_directory=str(build_dir),
@@ -212,10 +252,31 @@ def _build_variant(src: Path, with_cuda: bool) -> str:
     elif with_cuda:
         raise RuntimeError("building the CUDA kernels needs ninja (pip install ninja)")
     else:
-        _build_direct(name, src, build_dir)
+        _build_direct(name, src, build_dir, cflags)
         torch.ops.load_library(str(lib))
     marker.write_text(f"torch {torch.__version__}\n")
     return str(lib)
+
+
+def _build_flavours(src: Path, with_cuda: bool) -> str:
+    """The -march=native build, or the portable one when the compiler refuses native."""
+    refused = _extension_roots()[0] / _build_name(src, with_cuda, True) / "NATIVE_REFUSED"
+    if not refused.is_file():
+        try:
+            return _build_variant(src, with_cuda, native=True)
+        except Exception as exc:  # noqa: BLE001
+            if _registered():
+                raise  # built and loaded, then failed: nothing a portable build would fix
+            native_error = str(exc)
+        try:
+            lib = _build_variant(src, with_cuda, native=False)
+        except Exception as exc:
+            raise RuntimeError(f"{exc}\n(the -march=native build failed too: "
+                               f"{_tail(native_error, 5)})") from exc
+        refused.parent.mkdir(parents=True, exist_ok=True)
+        refused.write_text(native_error)  # later processes go straight to the portable build
+        return lib
+    return _build_variant(src, with_cuda, native=False)
 
 
 def _build() -> tuple[str, bool, str]:
@@ -240,10 +301,12 @@ def _build() -> tuple[str, bool, str]:
     cuda_reason = ""
     if _cuda_wanted():
         try:
-            return _build_variant(src, with_cuda=True), True, ""
+            return _build_flavours(src, with_cuda=True), True, ""
         except Exception as exc:  # noqa: BLE001 - keep the CPU kernels at least
+            if _registered():
+                raise
             cuda_reason = f"{type(exc).__name__}: {exc}".strip()
-    return _build_variant(src, with_cuda=False), False, cuda_reason
+    return _build_flavours(src, with_cuda=False), False, cuda_reason
 
 
 # --------------------------------------------------------------------------- registration

@@ -108,11 +108,22 @@ def test_non_contiguous_inputs(dtype):
     want = reference.lj_energy_forces(*lj_args(batch, excl))
     pos = batch["pos"].transpose(1, 2).contiguous().transpose(1, 2)
     mask = torch.stack([batch["mask"]] * 2, -1)[..., 1]
-    sigma = batch["sigma"].repeat(1, 2)[:, 1::2]
-    eps = batch["epsilon"].repeat(1, 2)[:, ::2]
+    sigma = batch["sigma"].repeat_interleave(2, dim=1)[:, 1::2]
+    eps = batch["epsilon"].repeat_interleave(2, dim=1)[:, ::2]
     got = ops.lj_energy_forces(pos, mask, sigma, eps, excl.transpose(1, 2))  # symmetric
     for g, w in zip(got, want):
         assert_close_scaled(g, w, dtype)
+
+
+def test_half_precision_positions():
+    batch = random_batch(2, 8, torch.float32, seed=13, pad_value=0.0)
+    pos = batch["pos"].bfloat16().requires_grad_()
+    e, f = ops.lj_energy_forces(pos, batch["mask"], batch["sigma"], batch["epsilon"])
+    assert e.dtype == f.dtype == torch.bfloat16
+    want = reference.lj_energy_forces(pos.detach().float(), *lj_args(batch)[1:])
+    torch.testing.assert_close(e.float(), want[0].to(torch.bfloat16).float())
+    (e.float().sum()).backward()
+    assert pos.grad is not None and pos.grad.dtype == torch.bfloat16
 
 
 def test_parameters_follow_pos_dtype():
@@ -178,6 +189,27 @@ def test_backward_matches_reference_autograd(dtype):
         assert_close_scaled(both[0], both[1], dtype)
 
 
+@needs_ext
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_kernel_logic_emulated_on_cpu(dtype):
+    # The CUDA kernels' per-row code (32 lanes + warp-tree sums) replayed on the CPU: the
+    # forward and the backward for both outputs must match the reference.
+    batch = random_batch(4, 37, dtype, seed=14)  # NaN padding
+    ex = _asymmetric_exclusion(batch, seed=2)
+    g = torch.Generator().manual_seed(3)
+    w_e = torch.randn(4, generator=g, dtype=dtype)
+    w_f = torch.randn(4, 37, 3, generator=g, dtype=dtype)
+    e, f, grad = torch.ops.molconf._lj_energy_forces_cuda_emulation(
+        batch["pos"], batch["mask"], batch["sigma"], batch["epsilon"], ex, w_e, w_f
+    )
+    pos = batch["pos"].clone().requires_grad_()
+    re_, rf = reference.lj_energy_forces(pos, batch["mask"], batch["sigma"], batch["epsilon"], ex)
+    ((re_ * w_e).sum() + (rf * w_f).sum()).backward()
+    assert_close_scaled(e, re_.detach(), dtype)
+    assert_close_scaled(f, rf.detach(), dtype)
+    assert_close_scaled(grad, pos.grad, dtype)
+
+
 def test_energy_gradient_is_minus_forces():
     batch = separated_batch(3, 7, seed=2)
     excl = torch.eye(7, dtype=torch.bool).roll(2, 1).expand(3, 7, 7)
@@ -228,7 +260,7 @@ def test_bad_inputs_raise_clear_errors():
     pos, mask, sigma, eps = batch["pos"], batch["mask"], batch["sigma"], batch["epsilon"]
     cases = [
         ((pos[0], mask, sigma, eps), ValueError, "pos must have shape"),
-        ((pos.int(), mask, sigma, eps), TypeError, "float32 or float64"),
+        ((pos.int(), mask, sigma, eps), TypeError, "float32, float64"),
         ((pos, mask.long(), sigma, eps), TypeError, "mask must be a bool"),
         ((pos, mask[:, :4], sigma, eps), ValueError, "mask must have shape"),
         ((pos, mask, sigma[:1], eps), ValueError, "sigma must have shape"),

@@ -210,8 +210,8 @@ def test_non_contiguous_inputs(dtype):
     mask = torch.stack([batch["mask"], batch["mask"]], -1)[..., 0]
     bond = batch["bond_adj"].transpose(1, 2)  # symmetric: same values, transposed strides
     sigma = torch.stack([batch["sigma"]] * 2, 0)[1]
-    eps = batch["epsilon"].repeat(1, 2)[:, ::2]
-    k = batch["k"].repeat(1, 2)[:, ::2]
+    eps = batch["epsilon"].repeat_interleave(2, dim=1)[:, ::2]
+    k = batch["k"].repeat_interleave(2, dim=1)[:, ::2]
     for t in (pos, mask, bond, eps, k):
         assert not t.is_contiguous()
     got = ops.rewire_by_force(pos, mask, bond, sigma, eps, k, return_forces=True)
@@ -248,6 +248,16 @@ def test_parameters_follow_pos_dtype():
     assert_same_rewiring((attr, rep, force), numpy_rewire(*rewire_args(batch)))
 
 
+def test_half_precision_positions_are_computed_in_float32():
+    batch = random_batch(3, 12, torch.float32, seed=12, extra_k=2)
+    args = list(rewire_args(batch))
+    args[0] = args[0].bfloat16()
+    got = ops.rewire_by_force(*args, return_forces=True)
+    args[0] = args[0].float()
+    assert got[2].dtype == torch.float32
+    assert_same_rewiring(got, reference.rewire_by_force(*args, return_forces=True))
+
+
 def test_rewiring_is_detached():
     batch = random_batch(2, 8, torch.float64, seed=1)
     args = list(rewire_args(batch))
@@ -271,8 +281,8 @@ def _bad_inputs():
     return [
         (swap(0, pos[0]), ValueError, "pos must have shape"),
         (swap(0, pos[..., :2]), ValueError, "pos must have shape"),
-        (swap(0, pos.long()), TypeError, "float32 or float64"),
-        (swap(0, pos.half()), TypeError, "float32 or float64"),
+        (swap(0, pos.long()), TypeError, "float32, float64"),
+        (swap(0, pos.to(torch.complex64)), TypeError, "float32, float64"),
         (swap(0, pos.numpy()), TypeError, "must be a torch.Tensor"),
         (swap(1, mask.float()), TypeError, "mask must be a bool"),
         (swap(1, mask[:1]), ValueError, "mask must have shape"),
