@@ -19,6 +19,7 @@ import argparse
 import csv
 import gzip
 import json
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -35,10 +36,10 @@ from molconf.models import load_model, save_model
 
 RESULTS = Path(__file__).parent / "results"
 PACKAGE_WEIGHTS = Path(molconf.predict.__file__).parent / "weights"
-MODELS = {  # name -> (training run folder, committed weights)
+MODELS = {  # key -> (table name, training run folder, committed weights)
     # the ReBind CPU model is also molconf's shipped default model
-    "ReBind (CPU budget)": ("runs/rebind_qm9_cpu", PACKAGE_WEIGHTS / "qm9_rebind.pt"),
-    "GTMGC (CPU budget)": ("runs/gtmgc_qm9_cpu", RESULTS / "weights" / "gtmgc_qm9_cpu.pt"),
+    "rebind": ("ReBind (CPU budget)", "runs/rebind_qm9_cpu", PACKAGE_WEIGHTS / "qm9_rebind.pt"),
+    "gtmgc": ("GTMGC (CPU budget)", "runs/gtmgc_qm9_cpu", RESULTS / "weights" / "gtmgc_qm9_cpu.pt"),
 }
 QM9_ELEMENTS = [1, 6, 7, 8, 9]
 QM9_MAX_ATOMS = 29
@@ -99,6 +100,7 @@ def evaluate_model(name, path, store, rows):
     summary = aggregate(per_mol)
     summary.update(method=name, params=sum(p.numel() for p in model.parameters()),
                    train_hours=(meta.get("train_seconds") or float("nan")) / 3600,
+                   steps=meta.get("global_step"),
                    mol_per_s=len(rows) / seconds, weights=str(path))
     return summary, per_mol, {k: float(np.mean(v)) for k, v in sorted(by_degree.items())}
 
@@ -141,7 +143,7 @@ def size_plot(per_mol, out: Path):
         n_pairs = np.array([r["n_pairs"] for r in rs])
         xs = np.unique(sizes)
         ys = [abs_sum[sizes == x].sum() / n_pairs[sizes == x].sum() for x in xs]
-        keep = [np.sum(sizes == x) >= 20 for x in xs]  # skip sizes with too few molecules
+        keep = [np.sum(sizes == x) >= 10 for x in xs]  # skip sizes with too few molecules
         ax.plot(xs[keep], np.array(ys)[keep], marker="o", ms=3, label=m)
     ax.set_xlabel("atoms (with H)")
     ax.set_ylabel("D-MAE pooled per size (Å)")
@@ -156,12 +158,15 @@ def main(argv=None):
     p.add_argument("--export", action="store_true",
                    help="first export the best checkpoint of each training run to the committed weights")
     p.add_argument("--limit", type=int, help="only the first N test molecules (quick look)")
+    p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS, reverse=True),
+                   help="which of our models to evaluate (default: all)")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--rdkit", default=str(RESULTS / "qm9_test_rdkit"), help="stem of `molconf baselines` output")
     args = p.parse_args(argv)
     out = Path(args.out)
+    models = {k: MODELS[k] for k in args.models}
     if args.export:
-        for name, (run, weights) in MODELS.items():
+        for name, run, weights in models.values():
             ckpt = best_checkpoint(run)
             model, meta = load_model(ckpt)
             meta.update(name=weights.stem, elements=QM9_ELEMENTS, max_atoms=QM9_MAX_ATOMS,
@@ -173,7 +178,7 @@ def main(argv=None):
     if args.limit:
         rows = rows[: args.limit]
     table, per_mol, degrees = [], [], {}
-    for name, (_, weights) in MODELS.items():
+    for name, _, weights in models.values():
         s, pm, deg = evaluate_model(name, weights, store, rows)
         table.append(s)
         per_mol.extend(pm)
@@ -190,9 +195,10 @@ def main(argv=None):
             rd_table.append(s)
     table += rd_table
     per_mol += rd_per_mol
-    write(out, table, per_mol, degrees, len(rows))
-    if not args.limit:
-        write_model_card(table[0], MODELS["ReBind (CPU budget)"][1], len(rows))
+    command = "python benchmarks/qm9_benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    write(out, table, per_mol, degrees, len(rows), command.strip())
+    if not args.limit and "rebind" in models:
+        write_model_card(table[0], models["rebind"][2], len(rows))
 
 
 def write_model_card(row: dict, weights: Path, n_test: int) -> None:
@@ -222,10 +228,10 @@ def write_model_card(row: dict, weights: Path, n_test: int) -> None:
     weights.with_suffix(".md").write_text(card)
 
 
-def write(out: Path, table, per_mol, degrees, n):
+def write(out: Path, table, per_mol, degrees, n, command):
     out.mkdir(parents=True, exist_ok=True)
     cols = ["method", "d_mae", "d_rmse", "c_rmsd", "stereo_consistency", "n_failed", "n_molecules",
-            "params", "train_hours", "mol_per_s"]
+            "params", "steps", "train_hours", "mol_per_s"]
     with open(out / "qm9.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, cols, extrasaction="ignore")
         w.writeheader()
@@ -233,21 +239,22 @@ def write(out: Path, table, per_mol, degrees, n):
     fmt = lambda v, f: "–" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, f)  # noqa: E731
     lines = [
         f"# QM9 test split ({n} molecules)", "",
-        "Command: `python benchmarks/qm9_benchmark.py` (models: committed weights in "
-        "`benchmarks/results/weights/`, trained by `bash benchmarks/train_cpu_models.sh`; RDKit rows: "
-        "`molconf baselines --split test`). Errors over successfully predicted molecules; failures counted.",
+        f"Command: `{command}` (models: committed weights, `molconf/weights/qm9_rebind.pt` = the "
+        "default model and `benchmarks/results/weights/gtmgc_qm9_cpu.pt`, trained by "
+        "`bash benchmarks/train_cpu_models.sh`; RDKit rows: `molconf baselines --split test`). "
+        "Errors over successfully predicted molecules; failures counted.",
         "Speed: models = network forward on batches of 100 featurised molecules, 2 threads; RDKit = "
         "one process per molecule (see qm9_test_rdkit.md).", "",
-        "| method | D-MAE (Å) | D-RMSE (Å) | C-RMSD (Å) | stereo | failed | params | train (h) | mol/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | D-MAE (Å) | D-RMSE (Å) | C-RMSD (Å) | stereo | failed | params | steps | train (h) | mol/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table:
         lines.append(
             f"| {r['method']} | {r['d_mae']:.4f} | {r['d_rmse']:.4f} | {r['c_rmsd']:.4f} | "
             f"{r['stereo_consistency']:.4f} | {r['n_failed']} | {fmt(r.get('params'), ',')} | "
-            f"{fmt(r.get('train_hours'), '.2f')} | {fmt(r.get('mol_per_s'), '.0f')} |")
+            f"{fmt(r.get('steps'), ',')} | {fmt(r.get('train_hours'), '.2f')} | {fmt(r.get('mol_per_s'), '.0f')} |")
     for name, dm, dr, cr in PUBLISHED:
-        lines.append(f"| {name} (published, not ours) | {dm:.3f} | {dr:.3f} | {cr:.3f} | – | – | – | – | – |")
+        lines.append(f"| {name} (published, not ours) | {dm:.3f} | {dr:.3f} | {cr:.3f} | – | – | – | – | – | – |")
     lines += ["", "## Error by atom degree (mean over atoms of the row-wise distance MAE, Å)", "",
               "| method | " + " | ".join(f"degree {k}" for k in sorted({k for d in degrees.values() for k in d})) + " |"]
     ks = sorted({k for d in degrees.values() for k in d})
