@@ -19,6 +19,7 @@ commands:
   fit | validate | test | predict   Lightning CLI with --config configs/<name>.yaml
   baselines                         RDKit ETKDG and ETKDG+MMFF on a split, with metrics
   prepare                           build a data-set cache (python -m molconf.data.prepare)
+  generate | diffusion              sample conformers with a denoiser; generalisation / Jacobian studies
 """
 
 
@@ -44,6 +45,10 @@ def main(argv: list[str] | None = None) -> None:
         from molconf.data.prepare import main as prepare_main
 
         prepare_main(rest)
+    elif command in ("generate", "diffusion"):
+        from molconf.diffusion.cli import main as diffusion_main
+
+        sys.exit(diffusion_main([command, *rest]))
     else:
         print(f"molconf: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)

@@ -1,0 +1,243 @@
+"""Generation API: SMILES or RDKit ``Mol`` in, ``Mol`` with ``n`` sampled conformers out.
+
+>>> from molconf.diffusion import generate                                 # doctest: +SKIP
+>>> mol = generate("CCO", n=10, model="runs/diffusion_qm9/checkpoints/last.ckpt", seed=0)  # doctest: +SKIP
+>>> mol.GetNumConformers(), mol.GetNumAtoms()                               # doctest: +SKIP
+(10, 9)
+
+No trained denoiser ships with the package yet, so ``model`` must be given (a checkpoint
+or weights path, or a network).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rdkit import Chem
+
+from molconf.data.dataset import collate_dense, graph_to_data
+from molconf.data.features import featurize
+from molconf.diffusion.io import load_denoiser
+from molconf.diffusion.model import EquivariantDenoiser
+from molconf.diffusion.sampling import LJGuidance, ddim_sample, ks_sample
+from molconf.errors import MoleculeError
+from molconf.metrics import mol_with_coords
+from molconf.predict import Failure, _describe, prepare
+from molconf.stereo import enforce_stereo, graph_stereo_labels
+
+SAMPLERS = ("auto", "ddim", "ks")
+NO_DEFAULT_MODEL = ("no default diffusion model ships with molconf yet: pass model=<checkpoint or weights path, "
+                    "or an EquivariantDenoiser> (train one with `molconf fit --config configs/diffusion_qm9.yaml`)")
+
+
+@dataclass
+class LoadedDenoiser:
+    """A denoiser plus what its training data covered (duck-types ``predict.LoadedModel`` for ``prepare``)."""
+
+    name: str
+    network: EquivariantDenoiser
+    elements: tuple[int, ...] = tuple(range(1, 119))
+    max_atoms: int = 10_000
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def size_limit(self) -> int:
+        return 2 * self.max_atoms
+
+
+def resolve_denoiser(model) -> LoadedDenoiser:
+    """A path (weights file or ``DenoiserModule`` checkpoint), a network, or a ``DenoiserModule``."""
+    if model is None or model == "default":
+        raise ValueError(NO_DEFAULT_MODEL)
+    if isinstance(model, LoadedDenoiser):
+        return model
+    if isinstance(model, EquivariantDenoiser):
+        return LoadedDenoiser("custom", model.eval())
+    inner = getattr(model, "model", None)  # a DenoiserModule
+    if isinstance(inner, EquivariantDenoiser):
+        return LoadedDenoiser("custom", inner.eval())
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        if not path.is_file():
+            raise FileNotFoundError(f"denoiser {str(model)!r}: no such file. {NO_DEFAULT_MODEL}")
+        network, meta = load_denoiser(path)
+        return LoadedDenoiser(meta.get("name", path.stem), network, tuple(meta.get("elements", range(1, 119))),
+                              int(meta.get("max_atoms", 10_000)), meta)
+    raise TypeError(f"model must be a path or an EquivariantDenoiser, got {type(model).__name__}")
+
+
+@dataclass
+class GenerationReport:
+    """What :func:`generate` did besides returning molecules."""
+
+    model: str
+    sampler: str
+    failures: list[Failure] = field(default_factory=list)
+    notes: dict[int, list[str]] = field(default_factory=dict)
+
+    def note(self, index: int, text: str) -> None:
+        self.notes.setdefault(index, []).append(text)
+
+
+def _start_coords(start_from, mol: Chem.Mol) -> np.ndarray:
+    if isinstance(start_from, Chem.Mol):
+        if start_from.GetNumConformers() == 0:
+            raise ValueError("start_from has no conformer")
+        if [a.GetAtomicNum() for a in start_from.GetAtoms()] != [a.GetAtomicNum() for a in mol.GetAtoms()]:
+            raise ValueError("start_from must have the input's atoms (explicit H) in the same order")
+        coords = start_from.GetConformer().GetPositions()
+    else:
+        coords = np.asarray(start_from, dtype=np.float64)
+    if coords.shape != (mol.GetNumAtoms(), 3):
+        raise ValueError(f"start coordinates have shape {coords.shape}, expected ({mol.GetNumAtoms()}, 3)")
+    return coords
+
+
+def sample_molecule(network, mol: Chem.Mol, n: int, sampler: str = "auto", seed: int = 0, batch_size: int = 64,
+                    steps: int = 50, sigma_max: float | None = None, sigma_min: float = 0.01,
+                    start: np.ndarray | None = None, guidance: LJGuidance | None = None,
+                    ks_options: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Raw samples (n, atoms, 3) for one prepared molecule (explicit H, model's atom order),
+    and a (n,) bool array marking usable ones (finite; KS ascent not diverged).
+
+    Noise comes from ``torch.Generator().manual_seed(seed)``, consumed batch by batch:
+    samples depend on ``seed``, ``n`` and ``batch_size``.
+    """
+    sampler = ("ks" if network.blind else "ddim") if sampler == "auto" else sampler
+    if sampler not in ("ddim", "ks"):
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    gen = torch.Generator().manual_seed(int(seed))
+    graph = graph_to_data(featurize(mol), 1)
+    dtype = next(network.parameters()).dtype
+    out, usable = [], []
+    for s in range(0, n, batch_size):
+        k = min(batch_size, n - s)
+        batch = collate_dense([graph] * k)
+        init = None
+        if start is not None:
+            init = torch.as_tensor(start, dtype=dtype).expand(k, -1, -1)
+        if sampler == "ddim":
+            smax = sigma_max if sigma_max is not None else (0.5 if start is not None else 3.0)
+            pos = ddim_sample(network, batch, n_steps=steps, sigma_max=smax, sigma_min=sigma_min, generator=gen,
+                              init=init, guidance=guidance)
+            ok = torch.ones(k, dtype=torch.bool)
+        else:
+            opts = dict(ks_options or {})
+            opts.setdefault("sigma_0", sigma_max if sigma_max is not None else (0.5 if start is not None else 1.0))
+            opts.setdefault("sigma_L", sigma_min)
+            res = ks_sample(network, batch, generator=gen, init=init, guidance=guidance, **opts)
+            pos, ok = res.pos, ~res.diverged
+        out.append(pos.double().numpy())
+        usable.append((ok & torch.isfinite(pos).flatten(1).all(1)).numpy())
+    return np.concatenate(out, axis=0), np.concatenate(usable)
+
+
+def _as_conformers(mol: Chem.Mol, samples: np.ndarray, usable: np.ndarray, fix_stereo: bool, index: int,
+                   report: GenerationReport) -> Chem.Mol:
+    target = graph_stereo_labels(mol) if fix_stereo else {}
+    out = Chem.Mol(mol)
+    out.RemoveAllConformers()
+    unfixed = 0
+    if not usable.all():
+        report.note(index, f"dropped {int((~usable).sum())} of {len(samples)} samples "
+                           "(non-finite coordinates or a diverged KS ascent)")
+    for coords in samples[usable]:
+        single = mol_with_coords(mol, coords)
+        if target:
+            # The network is O(3)-equivariant and cannot choose an enantiomer: repair stereo
+            # with rigid operations (reflection / substituent swaps), as molconf.predict does.
+            unfixed += bool(enforce_stereo(single, target).remaining)
+        conf = Chem.Conformer(single.GetConformer())
+        out.AddConformer(conf, assignId=True)
+    if unfixed:
+        report.note(index, f"{unfixed} of {len(samples)} samples keep a stereo mismatch")
+    return out
+
+
+def generate(mols, n: int = 10, model=None, sampler: str = "auto", seed: int = 0, steps: int = 50,
+             sigma_max: float | None = None, sigma_min: float = 0.01, start_from=None,
+             lj_guidance: bool | LJGuidance = False, fix_stereo: bool = True, batch_size: int = 64,
+             ks_options: dict | None = None, return_report: bool = False):
+    """Sample ``n`` conformers per molecule with a trained denoiser.
+
+    Parameters
+    ----------
+    mols : str, rdkit.Chem.Mol, or a sequence of them
+        SMILES and/or molecules (hydrogens added if missing); validated like
+        :func:`molconf.predict.predict` (one neutral, closed-shell fragment, known elements).
+    n : int
+        Conformers per molecule.
+    model : path or EquivariantDenoiser
+        Required: no default diffusion model ships yet.
+    sampler : {"auto", "ddim", "ks"}
+        "auto": DDIM for noise-conditioned networks, Kadkhodaie–Simoncelli for blind ones.
+    seed : int
+        Seed of the sampler's ``torch.Generator`` (same seed → same conformers).
+    steps : int
+        DDIM steps (the KS sampler stops on its own σ estimate).
+    sigma_max, sigma_min : float
+        Starting and final noise levels (defaults: 3 Å for DDIM, σ₀ = 1 Å for KS, 0.5 Å
+        when refining ``start_from``; final 0.01 Å).
+    start_from : Mol or (atoms, 3) array, optional
+        Refine around this conformer (e.g. a ReBind prediction) instead of sampling from
+        noise. Only for a single input molecule.
+    lj_guidance : bool or LJGuidance
+        Lennard-Jones clash guidance during sampling.
+    fix_stereo : bool
+        Repair samples whose stereocentres / double bonds disagree with the input.
+    ks_options : dict, optional
+        Extra arguments of :func:`~molconf.diffusion.sampling.ks_sample` (h0, beta, max_steps…).
+
+    Returns
+    -------
+    rdkit.Chem.Mol (single input) or list of Mol/None
+        Explicit-H molecule with ``n`` conformers (fewer if some samples were unusable —
+        non-finite or from a diverged KS ascent; the report notes it). A single bad input raises
+        :class:`~molconf.errors.MoleculeError`; in a list it gives ``None`` and a warning
+        naming it (index, input, reason).
+    """
+    if n < 1:
+        raise ValueError(f"n must be ≥ 1, got {n}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    single = isinstance(mols, (str, Chem.Mol))
+    items = [mols] if single else list(mols)
+    if start_from is not None and len(items) != 1:
+        raise ValueError("start_from needs exactly one input molecule")
+    loaded = resolve_denoiser(model)
+    network = loaded.network.eval()
+    used = ("ks" if network.blind else "ddim") if sampler == "auto" else sampler
+    guidance = lj_guidance if isinstance(lj_guidance, LJGuidance) else (LJGuidance() if lj_guidance else None)
+    report = GenerationReport(model=loaded.name, sampler=used)
+    results: list[Chem.Mol | None] = [None] * len(items)
+    for i, item in enumerate(items):
+        try:
+            mol = prepare(item, loaded)
+        except MoleculeError as err:
+            if single:
+                raise
+            report.failures.append(Failure(i, err.molecule, err.reason))
+            continue
+        start = _start_coords(start_from, mol) if start_from is not None else None
+        samples, usable = sample_molecule(network, mol, n, used, seed, batch_size, steps, sigma_max, sigma_min,
+                                          start, guidance, ks_options)
+        out = _as_conformers(mol, samples, usable, fix_stereo, i, report)
+        if out.GetNumConformers() == 0:
+            err = MoleculeError(_describe(item), "no usable sample (non-finite coordinates or diverged sampler)")
+            if single:
+                raise err
+            report.failures.append(Failure(i, err.molecule, err.reason))
+            continue
+        out.SetProp("molconf_model", loaded.name)
+        out.SetProp("molconf_sampler", used)
+        out.SetIntProp("molconf_seed", int(seed))
+        results[i] = out
+    if report.failures:
+        warnings.warn(f"{len(report.failures)} of {len(items)} inputs not generated:\n"
+                      + "\n".join(f"  {f}" for f in report.failures), stacklevel=2)
+    value = results[0] if single else results
+    return (value, report) if return_report else value

@@ -1,0 +1,72 @@
+"""generate() and `molconf generate`: conformer counts, atoms, determinism, input errors."""
+
+import warnings
+
+import numpy as np
+import pytest
+from rdkit import Chem
+from rdkit.Chem import AllChem
+
+from molconf.cli import main as molconf_main
+from molconf.diffusion import generate
+from molconf.errors import MoleculeError
+
+
+def _positions(mol):
+    return np.stack([c.GetPositions() for c in mol.GetConformers()])
+
+
+def test_generate_returns_n_conformers_with_the_inputs_atoms(tiny_model_file):
+    mol = generate("C[C@H](N)C(=O)O", n=3, model=tiny_model_file, seed=0, steps=4)
+    expected = Chem.AddHs(Chem.MolFromSmiles("C[C@H](N)C(=O)O"))
+    assert mol.GetNumConformers() == 3
+    assert [a.GetAtomicNum() for a in mol.GetAtoms()] == [a.GetAtomicNum() for a in expected.GetAtoms()]
+    assert mol.GetProp("molconf_sampler") == "ddim" and mol.GetProp("molconf_model") == "tiny"
+    pos = _positions(mol)
+    assert np.isfinite(pos).all() and not np.allclose(pos[0], pos[1])
+    assert np.allclose(_positions(generate("C[C@H](N)C(=O)O", n=3, model=tiny_model_file, seed=0, steps=4)), pos)
+
+
+def test_generate_with_ks_refinement_and_guidance(tiny_blind):
+    ref = Chem.AddHs(Chem.MolFromSmiles("CCO"))
+    AllChem.EmbedMolecule(ref, randomSeed=0)
+    mol, report = generate(ref, n=2, model=tiny_blind, start_from=ref, lj_guidance=True, seed=1,
+                           ks_options=dict(h0=0.3, beta=0.5, max_steps=10), return_report=True)
+    assert report.sampler == "ks" and mol.GetNumConformers() == 2 and not report.failures
+    with pytest.raises(ValueError, match="atoms"):
+        generate("CCN", n=1, model=tiny_blind, start_from=ref)
+
+
+def test_bad_inputs_are_reported(tiny_model_file):
+    with pytest.raises(MoleculeError, match="invalid SMILES"):
+        generate("C1CC", n=2, model=tiny_model_file)
+    with pytest.raises(MoleculeError, match="not supported"):
+        generate("CCS", n=2, model=tiny_model_file)  # the model card lists H C N O F
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mols, report = generate(["CCO", "xyz", "[NH4+]"], n=2, model=tiny_model_file, steps=3, return_report=True)
+    assert mols[0].GetNumConformers() == 2 and mols[1] is None and mols[2] is None
+    assert [f.index for f in report.failures] == [1, 2]
+    assert "net charge" in report.failures[1].reason
+    assert any("2 of 3 inputs" in str(w.message) for w in caught)
+
+
+def test_a_model_is_required():
+    with pytest.raises(ValueError, match="no default diffusion model"):
+        generate("CCO", n=2)
+    with pytest.raises(FileNotFoundError, match="no default diffusion model"):
+        generate("CCO", n=2, model="/nonexistent/denoiser.ckpt")
+
+
+def test_cli_generate_writes_sdf(tiny_model_file, tmp_path, capsys):
+    out = tmp_path / "out.sdf"
+    with pytest.raises(SystemExit) as ex:
+        molconf_main(["generate", "CCO", "CC#N", "-n", "3", "--model", str(tiny_model_file), "-o", str(out),
+                      "--steps", "3"])
+    assert ex.value.code == 0
+    records = [m for m in Chem.SDMolSupplier(str(out), removeHs=False)]
+    assert len(records) == 6 and records[0].GetNumAtoms() == 9 and records[3].GetNumAtoms() == 6
+    with pytest.raises(SystemExit) as ex:
+        molconf_main(["generate", "CCO", "-n", "2"])
+    assert ex.value.code == 2
+    assert "--model PATH is required: no default diffusion model" in capsys.readouterr().err
