@@ -157,6 +157,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--export", action="store_true",
                    help="first export the best checkpoint of each training run to the committed weights")
+    p.add_argument("--export-only", action="store_true", help="export, then stop (no evaluation)")
     p.add_argument("--limit", type=int, help="only the first N test molecules (quick look)")
     p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS, reverse=True),
                    help="which of our models to evaluate (default: all)")
@@ -165,7 +166,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     out = Path(args.out)
     models = {k: MODELS[k] for k in args.models}
-    if args.export:
+    if args.export or args.export_only:
         for name, run, weights in models.values():
             ckpt = best_checkpoint(run)
             model, meta = load_model(ckpt)
@@ -173,6 +174,8 @@ def main(argv=None):
                         trained_on="QM9 train split (datasets/qm9/split_train.npy)", checkpoint=ckpt.name)
             save_model(model, weights, meta, half=True)
             print(f"exported {name} ({ckpt}) -> {weights} ({weights.stat().st_size / 1e6:.1f} MB)")
+    if args.export_only:
+        return
     store = load_qm9()
     rows, _ = store.positions_of(load_split("qm9", "test"))
     if args.limit:

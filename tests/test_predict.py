@@ -224,3 +224,14 @@ def test_cli_inputs_outputs_and_exit_codes(tmp_path, tiny_model):
     (tmp_path / "empty.smi").write_text("")
     r = _cli(["-i", str(tmp_path / "empty.smi"), "--model", m])
     assert r.returncode == 2 and "no input molecules" in r.stderr
+
+
+def test_default_model_ships_and_predicts_offline():
+    from molconf.predict import available_models
+
+    assert "qm9_rebind" in available_models()
+    mols, report = predict(["CCO", "c1ccccc1"], return_report=True)
+    assert report.model == "qm9_rebind" and all(m is not None for m in mols)
+    r = subprocess.run([sys.executable, "-m", "molconf.cli", "predict", "CCO"], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=300)
+    assert r.returncode == 0 and "$$$$" in r.stdout
