@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -27,6 +28,12 @@ from molconf.data.load import DATASETS, load_dataset, load_dataset_split
 from molconf.data.splits import SPLIT_PARTS
 from molconf.metrics import PooledDistanceMetrics, c_rmsd, mol_with_coords
 from molconf.models import ConformerTransformer, conformer_loss
+
+
+# Lightning warns that a mid-epoch resume "can cause unreliable results" unless the loader
+# implements its state_dict protocol; ResumableDataLoader resumes exactly by another route
+# (tests/test_lightning.py::test_resume_from_last_checkpoint_is_exact), so the warning misleads.
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
 class ResumableDataLoader(DataLoader):
