@@ -54,7 +54,9 @@ class ResumableDataLoader(DataLoader):
         if self._progress is not None:
             epoch, done = self._progress()
             self.batch_sampler.set_epoch(epoch)
-            self.batch_sampler.skip_next = done
+            # After a checkpoint written at the end of an epoch the restored count is that of
+            # the finished epoch, not of the one about to start.
+            self.batch_sampler.skip_next = done if done < len(self.batch_sampler) else 0
         return super().__iter__()
 
 
@@ -205,7 +207,6 @@ class ConformerModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
-        self.hparams["model_config"] = model.config  # lets a checkpoint rebuild the network alone
         self.model = model
         self._train_seconds_before = 0.0  # wall time of earlier (resumed-from) sessions
         self._fit_started: float | None = None
@@ -318,6 +319,8 @@ class ConformerModule(L.LightningModule):
     # Exact resume: torch's RNG drives eigenvector sign flips and dropout, so it is part of
     # the state (batch order comes from the sampler's own (seed, epoch) generator).
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Kept out of hparams: LightningCLI re-parses a checkpoint's hparams as init args.
+        checkpoint["molconf_model_config"] = self.model.config  # rebuilds the network alone
         checkpoint["molconf_torch_rng"] = torch.get_rng_state()
         checkpoint["molconf_train_seconds"] = self.train_seconds
 

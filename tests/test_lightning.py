@@ -50,6 +50,17 @@ def test_cli_fit_writes_checkpoints_and_logs(tmp_path, qm9_small):
     assert list((tmp_path / "tensorboard").rglob("events.out.tfevents*"))
 
 
+def test_cli_resume_after_finished_epoch(tmp_path, qm9_small):
+    # `molconf fit ... --ckpt_path last.ckpt` from an end-of-epoch checkpoint runs the next
+    # epoch in full (the restored batch count belongs to the finished epoch).
+    root = ["--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs"]
+    run_lightning_cli(["fit", "--config", SMOKE, *root, "1"])
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 8
+    run_lightning_cli(["fit", "--config", SMOKE, *root, "2", "--ckpt_path", str(last)])
+    assert torch.load(last, weights_only=False)["global_step"] == 16
+
+
 class _Crash(Exception):
     pass
 

@@ -25,7 +25,7 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[ConformerTr
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: not a molconf model file")
     if "hyper_parameters" in ckpt:  # Lightning checkpoint of molconf.lightning.ConformerModule
-        config = ckpt["hyper_parameters"].get("model_config")
+        config = ckpt.get("molconf_model_config") or ckpt["hyper_parameters"].get("model_config")
         state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
         meta = {"global_step": ckpt.get("global_step"), "epoch": ckpt.get("epoch"),
                 "train_seconds": ckpt.get("molconf_train_seconds")}
