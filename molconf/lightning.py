@@ -182,6 +182,31 @@ class ConformerDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
 
+def total_training_steps(trainer: L.Trainer) -> int:
+    """Optimiser steps of the whole run, for learning-rate schedules.
+
+    Counted from the data module's batch sampler when it has one rather than with
+    ``trainer.estimated_stepping_batches``: that property builds the training iterator
+    before a checkpoint's loop state is restored, which would defeat mid-epoch resume.
+    """
+    t = trainer
+    dm = getattr(t, "datamodule", None)
+    if not hasattr(dm, "train_batches_per_epoch"):
+        return int(t.estimated_stepping_batches)
+    per_epoch = dm.train_batches_per_epoch(t.world_size, t.global_rank)
+    if isinstance(t.limit_train_batches, int):
+        per_epoch = min(per_epoch, t.limit_train_batches)
+    elif t.limit_train_batches is not None:
+        per_epoch = int(per_epoch * t.limit_train_batches)
+    per_epoch = math.ceil(per_epoch / t.accumulate_grad_batches)
+    total = per_epoch * t.max_epochs if t.max_epochs not in (None, -1) else math.inf
+    if t.max_steps not in (None, -1):
+        total = min(total, t.max_steps)
+    if total == math.inf:
+        raise ValueError("set trainer.max_epochs or trainer.max_steps: the schedule needs a length")
+    return int(total)
+
+
 class ConformerModule(L.LightningModule):
     """Trains a :class:`ConformerTransformer` on the distance loss of DESIGN §4–5.
 
@@ -278,34 +303,10 @@ class ConformerModule(L.LightningModule):
         out = self.model(batch)
         return {K.MOL_INDEX: batch[K.MOL_INDEX], K.POS_PRED: out[K.POS_PRED], K.MASK: batch[K.MASK]}
 
-    def _total_steps(self) -> int:
-        """Optimiser steps of the whole run, for the schedule.
-
-        Counted from the data module's batch sampler rather than with
-        ``trainer.estimated_stepping_batches``: that property builds the training iterator
-        before a checkpoint's loop state is restored, which would defeat mid-epoch resume.
-        """
-        t = self.trainer
-        dm = getattr(t, "datamodule", None)
-        if not isinstance(dm, ConformerDataModule):
-            return int(t.estimated_stepping_batches)
-        per_epoch = dm.train_batches_per_epoch(t.world_size, t.global_rank)
-        if isinstance(t.limit_train_batches, int):
-            per_epoch = min(per_epoch, t.limit_train_batches)
-        elif t.limit_train_batches is not None:
-            per_epoch = int(per_epoch * t.limit_train_batches)
-        per_epoch = math.ceil(per_epoch / t.accumulate_grad_batches)
-        total = per_epoch * t.max_epochs if t.max_epochs not in (None, -1) else math.inf
-        if t.max_steps not in (None, -1):
-            total = min(total, t.max_steps)
-        if total == math.inf:
-            raise ValueError("set trainer.max_epochs or trainer.max_steps: the schedule needs a length")
-        return int(total)
-
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, betas=tuple(self.hparams.betas),
                                 weight_decay=self.hparams.weight_decay)
-        total = max(self._total_steps(), 1)
+        total = max(total_training_steps(self.trainer), 1)
         warmup = max(int(self.hparams.warmup_fraction * total), 1)
 
         def factor(step: int) -> float:  # linear warm-up, then linear decay to 0

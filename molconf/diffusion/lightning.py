@@ -17,6 +17,7 @@ import torch
 from molconf import constants as K
 from molconf.diffusion.loss import WEIGHTINGS, denoising_loss
 from molconf.diffusion.model import EquivariantDenoiser
+from molconf.lightning import total_training_steps
 
 DEFAULT_VAL_SIGMAS = (0.05, 0.2, 0.5, 1.0, 2.0)
 
@@ -105,30 +106,10 @@ class DenoiserModule(L.LightningModule):
         self.log_dict(values, prog_bar=False)
         self.log("val/loss", sum(a[0] / a[2] for a in self._val.values()) / len(self._val), prog_bar=True)
 
-    def _total_steps(self) -> int:
-        # Counted from the data module's batch sampler when it has one (as ConformerModule
-        # does, so a mid-epoch resume does not build the iterator early); else Lightning's estimate.
-        t = self.trainer
-        dm = getattr(t, "datamodule", None)
-        if not hasattr(dm, "train_batches_per_epoch"):
-            return int(t.estimated_stepping_batches)
-        per_epoch = dm.train_batches_per_epoch(t.world_size, t.global_rank)
-        if isinstance(t.limit_train_batches, int):
-            per_epoch = min(per_epoch, t.limit_train_batches)
-        elif t.limit_train_batches is not None:
-            per_epoch = int(per_epoch * t.limit_train_batches)
-        per_epoch = math.ceil(per_epoch / t.accumulate_grad_batches)
-        total = per_epoch * t.max_epochs if t.max_epochs not in (None, -1) else math.inf
-        if t.max_steps not in (None, -1):
-            total = min(total, t.max_steps)
-        if total == math.inf:
-            raise ValueError("set trainer.max_epochs or trainer.max_steps: the schedule needs a length")
-        return int(total)
-
     def configure_optimizers(self):
         hp = self.hparams
         opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        total = max(self._total_steps(), 1)
+        total = max(total_training_steps(self.trainer), 1)
         warmup = max(int(hp.warmup_fraction * total), 1)
         floor = hp.lr_final_fraction
 
