@@ -40,8 +40,8 @@ RESULTS = Path(__file__).parent / "results"
 PACKAGE_WEIGHTS = Path(molconf.predict.__file__).parent / "weights"
 MODELS = {  # key -> (table name, training run folder, committed weights)
     # the ReBind CPU model is also molconf's shipped default model
-    "rebind": ("ReBind (CPU budget)", "runs/rebind_qm9_cpu", PACKAGE_WEIGHTS / "qm9_rebind.pt"),
-    "gtmgc": ("GTMGC (CPU budget)", "runs/gtmgc_qm9_cpu", RESULTS / "weights" / "gtmgc_qm9_cpu.pt"),
+    "rebind": ("ReBind (CPU budget)", "rebind_qm9_cpu", PACKAGE_WEIGHTS / "qm9_rebind.pt"),
+    "gtmgc": ("GTMGC (CPU budget)", "gtmgc_qm9_cpu", RESULTS / "weights" / "gtmgc_qm9_cpu.pt"),
 }
 QM9_ELEMENTS = [1, 6, 7, 8, 9]
 QM9_MAX_ATOMS = 29
@@ -53,11 +53,13 @@ RDKIT_NAMES = {"etkdg": "RDKit ETKDG", "etkdg+mmff": "RDKit ETKDG + MMFF",
                "etkdg_retry": "RDKit ETKDG, retry", "etkdg_retry+mmff": "RDKit ETKDG, retry + MMFF"}
 
 
-def best_checkpoint(run: str) -> Path:
-    ckpts = sorted(Path(run, "checkpoints").glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not ckpts:
-        raise FileNotFoundError(f"no best-*.ckpt under {run}/checkpoints: train first")
-    return ckpts[-1]
+def final_checkpoint(run: Path) -> Path:
+    """The end-of-training weights (``last.ckpt``): equal budget means equal steps, so the
+    models are compared where their schedules end, not at a validation-picked step."""
+    last = Path(run) / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise FileNotFoundError(f"no {last}: train first (bash benchmarks/train_cpu_models.sh)")
+    return last
 
 
 def predict_split(model, store, rows, pe_dim, batch_size=100):
@@ -185,6 +187,7 @@ def main(argv=None):
     p.add_argument("--export", action="store_true",
                    help="first export the best checkpoint of each training run to the committed weights")
     p.add_argument("--export-only", action="store_true", help="export, then stop (no evaluation)")
+    p.add_argument("--runs", default="runs", help="folder holding the training runs (RUNS of train_cpu_models.sh)")
     p.add_argument("--limit", type=int, help="only the first N test molecules (quick look)")
     p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS, reverse=True),
                    help="which of our models to evaluate (default: all)")
@@ -195,7 +198,7 @@ def main(argv=None):
     models = {k: MODELS[k] for k in args.models}
     if args.export or args.export_only:
         for name, run, weights in models.values():
-            ckpt = best_checkpoint(run)
+            ckpt = final_checkpoint(Path(args.runs) / run)
             model, meta = load_model(ckpt)
             meta.update(name=weights.stem, elements=QM9_ELEMENTS, max_atoms=QM9_MAX_ATOMS,
                         trained_on="QM9 train split (datasets/qm9/split_train.npy)", checkpoint=ckpt.name)
@@ -232,10 +235,11 @@ def main(argv=None):
     command = "python benchmarks/qm9_benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
     write(out, table, per_mol, degrees, len(rows), command.strip())
     if not args.limit and "rebind" in models:
-        write_model_card(table[0], models["rebind"][2], len(rows))
+        via_predict = next(r for r in table if r["method"].startswith("molconf.predict"))
+        write_model_card(table[0], via_predict, models["rebind"][2], len(rows))
 
 
-def write_model_card(row: dict, weights: Path, n_test: int) -> None:
+def write_model_card(row: dict, via_predict: dict, weights: Path, n_test: int) -> None:
     """The shipped default model's card, with the test metrics just measured."""
     model, meta = load_model(weights)
     cfg = model.config
@@ -246,14 +250,16 @@ def write_model_card(row: dict, weights: Path, n_test: int) -> None:
   {cfg['n_encoder_layers']}+{cfg['n_decoder_layers']} layers, d_model {cfg['d_model']}, {cfg['n_heads']} heads,
   FFN {cfg['ffn_dim']}, Laplacian encoding width {cfg['pe_dim']}; {row['params']:,} parameters; weights stored as float16.
 - **Data**: QM9 (B3LYP/6-31G(2df,p) geometries, from the `qm9pack` wheel), bonds perceived with RDKit;
-  trained on the committed train split (`datasets/qm9/split_train.npy`, 110,000 ids), model selection
-  on the val split.
+  trained on the committed train split (`datasets/qm9/split_train.npy`, 110,000 ids), validated each
+  epoch on the val split; the shipped weights are those at the end of the schedule (no selection).
 - **Training**: `molconf fit --config configs/rebind_qm9_cpu.yaml` (via `bash benchmarks/train_cpu_models.sh`);
   checkpoint `{meta.get('checkpoint')}` after {meta.get('global_step')} optimiser steps
   (epoch {meta.get('epoch')}), {(meta.get('train_seconds') or 0) / 3600:.2f} h of wall time on 2 CPU cores.
 - **Test metrics** (QM9 test split, {n_test} molecules; `python benchmarks/qm9_benchmark.py`):
   D-MAE {row['d_mae']:.4f} Å, D-RMSE {row['d_rmse']:.4f} Å, C-RMSD {row['c_rmsd']:.4f} Å,
-  stereo consistency {row['stereo_consistency']:.4f} (raw network output, before `predict`'s stereo repair).
+  stereo consistency {row['stereo_consistency']:.4f} (raw network output). Through `molconf.predict`
+  (stereo check and repair): D-MAE {via_predict['d_mae']:.4f} Å, C-RMSD {via_predict['c_rmsd']:.4f} Å,
+  stereo consistency {via_predict['stereo_consistency']:.4f}, {via_predict['mol_per_s']:.0f} molecules/s on 2 CPU threads.
 - **Supported elements**: H, C, N, O, F. **Size**: trained on molecules of ≤ {QM9_MAX_ATOMS} atoms
   (with H); `predict` refuses molecules of more than {2 * QM9_MAX_ATOMS} atoms.
 - **Out of scope**: charged molecules (net charge ≠ 0), radicals, multi-fragment inputs (salts); each is
