@@ -207,7 +207,38 @@ def total_training_steps(trainer: L.Trainer) -> int:
     return int(total)
 
 
-class ConformerModule(L.LightningModule):
+class TrainingStateMixin:
+    """Checkpoint state every molconf LightningModule keeps, for exact resume and reports.
+
+    - torch's global RNG (eigenvector sign flips, dropout, diffusion noise): saved and
+      restored, so a resumed run draws what an uninterrupted one would (batch order comes
+      from the batch sampler's own (seed, epoch) generator);
+    - wall-clock seconds spent in ``fit`` across resumes (:attr:`train_seconds`).
+    """
+
+    _train_seconds_before: float = 0.0  # wall time of earlier (resumed-from) sessions
+    _fit_started: float | None = None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["molconf_torch_rng"] = torch.get_rng_state()
+        checkpoint["molconf_train_seconds"] = self.train_seconds
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "molconf_torch_rng" in checkpoint:
+            torch.set_rng_state(checkpoint["molconf_torch_rng"])
+        self._train_seconds_before = float(checkpoint.get("molconf_train_seconds", 0.0))
+
+    def on_fit_start(self) -> None:
+        self._fit_started = time.monotonic()
+
+    @property
+    def train_seconds(self) -> float:
+        """Wall-clock seconds spent in ``fit`` (validation included), across resumes."""
+        running = time.monotonic() - self._fit_started if self._fit_started is not None else 0.0
+        return self._train_seconds_before + running
+
+
+class ConformerModule(TrainingStateMixin, L.LightningModule):
     """Trains a :class:`ConformerTransformer` on the distance loss of DESIGN §4–5.
 
     Parameters
@@ -233,8 +264,6 @@ class ConformerModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.model = model
-        self._train_seconds_before = 0.0  # wall time of earlier (resumed-from) sessions
-        self._fit_started: float | None = None
         self.val_metrics = PooledDistanceMetrics()
         self.test_metrics = PooledDistanceMetrics()
         self.val_c_rmsd = torchmetrics.MeanMetric()
@@ -317,27 +346,10 @@ class ConformerModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    # Exact resume: torch's RNG drives eigenvector sign flips and dropout, so it is part of
-    # the state (batch order comes from the sampler's own (seed, epoch) generator).
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         # Kept out of hparams: LightningCLI re-parses a checkpoint's hparams as init args.
         checkpoint["molconf_model_config"] = self.model.config  # rebuilds the network alone
-        checkpoint["molconf_torch_rng"] = torch.get_rng_state()
-        checkpoint["molconf_train_seconds"] = self.train_seconds
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "molconf_torch_rng" in checkpoint:
-            torch.set_rng_state(checkpoint["molconf_torch_rng"])
-        self._train_seconds_before = float(checkpoint.get("molconf_train_seconds", 0.0))
-
-    def on_fit_start(self) -> None:
-        self._fit_started = time.monotonic()
-
-    @property
-    def train_seconds(self) -> float:
-        """Wall-clock seconds spent in ``fit`` (validation included), across resumes."""
-        running = time.monotonic() - self._fit_started if self._fit_started is not None else 0.0
-        return self._train_seconds_before + running
 
 
 # Shared trainer defaults; experiment configs under configs/ override what they change.

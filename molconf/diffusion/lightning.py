@@ -9,7 +9,6 @@ monitors ``val/d_mae`` by default, which a denoiser does not log: diffusion conf
 from __future__ import annotations
 
 import math
-import time
 
 import lightning as L
 import torch
@@ -17,12 +16,12 @@ import torch
 from molconf import constants as K
 from molconf.diffusion.loss import WEIGHTINGS, denoising_loss
 from molconf.diffusion.model import EquivariantDenoiser
-from molconf.lightning import total_training_steps
+from molconf.lightning import TrainingStateMixin, total_training_steps
 
 DEFAULT_VAL_SIGMAS = (0.05, 0.2, 0.5, 1.0, 2.0)
 
 
-class DenoiserModule(L.LightningModule):
+class DenoiserModule(TrainingStateMixin, L.LightningModule):
     """Denoising score matching for :class:`EquivariantDenoiser` (see :mod:`.loss`).
 
     Parameters
@@ -63,8 +62,6 @@ class DenoiserModule(L.LightningModule):
         self.hparams["model_config"] = model.config  # lets a checkpoint rebuild the network alone
         self.model = model
         self._val = {}
-        self._train_seconds_before = 0.0
-        self._fit_started: float | None = None
 
     def forward(self, batch, y, sigma=None):
         return self.model(batch, y, sigma)
@@ -121,21 +118,3 @@ class DenoiserModule(L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    # Training noise comes from torch's global RNG: keep it in checkpoints for exact resume.
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["molconf_torch_rng"] = torch.get_rng_state()
-        checkpoint["molconf_train_seconds"] = self.train_seconds
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "molconf_torch_rng" in checkpoint:
-            torch.set_rng_state(checkpoint["molconf_torch_rng"])
-        self._train_seconds_before = float(checkpoint.get("molconf_train_seconds", 0.0))
-
-    def on_fit_start(self) -> None:
-        self._fit_started = time.monotonic()
-
-    @property
-    def train_seconds(self) -> float:
-        running = time.monotonic() - self._fit_started if self._fit_started is not None else 0.0
-        return self._train_seconds_before + running
