@@ -153,13 +153,13 @@ class ConformerDataModule(L.LightningDataModule):
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         sampler = self._sampler(part, shuffle, world, rank)
-        progress = None
-        if shuffle and trainer is not None:
+        def training_progress():
             # Restored from the checkpoint on resume, (epoch, 0) at the start of every epoch.
             # "processed", not "completed": a checkpoint written in on_train_batch_end has
             # processed the batch but not yet marked it completed.
-            def progress():
-                return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+        progress = training_progress if shuffle and trainer is not None else None
 
         return ResumableDataLoader(
             ds, batch_sampler=sampler, collate_fn=collate_dense, num_workers=self.hparams.num_workers,
@@ -213,13 +213,17 @@ class TrainingStateMixin:
     - torch's global RNG (eigenvector sign flips, dropout, diffusion noise): saved and
       restored, so a resumed run draws what an uninterrupted one would (batch order comes
       from the batch sampler's own (seed, epoch) generator);
-    - wall-clock seconds spent in ``fit`` across resumes (:attr:`train_seconds`).
+    - wall-clock seconds spent in ``fit`` across resumes (:attr:`train_seconds`);
+    - the configuration of ``self.model`` (which must have a ``config`` dict).
     """
 
     _train_seconds_before: float = 0.0  # wall time of earlier (resumed-from) sessions
     _fit_started: float | None = None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The network's own config (kept out of hparams: LightningCLI re-parses a
+        # checkpoint's hparams as init args) lets molconf.models.io rebuild it alone.
+        checkpoint["molconf_model_config"] = self.model.config
         checkpoint["molconf_torch_rng"] = torch.get_rng_state()
         checkpoint["molconf_train_seconds"] = self.train_seconds
 
@@ -345,11 +349,6 @@ class ConformerModule(TrainingStateMixin, L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        # Kept out of hparams: LightningCLI re-parses a checkpoint's hparams as init args.
-        checkpoint["molconf_model_config"] = self.model.config  # rebuilds the network alone
 
 
 # Shared trainer defaults; experiment configs under configs/ override what they change.

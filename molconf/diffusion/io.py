@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from molconf.diffusion.model import EquivariantDenoiser
+from molconf.models.io import build_from_file, read_model_file
 
 FILE_KIND = "molconf.diffusion.EquivariantDenoiser"
 
@@ -28,25 +29,8 @@ def load_denoiser(path: str | Path, map_location: str = "cpu") -> tuple[Equivari
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"denoiser file {path} not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated / corrupted / not a torch file
-        raise ValueError(f"{path}: not a readable model file ({type(err).__name__}: {err})") from None
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: not a molconf denoiser file")
-    if "hyper_parameters" in ckpt:  # Lightning checkpoint
-        config = ckpt["hyper_parameters"].get("model_config")
-        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-        meta = {"global_step": ckpt.get("global_step"), "epoch": ckpt.get("epoch"),
-                "train_seconds": ckpt.get("molconf_train_seconds")}
-    else:
-        config, state, meta = ckpt.get("config"), ckpt.get("state_dict"), ckpt.get("meta", {})
+    config, state, meta = read_model_file(path, map_location)
     if config is None or state is None or "blind" not in config:
         raise ValueError(f"{path}: no denoiser configuration or weights in the file "
                          "(a conformer-regressor checkpoint? use molconf predict for those)")
-    model = EquivariantDenoiser(**config)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not fit the stored configuration ({err})") from None
-    return model.eval(), meta
+    return build_from_file(EquivariantDenoiser, path, config, state), meta

@@ -59,7 +59,6 @@ class DenoiserModule(TrainingStateMixin, L.LightningModule):
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         self.save_hyperparameters(ignore=["model"])
-        self.hparams["model_config"] = model.config  # lets a checkpoint rebuild the network alone
         self.model = model
         self._val = {}
 

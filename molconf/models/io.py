@@ -9,11 +9,11 @@ import torch
 from molconf.models.transformer import ConformerTransformer
 
 
-def load_model(path: str | Path, map_location: str = "cpu") -> tuple[ConformerTransformer, dict]:
-    """Rebuild a :class:`ConformerTransformer` from a Lightning checkpoint or a weights file.
+def read_model_file(path: str | Path, map_location: str = "cpu") -> tuple[dict | None, dict | None, dict]:
+    """``(config, state_dict, meta)`` of a weights file or of a molconf Lightning checkpoint.
 
-    Returns the model in eval mode and the file's metadata (``{}`` if none).
-    Raises ``ValueError`` naming the file if it is not a molconf model.
+    Shared by every model loader; ``config``/``state_dict`` are None when the file has none.
+    Raises ``ValueError`` naming the file if it is not a readable torch file holding a dict.
     """
     path = Path(path)
     try:
@@ -24,21 +24,35 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[ConformerTr
         raise ValueError(f"{path}: not a readable model file ({type(err).__name__}: {err})") from None
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: not a molconf model file")
-    if "hyper_parameters" in ckpt:  # Lightning checkpoint of molconf.lightning.ConformerModule
+    if "hyper_parameters" in ckpt:  # Lightning checkpoint of a molconf LightningModule
         config = ckpt.get("molconf_model_config") or ckpt["hyper_parameters"].get("model_config")
         state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
         meta = {"global_step": ckpt.get("global_step"), "epoch": ckpt.get("epoch"),
                 "train_seconds": ckpt.get("molconf_train_seconds")}
-    else:  # weights file written by save_model
-        config, state, meta = ckpt.get("config"), ckpt.get("state_dict"), ckpt.get("meta", {})
-    if config is None or state is None:
-        raise ValueError(f"{path}: no model configuration or weights in the file")
-    model = ConformerTransformer(**config)
+        return config, state, meta
+    return ckpt.get("config"), ckpt.get("state_dict"), ckpt.get("meta", {})  # written by a save_* function
+
+
+def build_from_file(cls, path: str | Path, config: dict, state: dict):
+    """``cls(**config)`` with ``state`` loaded, in eval mode; a mismatch names the file."""
+    model = cls(**config)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
         raise ValueError(f"{path}: weights do not fit the stored configuration ({err})") from None
-    return model.eval(), meta
+    return model.eval()
+
+
+def load_model(path: str | Path, map_location: str = "cpu") -> tuple[ConformerTransformer, dict]:
+    """Rebuild a :class:`ConformerTransformer` from a Lightning checkpoint or a weights file.
+
+    Returns the model in eval mode and the file's metadata (``{}`` if none).
+    Raises ``ValueError`` naming the file if it is not a molconf model.
+    """
+    config, state, meta = read_model_file(path, map_location)
+    if config is None or state is None:
+        raise ValueError(f"{path}: no model configuration or weights in the file")
+    return build_from_file(ConformerTransformer, path, config, state), meta
 
 
 def save_model(model: ConformerTransformer, path: str | Path, meta: dict | None = None,

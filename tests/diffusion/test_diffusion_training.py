@@ -53,6 +53,11 @@ def test_fit_smoke_config_trains_and_checkpoint_loads(tmp_path, qm9_small):
     again, meta2 = load_denoiser(path)
     assert meta2["name"] == "x"
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values()))
+    # `molconf fit ... --ckpt_path` resumes (LightningCLI re-parses the checkpoint's hparams)
+    run_lightning_cli(["fit", "--config", str(REPO / "configs" / "diffusion_smoke.yaml"),
+                       "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+                       "--trainer.max_epochs", "2", "--ckpt_path", str(ckpt)])
+    assert load_denoiser(ckpt)[1]["global_step"] == 8
 
 
 def test_module_rejects_bad_settings(make_tiny):
