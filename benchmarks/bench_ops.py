@@ -23,18 +23,17 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+import _memory  # noqa: E402  (benchmarks/_memory.py, beside this script)
 import molconf.ops as ops
 from molconf.ops import reference
 
@@ -131,40 +130,15 @@ def time_pair(call_a, call_b, min_repeats=15, max_repeats=300, budget_s=3.0):
 # --------------------------------------------------------------------------- memory
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
 def peak_memory_child(op: str, variant: str, b: int, n: int, threads: int) -> None:
     """Subprocess body: print the peak extra resident memory (bytes) of one call."""
     torch.set_num_threads(threads)
     ops.backend()  # load the extension
-    call = make_call(op, variant, molecule_batch(b, n))
-    call()  # warm-up: lazy initialisation is not the op's memory
-    call()
-    libc = ctypes.CDLL("libc.so.6")
-    libc.malloc_trim(0)  # hand freed heap back, so re-used pages show up as growth
-    before = _status_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")  # reset the peak-RSS mark (VmHWM) to the current RSS
-    call()
-    peak = _status_kb("VmHWM")
-    print(json.dumps({"peak_bytes": max(0, peak - before) * 1024}))
+    _memory.print_peak(make_call(op, variant, molecule_batch(b, n)))
 
 
 def peak_memory(op: str, variant: str, b: int, n: int, threads: int) -> float | None:
-    if not (sys.platform.startswith("linux") and os.path.exists("/proc/self/clear_refs")):
-        return None
-    cmd = [sys.executable, __file__, "--memory-child", op, variant, str(b), str(n), str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        print(f"  (memory measurement failed for {op}/{variant}: {proc.stderr.strip()[-300:]})")
-        return None
-    return json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"] / 2**20
+    return _memory.peak_mb_in_child([__file__, "--memory-child", op, variant, str(b), str(n), str(threads)])
 
 
 # --------------------------------------------------------------------------- report
@@ -216,8 +190,7 @@ def run(out_dir: Path | None, quick: bool, thread_counts=(THREADS,)) -> list[dic
         "cpu": _cpu_name(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "dtype": "float32",
-        "memory_method": "fresh subprocess per cell; VmHWM after one call minus VmRSS "
-        "before it, peak mark reset via /proc/self/clear_refs, malloc_trim first",
+        "memory_method": _memory.METHOD,
         "runs": [],
     }
     rows = []
