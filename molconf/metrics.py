@@ -25,6 +25,7 @@ import torchmetrics
 from rdkit import Chem
 from rdkit.Chem import rdCIPLabeler, rdMolAlign
 
+from molconf import _rdkit as _rd
 from molconf.constants import C_RMSD, D_MAE, D_RMSE, STEREO_OK
 from molconf.ops.reference import pair_distances
 
@@ -247,13 +248,13 @@ def stereo_labels(mol: Chem.Mol, conf_id: int = -1) -> dict[str, str]:
     Chem.AssignStereochemistryFrom3D(m, confId=conf_id, replaceExistingTags=True)
     try:
         rdCIPLabeler.AssignCIPLabels(m)
-        bond_codes = {b: b.GetProp("_CIPCode") for b in m.GetBonds() if b.HasProp("_CIPCode")}
+        bond_codes = {b: b.GetProp("_CIPCode") for b in _rd.bonds(m) if b.HasProp("_CIPCode")}
     except RuntimeError:  # labeller hit its iteration limit: legacy (approximate) CIP
         Chem.AssignStereochemistry(m, cleanIt=True, force=True)
         legacy = {Chem.BondStereo.STEREOE: "E", Chem.BondStereo.STEREOZ: "Z"}
-        bond_codes = {b: legacy[b.GetStereo()] for b in m.GetBonds() if b.GetStereo() in legacy}
+        bond_codes = {b: legacy[b.GetStereo()] for b in _rd.bonds(m) if b.GetStereo() in legacy}
     labels = {f"atom {a.GetIdx()}": a.GetProp("_CIPCode")
-              for a in m.GetAtoms() if a.HasProp("_CIPCode")}
+              for a in _rd.atoms(m) if a.HasProp("_CIPCode")}
     for bond, code in bond_codes.items():
         i, j = sorted((bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()))
         labels[f"bond {i}-{j}"] = code

@@ -20,20 +20,46 @@ import numpy as np
 from rdkit import Chem
 from rdkit.Chem import rdCIPLabeler
 
+from molconf import _rdkit as _rd
 from molconf.metrics import stereo_labels
+
+
+_SPECIFIED_CHIRAL = (Chem.ChiralType.CHI_TETRAHEDRAL_CW, Chem.ChiralType.CHI_TETRAHEDRAL_CCW)
+_SPECIFIED_BOND = (Chem.BondStereo.STEREOE, Chem.BondStereo.STEREOZ,
+                   Chem.BondStereo.STEREOCIS, Chem.BondStereo.STEREOTRANS)
+_DIRECTED = (Chem.BondDir.ENDUPRIGHT, Chem.BondDir.ENDDOWNRIGHT)
+
+
+def specifies_stereo(mol: Chem.Mol) -> bool:
+    """Whether any atom carries a tetrahedral chiral tag or any bond a specified stereo.
+
+    Cheap: lets :func:`graph_stereo_labels` skip CIP labelling, the costliest step of a
+    prediction for small molecules, when there is nothing to label.
+    """
+    if any(a.GetChiralTag() in _SPECIFIED_CHIRAL for a in _rd.atoms(mol)):
+        return True
+    for bond in _rd.bonds(mol):
+        # directions count too: a Mol built by hand may not have had them turned into stereo yet
+        if bond.GetStereo() in _SPECIFIED_BOND or bond.GetBondDir() in _DIRECTED:
+            return True
+    return False
 
 
 def graph_stereo_labels(mol: Chem.Mol) -> dict[str, str]:
     """CIP labels the molecular graph specifies (chiral tags, bond stereo), keyed like
     :func:`molconf.metrics.stereo_labels`; unspecified centres have no entry."""
+    return _cip_labels(mol) if specifies_stereo(mol) else {}
+
+
+def _cip_labels(mol: Chem.Mol) -> dict[str, str]:
     m = Chem.Mol(mol)
     Chem.AssignStereochemistry(m, cleanIt=True, force=True)
     try:
         rdCIPLabeler.AssignCIPLabels(m)
     except RuntimeError:
         pass  # keep legacy labels from AssignStereochemistry
-    labels = {f"atom {a.GetIdx()}": a.GetProp("_CIPCode") for a in m.GetAtoms() if a.HasProp("_CIPCode")}
-    for b in m.GetBonds():
+    labels = {f"atom {a.GetIdx()}": a.GetProp("_CIPCode") for a in _rd.atoms(m) if a.HasProp("_CIPCode")}
+    for b in _rd.bonds(m):
         if b.HasProp("_CIPCode"):
             i, j = sorted((b.GetBeginAtomIdx(), b.GetEndAtomIdx()))
             labels[f"bond {i}-{j}"] = b.GetProp("_CIPCode")

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from rdkit import Chem
 
+from molconf import _rdkit as _rd
+
 # Vocabulary of each categorical feature; a value outside the list maps to the extra last
 # index ("misc"), as OGB does. The order of this tuple is the feature column order.
 _CHIRALITY = (
@@ -60,7 +62,7 @@ def _atom_values(atom: Chem.Atom) -> tuple:
     )
 
 
-def atom_features(mol: Chem.Mol) -> np.ndarray:
+def atom_features(mol: Chem.Mol, atoms: list[Chem.Atom] | None = None) -> np.ndarray:
     """Categorical atom features, shape (N, 9), dtype uint8.
 
     Examples
@@ -70,10 +72,18 @@ def atom_features(mol: Chem.Mol) -> np.ndarray:
     [7, 0, 2, 5, 2, 0, 2, 0, 0]
     """
     rows = []
-    for atom in mol.GetAtoms():
+    for atom in _rd.atoms(mol) if atoms is None else atoms:
         values = _atom_values(atom)
         rows.append([table.get(v, len(table)) for table, v in zip(_LOOKUP, values)])
     return np.asarray(rows, dtype=np.uint8).reshape(-1, NUM_ATOM_FEATURES)
+
+
+_BOND_CODES = {
+    Chem.BondType.SINGLE: 1,
+    Chem.BondType.DOUBLE: 2,
+    Chem.BondType.TRIPLE: 3,
+    Chem.BondType.AROMATIC: 4,
+}
 
 
 def bond_list(mol: Chem.Mol) -> tuple[np.ndarray, np.ndarray]:
@@ -81,14 +91,10 @@ def bond_list(mol: Chem.Mol) -> tuple[np.ndarray, np.ndarray]:
 
     Codes: 1 single, 2 double, 3 triple, 4 aromatic, 0 anything else.
     """
-    codes = {
-        Chem.BondType.SINGLE: 1,
-        Chem.BondType.DOUBLE: 2,
-        Chem.BondType.TRIPLE: 3,
-        Chem.BondType.AROMATIC: 4,
-    }
-    pairs = [(b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in mol.GetBonds()]
-    types = [codes.get(b.GetBondType(), 0) for b in mol.GetBonds()]
+    pairs, types = [], []
+    for bond in _rd.bonds(mol):
+        pairs.append((bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()))
+        types.append(_BOND_CODES.get(bond.GetBondType(), 0))
     return (
         np.asarray(pairs, dtype=np.int16).reshape(-1, 2),
         np.asarray(types, dtype=np.uint8),
@@ -137,14 +143,15 @@ class GraphArrays:
 
 def featurize(mol: Chem.Mol, conf_id: int = -1) -> GraphArrays:
     """Featurise a sanitised RDKit ``Mol`` with explicit H (coordinates if it has a conformer)."""
-    z = np.asarray([a.GetAtomicNum() for a in mol.GetAtoms()], dtype=np.uint8)
+    atoms = _rd.atoms(mol)
+    z = np.asarray([a.GetAtomicNum() for a in atoms], dtype=np.uint8)
     bonds, types = bond_list(mol)
     pos = None
     if mol.GetNumConformers():
         pos = mol.GetConformer(conf_id).GetPositions().astype(np.float32)
     return GraphArrays(
         atomic_numbers=z,
-        atom_features=atom_features(mol),
+        atom_features=atom_features(mol, atoms),
         bonds=bonds,
         bond_types=types,
         lap_pe=laplacian_eigenvectors(len(z), bonds),

@@ -104,7 +104,11 @@ class CoordinateHead(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d_model, 3 * d_model), nn.GELU(), nn.Linear(3 * d_model, 3))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.mlp(h)  # (B, N, 3)
+        hidden = self.mlp[:-1](h)  # (B, N, 3d)
+        # The output layer runs in float32 even under bf16 autocast: bf16 keeps 8 mantissa
+        # bits, which would round coordinates of a few Å to steps of ~0.03 Å.
+        with torch.autocast(h.device.type, enabled=False):
+            return self.mlp[-1](hidden.to(torch.promote_types(hidden.dtype, torch.float32)))  # (B, N, 3)
 
 
 class GatedCoordinateHead(nn.Module):

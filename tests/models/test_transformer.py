@@ -127,3 +127,18 @@ def test_tiny_model_overfits_16_molecules(relation, qm9_small):
             if best < 0.05:
                 break
     assert best < 0.05
+
+
+def test_coordinates_come_out_in_float32_under_bf16_autocast():
+    from molconf.data.dataset import collate_dense, graph_to_data
+    from molconf.data.features import featurize
+    from rdkit import Chem
+
+    torch.manual_seed(0)
+    for relation in ("rebind", "gtmgc"):
+        net = ConformerTransformer(relation, d_model=32, n_heads=4, ffn_dim=64, n_encoder_layers=1,
+                                   n_decoder_layers=1, pe_dim=8).eval()
+        batch = collate_dense([graph_to_data(featurize(Chem.AddHs(Chem.MolFromSmiles("CCO"))), 8)])
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(batch)
+        assert out[K.POS_PRED].dtype == torch.float32 and out[K.POS_ENC].dtype == torch.float32
