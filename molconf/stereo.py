@@ -4,9 +4,11 @@ A network that sees an (undirected) graph cannot know which of two mirror-image
 arrangements a chiral tag asks for, so predictions are checked against the input's CIP
 labels and repaired where a rigid operation can do it:
 
-1. a reflection of the whole conformer, when every tetrahedral centre is inverted;
+1. a reflection of the whole conformer, when most tetrahedral centres are inverted;
 2. per wrong tetrahedral centre, swapping two acyclic substituents (each rotated 180° about
-   the bisector of their bonds, which keeps every internal distance of both);
+   the bisector of their bonds, which keeps every internal distance of both), or, for a
+   ring centre with a single acyclic substituent, an umbrella inversion of the centre and
+   that substituent through the plane of the other three neighbours;
 3. per wrong double bond outside a ring, rotating the smaller side 180° about the bond.
 
 What is still wrong afterwards is reported, not hidden.
@@ -149,6 +151,48 @@ def _flip_double_bond(mol: Chem.Mol, i: int, j: int) -> bool:
     return True
 
 
+def _invert_centre(mol: Chem.Mol, centre: int) -> bool:
+    """Umbrella inversion of a tetrahedral centre that has at most one acyclic substituent.
+
+    The centre and its smallest acyclic substituent (usually an H) are reflected through the
+    plane of the other three neighbours: their bonds to those neighbours keep their lengths
+    and the substituent keeps its internal geometry; only the local ring pucker changes. A
+    three-coordinate centre is reflected alone through the plane of its neighbours.
+    """
+    pos = mol.GetConformer().GetPositions()
+    nbrs = [nb.GetIdx() for nb in mol.GetAtomWithIdx(centre).GetNeighbors()]
+    if len(nbrs) == 4:
+        acyclic = [(len(tree), j, tree) for j in nbrs if (tree := _subtree(mol, centre, j)) is not None]
+        if not acyclic:
+            return False  # all four bonds in rings (e.g. a spiro centre): no local move
+        _, moved, tree = min(acyclic, key=lambda t: (t[0], t[1]))
+        plane, moving = [j for j in nbrs if j != moved], {centre} | tree
+    elif len(nbrs) == 3:
+        plane, moving = nbrs, {centre}
+    else:
+        return False
+    p = pos[plane]
+    normal = np.cross(p[1] - p[0], p[2] - p[0])
+    if np.linalg.norm(normal) < 1e-8:
+        return False
+    normal /= np.linalg.norm(normal)
+    idx = sorted(moving)
+    pos[idx] -= 2.0 * ((pos[idx] - p[0]) @ normal)[:, None] * normal  # mirror through the plane
+    _set_positions(mol, pos)
+    return True
+
+
+def _local_moves(mol: Chem.Mol, key: str):
+    """(description, move) pairs that may repair one stereo element, gentlest first."""
+    if key.startswith("atom"):
+        c = int(key.split()[1])
+        yield f"swapped two substituents at {key}", lambda: _swap_substituents(mol, c)
+        yield f"inverted {key} through the plane of its neighbours", lambda: _invert_centre(mol, c)
+    else:
+        i, j = map(int, key.split()[1].split("-"))
+        yield f"rotated one side of {key}", lambda: _flip_double_bond(mol, i, j)
+
+
 def enforce_stereo(mol: Chem.Mol, target: dict[str, str]) -> StereoReport:
     """Repair ``mol``'s conformer (in place) towards the ``target`` CIP labels."""
     report = StereoReport(checked=len(target))
@@ -157,7 +201,7 @@ def enforce_stereo(mol: Chem.Mol, target: dict[str, str]) -> StereoReport:
         return report
     centres = [k for k in target if k.startswith("atom")]
     wrong_centres = [w for w in wrong if w.startswith("atom")]
-    if centres and len(wrong_centres) == len(centres):
+    if centres and 2 * len(wrong_centres) > len(centres):  # most centres inverted: try the mirror image
         before = mol.GetConformer().GetPositions()
         _set_positions(mol, before * np.array([-1.0, 1.0, 1.0]))
         now = _mismatches(target, mol)
@@ -168,21 +212,15 @@ def enforce_stereo(mol: Chem.Mol, target: dict[str, str]) -> StereoReport:
             _set_positions(mol, before)
     for w in list(wrong):
         key = w.split(":")[0]
-        before = mol.GetConformer().GetPositions()
-        if key.startswith("atom"):
-            ok = _swap_substituents(mol, int(key.split()[1]))
-            action = f"swapped two substituents at {key}"
-        else:
-            i, j = map(int, key.split()[1].split("-"))
-            ok = _flip_double_bond(mol, i, j)
-            action = f"rotated one side of {key}"
-        if not ok:
-            continue
-        now = _mismatches(target, mol)
-        if any(m.startswith(key + ":") for m in now) or len(now) > len(wrong) - 1:
+        for action, move in _local_moves(mol, key):
+            before = mol.GetConformer().GetPositions()
+            if not move():
+                continue
+            now = _mismatches(target, mol)
+            if not any(m.startswith(key + ":") for m in now) and len(now) <= len(wrong) - 1:
+                report.fixed_by.append(action)
+                wrong = now
+                break
             _set_positions(mol, before)  # the move did not help: undo it
-        else:
-            report.fixed_by.append(action)
-            wrong = now
     report.remaining = _mismatches(target, mol)
     return report
