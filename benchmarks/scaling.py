@@ -1,7 +1,7 @@
 """Time and peak memory vs molecule size, ReBind beside GTMGC, and a drug-sized latency check.
 
 Molecules: a homologous series of capped alanine peptides Ac-(Ala)_k-NHMe with explicit H
-(N = 12 + 10 k atoms, N from 12 to 172), with ETKDG coordinates as training targets, so
+(N = 12 + 10 k atoms, N from 12 to 182), with ETKDG coordinates as training targets, so
 size is the only thing that changes along a curve. Models: the CPU-budget ReBind and GTMGC
 (``configs/*_qm9_cpu.yaml`` sizes, same trunk; the shipped / exported weights when present,
 else a seeded initialisation: cost does not depend on the weights).
@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"ReBind": ROOT / "configs/rebind_qm9_cpu.yaml", "GTMGC": ROOT / "configs/gtmgc_qm9_cpu.yaml"}
 WEIGHTS = {"ReBind": ROOT / "molconf/weights/qm9_rebind.pt",
            "GTMGC": ROOT / "benchmarks/results/weights/gtmgc_qm9_cpu.pt"}
-RESIDUES = (0, 1, 2, 3, 5, 7, 10, 13, 16)  # k -> N = 12 + 10 k: 12 ... 172 atoms
+RESIDUES = (0, 1, 2, 3, 5, 7, 10, 13, 17)  # k -> N = 12 + 10 k: 12 ... 182 atoms
 QUICK_RESIDUES = (0, 3, 7)
 FIT_MIN_ATOMS = 40
 DRUG = ("erythromycin", "CC[C@@H]1[C@@]([C@@H]([C@H](C(=O)[C@@H](C[C@@]([C@@H]([C@H]([C@@H]([C@H](C(=O)O1)C)"

@@ -8,7 +8,8 @@ Generalisation (:func:`run_generalization`)
     gets the same number of optimisation steps, so they differ only in their data. Then
     both sample, from SHARED noise (the same generator seed per molecule and sample):
 
-    * held-out molecules (test split): RMSD between A's and B's samples (small = the two
+    * held-out molecules (a seeded draw from the test split, each with ≥ 4 heavy atoms, as
+      are the evaluated training molecules): RMSD between A's and B's samples (small = the two
       models compute the same function = generalisation), and each model's RMSD to the
       ground-truth conformer;
     * A's training molecules: RMSD between A's and B's samples, the RMSD of A's samples to
@@ -61,6 +62,9 @@ from molconf.diffusion.loss import denoising_loss
 from molconf.diffusion.model import EquivariantDenoiser
 from molconf.diffusion.sampling import ddim_sample, ks_sample
 from molconf.metrics import c_rmsd, mol_with_coords
+
+
+MIN_EVAL_HEAVY_ATOMS = 4  # molecules evaluated by RMSD need at least this many heavy atoms
 
 
 # =========================================================================== training
@@ -216,7 +220,18 @@ def _study_rows(store, cfg: StudyConfig):
     perm = np.random.default_rng(cfg.seed).permutation(train)
     big = max(cfg.sizes)
     pool_a, pool_b = perm[:big], perm[big:2 * big]  # disjoint pools; A_N = pool_a[:N], B_N = pool_b[:N]
-    return pool_a, pool_b, np.sort(test)[: cfg.n_heldout]
+    # held-out: a seeded random draw of test molecules that an RMSD can say something about
+    candidates = [int(i) for i in np.random.default_rng(cfg.seed + 1).permutation(test) if _rmsd_meaningful(store, i)]
+    if len(candidates) < cfg.n_heldout:
+        raise ValueError(f"{cfg.n_heldout} held-out molecules asked, the test split part has {len(candidates)} "
+                         f"with ≥ {MIN_EVAL_HEAVY_ATOMS} heavy atoms")
+    return pool_a, pool_b, np.sort(candidates[: cfg.n_heldout])
+
+
+def _rmsd_meaningful(store, row: int) -> bool:
+    """Enough heavy atoms for an aligned heavy-atom RMSD to differ from zero by more than chance
+    (one or two atoms always align perfectly, three nearly so)."""
+    return int((store.graph(int(row)).atomic_numbers > 1).sum()) >= MIN_EVAL_HEAVY_ATOMS
 
 
 def run_size(n: int, cfg: StudyConfig, store, pool_a, pool_b, heldout, out: Path, log=print) -> dict:
@@ -249,7 +264,7 @@ def run_size(n: int, cfg: StudyConfig, store, pool_a, pool_b, heldout, out: Path
         return per
 
     held = evaluate(heldout)
-    train = evaluate(pool_a[: min(n, cfg.n_train_eval)])
+    train = evaluate([i for i in pool_a[: min(n, cfg.n_train_eval)] if _rmsd_meaningful(store, i)])
     result = {
         "N": n, "steps": cfg.steps, "blind": cfg.blind, "sampler": cfg.sampling.resolve(cfg.blind),
         "final_loss": {k: float(np.mean(v[-max(1, len(v) // 10):])) for k, v in losses.items()},
