@@ -129,8 +129,8 @@ def evaluate_predict_api(path, store, rows, name="molconf.predict (default model
         per_mol.append(r)
     summary = aggregate(per_mol)
     repaired = sum(1 for st in report.stereo.values() if st.fixed_by)
-    summary.update(method=name, mol_per_s=len(rows) / seconds, stereo_repaired=repaired,
-                   stereo_checked=len(report.stereo))
+    summary.update(method=f"{name[:-1]}, {report.precision})", mol_per_s=len(rows) / seconds,
+                   stereo_repaired=repaired, stereo_checked=len(report.stereo), precision=report.precision)
     return summary, per_mol
 
 
@@ -259,7 +259,9 @@ def write_model_card(row: dict, via_predict: dict, weights: Path, n_test: int) -
   D-MAE {row['d_mae']:.4f} Å, D-RMSE {row['d_rmse']:.4f} Å, C-RMSD {row['c_rmsd']:.4f} Å,
   stereo consistency {row['stereo_consistency']:.4f} (raw network output). Through `molconf.predict`
   (stereo check and repair): D-MAE {via_predict['d_mae']:.4f} Å, C-RMSD {via_predict['c_rmsd']:.4f} Å,
-  stereo consistency {via_predict['stereo_consistency']:.4f}, {via_predict['mol_per_s']:.0f} molecules/s on 2 CPU threads.
+  stereo consistency {via_predict['stereo_consistency']:.4f}, {via_predict['mol_per_s']:.0f} molecules/s on 2 CPU threads
+  (network in {via_predict['precision']}: `precision="auto"` uses bfloat16 matrix products where the CPU has them in
+  hardware, float32 elsewhere; `benchmarks/results/predict_speed.md` compares both).
 - **Supported elements**: H, C, N, O, F. **Size**: trained on molecules of ≤ {QM9_MAX_ATOMS} atoms
   (with H); `predict` refuses molecules of more than {2 * QM9_MAX_ATOMS} atoms.
 - **Out of scope**: charged molecules (net charge ≠ 0), radicals, multi-fragment inputs (salts); each is

@@ -3,8 +3,8 @@
 ``molconf fit|validate|test --config configs/<name>.yaml`` run the Lightning CLI, and so does
 ``molconf predict`` when given ``--config``; without it, ``molconf predict`` predicts
 conformers for SMILES or files (:mod:`molconf.predict_cli`). Other subcommands have their own parsers:
-``molconf baselines`` (RDKit ETKDG / MMFF on a split) and ``molconf prepare`` (build a
-data-set cache).
+``molconf baselines`` (RDKit ETKDG / MMFF on a split), ``molconf prepare`` (build a
+data-set cache) and ``molconf build-xtb`` (GFN2-xTB ground states from SMILES).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ commands:
   fit | validate | test | predict   Lightning CLI with --config configs/<name>.yaml
   baselines                         RDKit ETKDG and ETKDG+MMFF on a split, with metrics
   prepare                           build a data-set cache (python -m molconf.data.prepare)
+  build-xtb                         GFN2-xTB ground states from SMILES / MOSES (molconf build-xtb --help)
   generate | diffusion              sample conformers with a denoiser; generalisation / Jacobian studies
 """
 
@@ -45,6 +46,10 @@ def main(argv: list[str] | None = None) -> None:
         from molconf.data.prepare import main as prepare_main
 
         prepare_main(rest)
+    elif command == "build-xtb":
+        from molconf.data.xtb_build import main as build_xtb_main
+
+        sys.exit(build_xtb_main(rest))
     elif command in ("generate", "diffusion"):
         from molconf.diffusion.cli import main as diffusion_main
 

@@ -28,6 +28,16 @@ STEREO_OK = "stereo_consistency"
 ENV_FORCE_REFERENCE_OPS = "MOLCONF_REFERENCE_OPS"  # "1": never use the compiled extension
 ENV_CACHE_DIR = "MOLCONF_CACHE_DIR"  # where processed data sets are stored
 
+# --- SDF properties of the GFN2-xTB ground-state data (molconf.data.xtb_build writes them,
+# molconf.data.moses_xtb reads them) -------------------------------------------------------
+SDF_SOURCE_INDEX = "molconf_index"  # record position in the SMILES source = the molecule id
+SDF_SMILES = "input_smiles"  # the SMILES the conformer was built from
+SDF_ENERGY_EH = "gfn2_energy_Eh"  # GFN2-xTB total energy, Hartree
+SDF_ENERGY_EV = "gfn2_energy_eV"  # the same in eV (what ASE reports)
+SDF_CONVERGED = "gfn2_converged"  # 1 if the optimiser reached fmax
+SDF_STEPS = "gfn2_steps"  # optimiser steps of the kept conformer
+SDF_PROTOCOL = "xtb_protocol"  # short hash of the build protocol (spelled out in the build report)
+
 # --- Lennard-Jones ------------------------------------------------------------------------
 # Distances below this are clamped before evaluating LJ terms, so coincident atoms give a
 # huge but finite repulsion (finite in float32 for every supported σ) instead of inf/NaN.

@@ -72,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", default="-", help="output .sdf or .xyz (default: SDF on stdout)")
     p.add_argument("--format", choices=["sdf", "xyz"], help="output format (default: from the file name)")
     p.add_argument("--model", default="default", help="shipped model name or weights/checkpoint file")
-    p.add_argument("--relax", choices=["mmff", "uff"], help="force-field optimisation after prediction")
+    p.add_argument("--relax", choices=["mmff", "uff", "xtb"],
+                   help="optimisation after prediction: a force field, or GFN2-xTB (needs tblite)")
     p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="network arithmetic (auto: bfloat16 where the CPU has it in hardware)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-fix-stereo", action="store_true", help="do not repair stereochemistry")
     args = p.parse_args(argv)
@@ -97,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         warnings.simplefilter("ignore")  # failures are printed below, one per line
         mols, report = predict(items, model=args.model, batch_size=args.batch_size, relax_with=args.relax,
                                num_threads=args.threads, fix_stereo=not args.no_fix_stereo,
-                               return_report=True, progress=len(items) > 100)
+                               return_report=True, progress=len(items) > 100,
+                               precision=args.precision)
     for mol, name in zip(mols, names):
         if mol is not None:
             mol.SetProp("_Name", name)
@@ -122,6 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     for i, notes in sorted(report.notes.items()):
         for note in notes:
             print(f"note: {i} {names[i]!r}: {note}", file=sys.stderr)
-    print(f"molconf predict: {n_ok} of {len(items)} molecules predicted with model '{report.model}'"
+    print(f"molconf predict: {n_ok} of {len(items)} molecules predicted with model '{report.model}' ({report.precision})"
           + ("" if args.output == "-" else f", written to {args.output}"), file=sys.stderr)
     return 0 if n_ok else 1

@@ -235,3 +235,84 @@ def test_default_model_ships_and_predicts_offline():
     r = subprocess.run([sys.executable, "-m", "molconf.cli", "predict", "CCO"], capture_output=True, text=True,
                        env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=300)
     assert r.returncode == 0 and "$$$$" in r.stdout
+
+
+def _distances(mol):
+    pos = mol.GetConformer().GetPositions()
+    return np.linalg.norm(pos[:, None] - pos[None], axis=-1)
+
+
+def test_bfloat16_matches_float32_on_real_molecules(qm9_small):
+    """The bf16 fast path against the float32 reference, default model, 120 QM9 molecules."""
+    from molconf.metrics import summarize
+
+    refs = [qm9_small.mol(i) for i in range(0, 300, 5)] + [qm9_small.mol(i) for i in range(1, 300, 5)]
+    inputs = [Chem.Mol(m) for m in refs]
+    for m in inputs:
+        m.RemoveAllConformers()
+    fp32, r32 = predict(inputs, precision="float32", return_report=True, fix_stereo=False)
+    bf16, r16 = predict(inputs, precision="bfloat16", return_report=True, fix_stereo=False)
+    assert (r32.precision, r16.precision) == ("float32", "bfloat16")
+    gaps = [np.abs(_distances(a) - _distances(b)).mean() for a, b in zip(fp32, bf16)]
+    assert np.median(gaps) < 0.02 and max(gaps) < 0.1  # Å, mean |ΔD| per molecule
+    d32 = summarize(list(zip(refs, fp32)))[0]["d_mae"]
+    d16 = summarize(list(zip(refs, bf16)))[0]["d_mae"]
+    assert abs(d16 - d32) < 0.01 * d32
+
+
+def test_bfloat16_is_independent_of_batching():
+    smiles = ["CCO", "CCCCO", "c1ccncc1", "OCC(N)C=O", "C", "CC(=O)Nc1ccc(O)cc1"]
+    a = predict(smiles, precision="bfloat16", batch_size=64)
+    b = [predict(s, precision="bfloat16")[0] for s in smiles]
+    for x, y in zip(a, b):
+        assert np.allclose(x.GetConformer().GetPositions(), y.GetConformer().GetPositions(), atol=1e-4)
+
+
+def test_precision_auto_follows_the_cpu_and_bad_values_are_refused(tiny_model):
+    from molconf.predict import native_bf16
+
+    _, report = predict("CCO", model=tiny_model, return_report=True)
+    assert report.precision == ("bfloat16" if native_bf16() else "float32")
+    with pytest.raises(ValueError, match="precision"):
+        predict("CCO", model=tiny_model, precision="int8")
+
+
+def test_relax_xtb_lowers_the_gfn2_energy_and_notes_steps(tmp_path, tiny_model):
+    pytest.importorskip("tblite")
+    from molconf.data.xtb_build import gfn2_energy
+
+    [raw] = predict("CCO")
+    [relaxed], report = predict("CCO", relax_with="xtb", return_report=True)
+    assert relaxed.GetNumAtoms() == raw.GetNumAtoms() == 9
+    assert gfn2_energy(relaxed) < gfn2_energy(raw) - 1e-3
+    [note] = report.notes[0]
+    assert note.startswith("GFN2-xTB: converged in ") and " steps, E = " in note and "eV vs the prediction" in note
+    assert int(note.split("converged in ")[1].split()[0]) >= 1
+    # the command line accepts it too (whatever the tiny model's geometry, a note and an SDF come back)
+    from molconf.predict_cli import main as predict_main
+
+    assert predict_main(["CCO", "--model", str(tiny_model), "--relax", "xtb", "-o", str(tmp_path / "o.sdf")]) == 0
+    assert (tmp_path / "o.sdf").read_text().count("$$$$") == 1
+
+
+def test_relax_xtb_reports_scf_failure_and_missing_tblite(monkeypatch):
+    pytest.importorskip("tblite")
+    from ase.calculators.calculator import CalculationFailed, Calculator
+
+    from molconf.data import xtb_build
+
+    class Failing(Calculator):
+        implemented_properties = ["energy", "forces"]
+
+        def calculate(self, *args, **kwargs):
+            raise CalculationFailed("SCF not converged")
+
+    [raw] = predict("CCO")
+    with monkeypatch.context() as m:
+        m.setattr(xtb_build, "gfn2_calculator", lambda *a, **k: Failing())
+        [mol], report = predict("CCO", relax_with="xtb", return_report=True)
+    assert report.notes[0] == ["GFN2-xTB SCF failure (SCF not converged): conformer left unrelaxed"]
+    assert np.allclose(mol.GetConformer().GetPositions(), raw.GetConformer().GetPositions())
+    monkeypatch.setitem(sys.modules, "tblite.ase", None)  # as if tblite were not installed
+    with pytest.raises(ImportError, match=r"molconf\[xtb\]"):
+        predict("CCO", relax_with="xtb")

@@ -181,10 +181,16 @@ def main(argv: list[str] | None = None) -> None:
 
         geom_main(argv[1:])
         return
+    if argv[:1] == ["moses_xtb"]:  # its own options (GFN2-xTB MOSES SDF, see datasets/moses_xtb)
+        from molconf.data.moses_xtb import main as moses_xtb_main
+
+        moses_xtb_main(argv[1:])
+        return
     p = argparse.ArgumentParser(prog="python -m molconf.data.prepare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="geom_drugs: molconf prepare geom_drugs --help")
-    p.add_argument("dataset", choices=["qm9", "geom_drugs"])
+                                epilog="geom_drugs: molconf prepare geom_drugs --help; "
+                                       "moses_xtb: molconf prepare moses_xtb --help")
+    p.add_argument("dataset", choices=["qm9", "geom_drugs", "moses_xtb"])
     p.add_argument("--xyz", help="original QM9 archive (folder of .xyz or tar); default qm9pack")
     p.add_argument("--cache-dir", help="parent folder of caches")
     p.add_argument("--limit", type=int, help="only the first N molecules")

@@ -1,0 +1,1118 @@
+"""GFN2-xTB ground states from SMILES: ETKDG → force field → GFN2-xTB, sharded and resumable.
+
+One molecule (:func:`build_ground_state`)
+    1. SMILES → RDKit ``Mol`` with explicit H. Refused: invalid SMILES, several fragments
+       (a salt's lowest-energy arrangement is not one molecule's ground state), radicals
+       (the spin state would be a guess), a net charge unless ``allow_charged`` (then it is
+       passed to GFN2-xTB), elements GFN2-xTB has no parameters for (beyond Rn).
+    2. ETKDGv3 conformer search (``num_conformers``, seeded, one thread); if no conformer
+       embeds, once more from random coordinates.
+    3. Force-field pre-optimisation of every conformer: MMFF94, UFF where MMFF has no
+       parameters, none where UFF has none either (then the ETKDG geometries go to xTB in
+       embedding order). Conformers with the same force-field energy (within
+       ``dedup_kcal``) count once, since they are almost always the same minimum.
+    4. GFN2-xTB optimisation (tblite through its ASE calculator, one thread) of the
+       ``num_xtb`` lowest conformers. A candidate is kept only if the optimiser converged
+       (``fmax``), its bond graph is unchanged (bonds perceived from the final geometry
+       with RDKit's distance criterion) and the stereo the SMILES specifies is unchanged.
+    5. The kept candidate of lowest GFN2-xTB energy is the ground state.
+
+Failures raise :class:`XtbError`, a :class:`~molconf.errors.MoleculeError` that also names
+the stage (:data:`STAGES`); the data-set builder records them instead of stopping.
+
+A data set (:func:`build_dataset`)
+    SMILES (a list, a file, or the MOSES set from the ``molsets`` wheel, optionally a seeded
+    subsample) are cut into shards of ``shard_size`` in source order. Each shard is computed
+    by a pool of worker processes and written atomically (temporary files, then rename) as
+    ``shards/shard_NNNNNN.{sdf,failures.csv,json}``, the ``.json`` last: a killed run loses
+    only the shard in flight, and a rerun skips every shard whose ``.json`` exists. Memory
+    is bounded by one shard. ``failures.csv`` and ``summary.json`` are rewritten from the
+    shard files at the end of every run; :func:`merge_dataset` writes the committed
+    ``molecules.sdf.gz`` and the scaffold split.
+
+Molecule ids are record positions in the source (0-based, blank and comment lines and the
+header not counted): for MOSES, the row of ``train.csv.gz`` / ``test.csv.gz``.
+
+Command line (``molconf build-xtb --help``)::
+
+    molconf build-xtb --moses train --n 5000 --seed 0 --out build/moses_xtb --workers 2
+    molconf build-xtb --smiles-file molecules.smi --out build/mine
+    molconf build-xtb --merge --out build/moses_xtb --dest datasets/moses_xtb
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import csv
+import dataclasses
+import functools
+import gzip
+import importlib.metadata
+import io
+import json
+import math
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rdkit import Chem, RDLogger
+from rdkit.Chem import AllChem, Descriptors, rdDetermineBonds
+
+from molconf import constants as K
+from molconf.data.smiles_source import MOSES_PARTS, SmilesSource, as_source
+from molconf.errors import MoleculeError
+
+# Failure stages, in pipeline order (a molecule that fails at several candidates is counted
+# at the furthest stage any of them reached).
+STAGE_INPUT = "input"  # invalid SMILES, fragments, radical, charge, element
+STAGE_EMBED = "embed"  # ETKDG found no conformer
+STAGE_XTB = "xtb"  # GFN2-xTB calculation failed (SCF)
+STAGE_CONVERGE = "converge"  # optimiser did not reach fmax within max_steps
+STAGE_CONNECTIVITY = "connectivity"  # bond graph changed during the optimisation
+STAGE_STEREO = "stereo"  # a stereocentre / double bond the SMILES specifies changed
+STAGES = (STAGE_INPUT, STAGE_EMBED, STAGE_XTB, STAGE_CONVERGE, STAGE_CONNECTIVITY, STAGE_STEREO)
+
+OPTIMIZERS = ("LBFGS", "BFGS", "FIRE")
+FORCEFIELDS = ("mmff", "uff", "none")
+GFN2_MAX_Z = 86  # GFN2-xTB is parametrised for H–Rn
+DEFAULT_SHARD_SIZE = 200  # molecules per shard: minutes of work, the unit of resumption
+BUILD_FILE = "build.json"
+SUMMARY_FILE = "summary.json"
+FAILURES_FILE = "failures.csv"
+MERGED_SDF = "molecules.sdf.gz"
+SHARDS_DIR = "shards"
+_FAILURE_HEADER = ["index", "smiles", "stage", "reason"]
+
+
+class XtbError(MoleculeError):
+    """A molecule failed one stage of the GFN2-xTB build (``stage`` is one of :data:`STAGES`)."""
+
+    def __init__(self, molecule: str, reason: str, stage: str):
+        super().__init__(molecule, reason)
+        self.stage = stage
+
+    def __reduce__(self):  # picklable with its stage, for worker processes
+        return (type(self), (self.molecule, self.reason, self.stage))
+
+
+@dataclass(frozen=True)
+class XtbProtocol:
+    """Every setting of the ETKDG → force field → GFN2-xTB pipeline (stored with the data).
+
+    Parameters
+    ----------
+    num_conformers : int
+        ETKDGv3 conformers embedded per molecule.
+    embed_seed : int
+        ETKDG random seed (with one thread, the conformers are reproducible).
+    prune_rms : float
+        ETKDG's ``pruneRmsThresh`` (Å, heavy atoms); -1 keeps every conformer.
+    forcefield : {"mmff", "uff", "none"}
+        Pre-optimisation: MMFF94 (UFF where MMFF lacks parameters), UFF only, or none.
+    ff_max_iters : int
+        Force-field iterations per conformer.
+    num_xtb : int
+        Lowest force-field conformers optimised with GFN2-xTB.
+    dedup_kcal : float
+        Force-field energies closer than this (kcal/mol) count as one minimum.
+    optimizer : {"LBFGS", "BFGS", "FIRE"}
+        ASE optimiser of the GFN2-xTB geometry optimisation.
+    fmax : float
+        Convergence threshold on the largest atomic force, eV/Å.
+    max_steps : int
+        Optimiser steps before a candidate counts as not converged.
+    accuracy, electronic_temperature, max_scf_iterations
+        tblite's ``accuracy``, ``electronic_temperature`` (K) and ``max_iterations``.
+    allow_charged : bool
+        Build charged molecules (net charge passed to GFN2-xTB) instead of refusing them.
+    bond_factor : float
+        Covalent-radius factor of RDKit's connectivity perception for the bond-graph check.
+    """
+
+    method: str = "GFN2-xTB"
+    num_conformers: int = 10
+    embed_seed: int = 42
+    prune_rms: float = 0.1
+    forcefield: str = "mmff"
+    ff_max_iters: int = 2000
+    num_xtb: int = 3
+    dedup_kcal: float = 0.01
+    optimizer: str = "LBFGS"
+    fmax: float = 0.05
+    max_steps: int = 500
+    accuracy: float = 1.0
+    electronic_temperature: float = 300.0
+    max_scf_iterations: int = 250
+    allow_charged: bool = False
+    bond_factor: float = 1.3
+
+    def __post_init__(self):
+        if self.method != "GFN2-xTB":
+            raise ValueError(f"method must be 'GFN2-xTB', got {self.method!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.forcefield not in FORCEFIELDS:
+            raise ValueError(f"forcefield must be one of {FORCEFIELDS}, got {self.forcefield!r}")
+        if self.num_conformers < 1 or self.num_xtb < 1 or self.max_steps < 1 or self.fmax <= 0:
+            raise ValueError("num_conformers, num_xtb, max_steps and fmax must be positive")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def key(self) -> str:
+        """Short stable hash of the settings, stored with every molecule built with them."""
+        from molconf.data.cache import fingerprint_key
+
+        return fingerprint_key(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict) -> XtbProtocol:
+        return cls(**data)
+
+
+@dataclass
+class XtbResult:
+    """The GFN2-xTB ground state of one molecule and how it was found."""
+
+    smiles: str
+    mol: Chem.Mol  # explicit H, one conformer: the optimised ground state
+    energy_ev: float
+    energy_hartree: float
+    converged: bool
+    steps: int  # optimiser steps of the kept conformer
+    seconds: float  # wall time of the whole pipeline for this molecule
+    forcefield: str  # "MMFF94", "UFF" or "none"
+    conformers: int  # ETKDG conformers embedded
+    candidates: int  # conformers optimised with GFN2-xTB
+    index: int | None = None  # record position in the source
+    protocol_key: str = ""  # XtbProtocol.key() of the settings used
+
+    def to_sdf_mol(self) -> Chem.Mol:
+        """The molecule with the SDF properties of :mod:`molconf.constants` set."""
+        mol = Chem.Mol(self.mol)
+        mol.SetProp("_Name", f"{self.index}" if self.index is not None else self.smiles)
+        if self.index is not None:
+            mol.SetProp(K.SDF_SOURCE_INDEX, str(self.index))
+        mol.SetProp(K.SDF_SMILES, self.smiles)
+        # fixed formats: SDWriter's default double formatting drops digits of the energy
+        mol.SetProp(K.SDF_ENERGY_EH, f"{self.energy_hartree:.8f}")
+        mol.SetProp(K.SDF_ENERGY_EV, f"{self.energy_ev:.6f}")
+        mol.SetProp(K.SDF_CONVERGED, str(int(self.converged)))
+        mol.SetProp(K.SDF_STEPS, str(self.steps))
+        mol.SetProp(K.SDF_PROTOCOL, self.protocol_key)
+        return mol
+
+
+@dataclass
+class Gfn2Optimisation:
+    """Outcome of one GFN2-xTB geometry optimisation."""
+
+    positions: np.ndarray  # (N, 3) Å, final geometry
+    energy_ev: float
+    converged: bool
+    steps: int
+    max_force: float  # eV/Å at the final geometry
+
+
+# --- tblite ------------------------------------------------------------------------------
+def _import_tblite():
+    """``tblite.ase.TBLite``, loaded with OpenMP limited to one thread.
+
+    tblite links the system libgomp, which reads ``OMP_NUM_THREADS`` once, when it is
+    loaded; setting it only around the first import keeps xTB single-threaded (several
+    worker processes share the cores) without changing the environment of anything else.
+    """
+    loaded = sys.modules.get("tblite.ase")
+    if loaded is not None:
+        return loaded.TBLite
+    old = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        from tblite.ase import TBLite
+    except ImportError as err:
+        raise ImportError(
+            "GFN2-xTB needs the tblite package: pip install 'molconf[xtb]' (or pip install tblite)"
+        ) from err
+    finally:
+        if old is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = old
+    return TBLite
+
+
+def require_tblite() -> None:
+    """Raise a clear ``ImportError`` now, rather than per molecule, if tblite is missing."""
+    _import_tblite()
+
+
+def gfn2_calculator(protocol: XtbProtocol, charge: int = 0):
+    """A fresh tblite ASE calculator with the protocol's settings (quiet)."""
+    TBLite = _import_tblite()
+    return TBLite(
+        method=protocol.method,
+        charge=float(charge),
+        accuracy=protocol.accuracy,
+        electronic_temperature=protocol.electronic_temperature,
+        max_iterations=protocol.max_scf_iterations,
+        verbosity=0,
+    )
+
+
+def _atoms(numbers: Sequence[int], positions: np.ndarray, protocol: XtbProtocol, charge: int):
+    import ase
+
+    atoms = ase.Atoms(numbers=list(numbers), positions=np.asarray(positions, dtype=np.float64))
+    atoms.calc = gfn2_calculator(protocol, charge)
+    return atoms
+
+
+def _calculation_error(err: Exception) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return f"SCF failure ({text[:200]})"
+
+
+def gfn2_optimize(numbers: Sequence[int], positions: np.ndarray, protocol: XtbProtocol,
+                  charge: int = 0) -> Gfn2Optimisation:
+    """Optimise one geometry with GFN2-xTB and the protocol's ASE optimiser.
+
+    Raises ``RuntimeError`` (message starting "SCF failure") if tblite fails at any step.
+    """
+    from ase import optimize
+
+    atoms = _atoms(numbers, positions, protocol, charge)
+    opt = getattr(optimize, protocol.optimizer)(atoms, logfile=None)
+    try:
+        converged = bool(opt.run(fmax=protocol.fmax, steps=protocol.max_steps))
+        energy = float(atoms.get_potential_energy())
+        forces = atoms.get_forces()
+    except Exception as err:  # tblite: CalculationFailed / TBLiteRuntimeError / InputError
+        raise RuntimeError(_calculation_error(err)) from err
+    if not (math.isfinite(energy) and np.isfinite(forces).all()):
+        raise RuntimeError("SCF failure (non-finite energy or forces)")
+    return Gfn2Optimisation(atoms.get_positions(), energy, converged, int(opt.nsteps),
+                            float(np.linalg.norm(forces, axis=1).max(initial=0.0)))
+
+
+def gfn2_energy(mol: Chem.Mol, protocol: XtbProtocol | None = None, conf_id: int = -1) -> float:
+    """GFN2-xTB single-point energy (eV) of a conformer."""
+    protocol = protocol or XtbProtocol()
+    numbers = [a.GetAtomicNum() for a in mol.GetAtoms()]
+    atoms = _atoms(numbers, mol.GetConformer(conf_id).GetPositions(), protocol, Chem.GetFormalCharge(mol))
+    try:
+        return float(atoms.get_potential_energy())
+    except Exception as err:
+        raise RuntimeError(_calculation_error(err)) from err
+
+
+# --- checks ---------------------------------------------------------------------------------
+def _bond_set(mol: Chem.Mol) -> set[tuple[int, int]]:
+    return {tuple(sorted((b.GetBeginAtomIdx(), b.GetEndAtomIdx()))) for b in mol.GetBonds()}
+
+
+def bond_changes(mol: Chem.Mol, positions: np.ndarray, bond_factor: float = 1.3) -> list[str]:
+    """Bonds of ``mol``'s graph broken, and bonds formed, in a geometry.
+
+    Bonds are perceived from ``positions`` with RDKit's connect-the-dots criterion
+    (``DetermineConnectivity``: distance below ``bond_factor`` × sum of covalent radii) and
+    compared with ``mol``'s bonds, hydrogens included. An empty list means the same graph.
+
+    Examples
+    --------
+    >>> from rdkit.Chem import AllChem
+    >>> m = Chem.AddHs(Chem.MolFromSmiles("CO"))
+    >>> _ = AllChem.EmbedMolecule(m, randomSeed=0)
+    >>> pos = m.GetConformer().GetPositions()
+    >>> bond_changes(m, pos)
+    []
+    >>> pos[1] += 3 * (pos[1] - pos[0])  # pull the O (and nothing else) away from the C
+    >>> bond_changes(m, pos)[0]
+    'broken C0-O1'
+    """
+    probe = Chem.RWMol()
+    for atom in mol.GetAtoms():
+        probe.AddAtom(Chem.Atom(atom.GetAtomicNum()))
+    conf = Chem.Conformer(mol.GetNumAtoms())
+    for i, xyz in enumerate(np.asarray(positions, dtype=np.float64).tolist()):
+        conf.SetAtomPosition(i, xyz)
+    probe.AddConformer(conf, assignId=True)
+    probe = probe.GetMol()
+    rdDetermineBonds.DetermineConnectivity(probe, useHueckel=False, covFactor=bond_factor)
+    expected, found = _bond_set(mol), _bond_set(probe)
+
+    def name(i, j):
+        return f"{mol.GetAtomWithIdx(i).GetSymbol()}{i}-{mol.GetAtomWithIdx(j).GetSymbol()}{j}"
+
+    return [f"broken {name(i, j)}" for i, j in sorted(expected - found)] + \
+           [f"formed {name(i, j)}" for i, j in sorted(found - expected)]
+
+
+def stereo_changes(mol: Chem.Mol, positions: np.ndarray) -> list[str]:
+    """Stereo elements the graph specifies (chiral tags, E/Z) that the geometry does not match."""
+    from molconf.stereo import graph_stereo_labels  # imports torch: only when needed
+
+    target = graph_stereo_labels(mol)
+    if not target:
+        return []
+    from molconf.metrics import stereo_labels
+
+    got = stereo_labels(_with_positions(mol, positions))
+    return [f"{k}: {v} -> {got.get(k, 'missing')}" for k, v in target.items() if got.get(k) != v]
+
+
+def _with_positions(mol: Chem.Mol, positions: np.ndarray) -> Chem.Mol:
+    out = Chem.Mol(mol)
+    out.RemoveAllConformers()
+    conf = Chem.Conformer(mol.GetNumAtoms())
+    for i, xyz in enumerate(np.asarray(positions, dtype=np.float64).tolist()):
+        conf.SetAtomPosition(i, xyz)
+    conf.Set3D(True)
+    out.AddConformer(conf, assignId=True)
+    return out
+
+
+# --- one molecule -----------------------------------------------------------------------
+def _label(smiles: str, index: int | None) -> str:
+    short = smiles if len(smiles) <= 80 else smiles[:77] + "..."
+    return f"#{index} {short}" if index is not None else short
+
+
+def parse_smiles(smiles: str, protocol: XtbProtocol, label: str) -> Chem.Mol:
+    """SMILES → sanitised ``Mol`` with explicit H, or :class:`XtbError` (stage "input")."""
+    if not smiles or not smiles.strip():
+        raise XtbError(label, "empty SMILES", STAGE_INPUT)
+    RDLogger.DisableLog("rdApp.*")
+    try:
+        mol = Chem.MolFromSmiles(smiles.strip())
+    finally:
+        RDLogger.EnableLog("rdApp.*")
+    if mol is None or mol.GetNumAtoms() == 0:
+        raise XtbError(label, "invalid SMILES", STAGE_INPUT)
+    n_frag = len(Chem.GetMolFrags(mol))
+    if n_frag > 1:
+        raise XtbError(label, f"disconnected fragments ({n_frag}; a salt or mixture?)", STAGE_INPUT)
+    radicals = Descriptors.NumRadicalElectrons(mol)
+    if radicals:
+        raise XtbError(label, f"radical ({radicals} unpaired electrons)", STAGE_INPUT)
+    charge = Chem.GetFormalCharge(mol)
+    if charge and not protocol.allow_charged:
+        raise XtbError(label, f"net charge ({charge:+d}; allow_charged builds it)", STAGE_INPUT)
+    beyond = sorted({a.GetSymbol() for a in mol.GetAtoms() if not 1 <= a.GetAtomicNum() <= GFN2_MAX_Z})
+    if beyond:
+        raise XtbError(label, f"element not in GFN2-xTB ({', '.join(beyond)})", STAGE_INPUT)
+    return Chem.AddHs(mol)
+
+
+def embed_conformers(mol: Chem.Mol, protocol: XtbProtocol, label: str) -> Chem.Mol:
+    """Copy of ``mol`` with ETKDGv3 conformers (retried from random coordinates if none embed)."""
+    out = Chem.Mol(mol)
+    out.RemoveAllConformers()
+    for random_coords in (False, True):
+        params = AllChem.ETKDGv3()
+        params.randomSeed = protocol.embed_seed
+        params.numThreads = 1
+        params.pruneRmsThresh = protocol.prune_rms
+        params.useRandomCoords = random_coords
+        if list(AllChem.EmbedMultipleConfs(out, protocol.num_conformers, params)):
+            return out
+    raise XtbError(label, "embedding failed (ETKDGv3, also from random coordinates)", STAGE_EMBED)
+
+
+def preoptimize(mol: Chem.Mol, protocol: XtbProtocol) -> tuple[list[float] | None, str]:
+    """Force-field optimise every conformer in place: (energies in kcal/mol or None, field used)."""
+    if protocol.forcefield == "mmff" and AllChem.MMFFHasAllMoleculeParams(mol):
+        out = AllChem.MMFFOptimizeMoleculeConfs(mol, numThreads=1, maxIters=protocol.ff_max_iters)
+        return [e for _, e in out], "MMFF94"
+    if protocol.forcefield in ("mmff", "uff") and AllChem.UFFHasAllMoleculeParams(mol):
+        out = AllChem.UFFOptimizeMoleculeConfs(mol, numThreads=1, maxIters=protocol.ff_max_iters)
+        return [e for _, e in out], "UFF"
+    return None, "none"
+
+
+def pick_candidates(conf_ids: Sequence[int], energies: Sequence[float] | None, n: int,
+                    dedup_kcal: float) -> list[int]:
+    """The ``n`` lowest-energy conformer ids, one per distinct energy (embedding order if none).
+
+    Examples
+    --------
+    >>> pick_candidates([0, 1, 2, 3], [5.0, 1.0, 1.001, 3.0], 2, 0.01)
+    [1, 3]
+    """
+    if energies is None:
+        return list(conf_ids)[:n]
+    order = sorted(range(len(conf_ids)), key=lambda k: energies[k] if math.isfinite(energies[k]) else math.inf)
+    picked, kept = [], []
+    for k in order:
+        if any(abs(energies[k] - e) < dedup_kcal for e in kept):
+            continue
+        picked.append(conf_ids[k])
+        kept.append(energies[k])
+        if len(picked) == n:
+            break
+    return picked
+
+
+def _check_candidate(mol, opt: Gfn2Optimisation, protocol: XtbProtocol) -> tuple[str, str] | None:
+    """(stage, reason) why an optimised candidate cannot be kept, or None."""
+    if not opt.converged:
+        return STAGE_CONVERGE, (f"not converged ({opt.steps} steps, max force {opt.max_force:.3f} eV/Å "
+                                f"> fmax {protocol.fmax})")
+    changed = bond_changes(mol, opt.positions, protocol.bond_factor)
+    if changed:
+        return STAGE_CONNECTIVITY, f"connectivity changed ({', '.join(changed[:4])})"
+    flipped = stereo_changes(mol, opt.positions)
+    if flipped:
+        return STAGE_STEREO, f"stereo changed ({'; '.join(flipped[:4])})"
+    return None
+
+
+def build_ground_state(smiles: str, protocol: XtbProtocol | None = None, index: int | None = None) -> XtbResult:
+    """The GFN2-xTB ground state of one molecule (see the module docstring for the pipeline).
+
+    Parameters
+    ----------
+    smiles : str
+        The molecule.
+    protocol : XtbProtocol, optional
+        Settings (default :class:`XtbProtocol()`).
+    index : int, optional
+        Record position in the source, used in messages and the result.
+
+    Raises
+    ------
+    XtbError
+        Naming the molecule, the stage that failed and why.
+    """
+    protocol = protocol or XtbProtocol()
+    start = time.perf_counter()
+    label = _label(smiles, index)
+    mol = parse_smiles(smiles, protocol, label)
+    confs = embed_conformers(mol, protocol, label)
+    energies, ff = preoptimize(confs, protocol)
+    conf_ids = [c.GetId() for c in confs.GetConformers()]
+    chosen = pick_candidates(conf_ids, energies, protocol.num_xtb, protocol.dedup_kcal)
+    numbers = [a.GetAtomicNum() for a in mol.GetAtoms()]
+    charge = Chem.GetFormalCharge(mol)
+    best: Gfn2Optimisation | None = None
+    problems: list[tuple[str, str]] = []
+    for cid in chosen:
+        try:
+            opt = gfn2_optimize(numbers, confs.GetConformer(cid).GetPositions(), protocol, charge)
+        except RuntimeError as err:
+            problems.append((STAGE_XTB, f"conformer {cid}: {err}"))
+            continue
+        problem = _check_candidate(mol, opt, protocol)
+        if problem is not None:
+            problems.append((problem[0], f"conformer {cid}: {problem[1]}"))
+        elif best is None or opt.energy_ev < best.energy_ev:
+            best = opt
+    if best is None:
+        stage = max((s for s, _ in problems), key=STAGES.index)
+        kind = {STAGE_XTB: "SCF failure", STAGE_CONVERGE: "not converged",
+                STAGE_CONNECTIVITY: "connectivity changed", STAGE_STEREO: "stereo changed"}[stage]
+        raise XtbError(label, f"{kind} (no conformer kept: " + "; ".join(r for _, r in problems) + ")", stage)
+    from ase.units import Hartree
+
+    final = _with_positions(mol, best.positions)
+    Chem.AssignStereochemistryFrom3D(final)  # tags agree with the geometry (unspecified centres too)
+    return XtbResult(
+        smiles=smiles, mol=final, energy_ev=best.energy_ev, energy_hartree=best.energy_ev / Hartree,
+        converged=best.converged, steps=best.steps, seconds=time.perf_counter() - start,
+        forcefield=ff, conformers=len(conf_ids), candidates=len(chosen), index=index,
+        protocol_key=protocol.key(),
+    )
+
+
+# --- relaxation of a given conformer (molconf.predict relax_with="xtb") ------------------
+@dataclass
+class XtbRelaxation:
+    """What :func:`xtb_relax` did to a conformer."""
+
+    energy_before_ev: float
+    energy_ev: float
+    converged: bool
+    steps: int
+    max_force: float
+    bond_changes: list[str] = field(default_factory=list)  # non-empty: geometry was restored
+
+
+def xtb_relax(mol: Chem.Mol, protocol: XtbProtocol | None = None, conf_id: int = -1) -> XtbRelaxation:
+    """Optimise a conformer in place with GFN2-xTB (the protocol's optimiser settings).
+
+    If the bond graph changes, the conformer is restored and the changes are returned. If
+    the optimiser does not converge, the last (lower-energy) geometry is kept. Raises
+    ``RuntimeError`` ("SCF failure …") if tblite fails; the conformer is then untouched.
+    """
+    protocol = protocol or XtbProtocol()
+    conf = mol.GetConformer(conf_id)
+    start = conf.GetPositions()
+    numbers = [a.GetAtomicNum() for a in mol.GetAtoms()]
+    charge = Chem.GetFormalCharge(mol)
+    before = _atoms(numbers, start, protocol, charge)
+    try:
+        e0 = float(before.get_potential_energy())
+    except Exception as err:
+        raise RuntimeError(_calculation_error(err)) from err
+    opt = gfn2_optimize(numbers, start, protocol, charge)
+    changed = bond_changes(mol, opt.positions, protocol.bond_factor)
+    if not changed:
+        for i, xyz in enumerate(opt.positions.tolist()):
+            conf.SetAtomPosition(i, xyz)
+    return XtbRelaxation(e0, opt.energy_ev, opt.converged, opt.steps, opt.max_force, changed)
+
+
+def xtb_relax_note(mol: Chem.Mol, protocol: XtbProtocol | None = None) -> str:
+    """:func:`xtb_relax`, summed up in one line for a prediction report."""
+    from ase.units import Hartree
+
+    protocol = protocol or XtbProtocol()
+    try:
+        r = xtb_relax(mol, protocol)
+    except RuntimeError as err:  # "SCF failure (…)"
+        return f"GFN2-xTB {err}: conformer left unrelaxed"
+    if r.bond_changes:
+        return f"GFN2-xTB changed the bond graph ({', '.join(r.bond_changes[:4])}): conformer left unrelaxed"
+    change = f"E = {r.energy_ev / Hartree:.6f} Eh, {r.energy_ev - r.energy_before_ev:+.3f} eV vs the prediction"
+    if not r.converged:
+        return (f"GFN2-xTB not converged in {r.steps} steps (max force {r.max_force:.3f} eV/Å > "
+                f"fmax {protocol.fmax}), last geometry kept: {change}")
+    return f"GFN2-xTB: converged in {r.steps} steps, {change}"
+
+
+# --- the sharded, parallel, resumable runner ------------------------------------------
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def _init_worker() -> None:
+    RDLogger.DisableLog("rdApp.*")  # failures are returned as values and reported
+    with contextlib.suppress(ImportError):
+        import torch  # molconf.data imported it; keep it from spinning extra threads
+
+        torch.set_num_threads(1)
+
+
+def _run_one(item: tuple[int, str], protocol: XtbProtocol) -> tuple[int, XtbResult | XtbError]:
+    """One molecule for the pool: ``(id, result)``, failures as values."""
+    index, smiles = item
+    try:
+        return index, build_ground_state(smiles, protocol, index)
+    except XtbError as err:
+        return index, err
+    except Exception as err:  # anything unexpected still names the molecule
+        return index, XtbError(_label(smiles, index), f"unexpected error ({type(err).__name__}: {err})", STAGE_XTB)
+
+
+@contextlib.contextmanager
+def _single_thread_env():
+    """Spawned workers inherit this environment: OpenMP/BLAS one thread each."""
+    old = {v: os.environ.get(v) for v in _THREAD_VARS}
+    os.environ.update({v: "1" for v in _THREAD_VARS})
+    try:
+        yield
+    finally:
+        for v, value in old.items():
+            if value is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = value
+
+
+class _Workers:
+    """Spawned worker processes (one OpenMP thread each) that survive a crashing molecule.
+
+    A ``multiprocessing.Pool`` waits forever for the result of a worker that died (a
+    segfault in native code), which would stall a build of hours. Here a dead worker
+    breaks the executor; the results already computed are kept, and the shard's remaining
+    molecules run one at a time in a fresh single worker, so the molecule that kills its
+    process is recorded as a failure and the next shard gets a full pool again.
+    """
+
+    def __init__(self, n: int, start_method: str = "spawn"):
+        self.n = n
+        # spawn: fresh interpreters, so no OpenMP runtime state is inherited from this process
+        self.start_method = start_method
+        self._executor: ProcessPoolExecutor | None = None
+
+    def _start(self, n: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(n, mp_context=mp.get_context(self.start_method), initializer=_init_worker)
+
+    def map_unordered(self, fn, items: list[tuple[int, str]]) -> Iterator:
+        """``fn(item)`` for every item, in completion order; a crash yields an :class:`XtbError`."""
+        if self._executor is None:
+            self._executor = self._start(self.n)
+        with _single_thread_env():  # worker processes are launched by submit(), not by the constructor
+            futures = {self._executor.submit(fn, item): item for item in items}
+        yielded = set()
+        try:
+            for fut in as_completed(futures):
+                result = fut.result()
+                yielded.add(fut)
+                yield result
+        except BrokenProcessPool:
+            self.close()
+            finished = [f for f in futures if f not in yielded and f.done() and not f.cancelled()
+                        and f.exception() is None]
+            yield from (f.result() for f in finished)
+            left = [item for f, item in futures.items() if f not in yielded and f not in finished]
+            yield from self._one_at_a_time(fn, left)
+
+    def _one_at_a_time(self, fn, items: list[tuple[int, str]]) -> Iterator:
+        executor = None
+        for index, smiles in items:
+            executor = executor or self._start(1)
+            try:
+                with _single_thread_env():
+                    future = executor.submit(fn, (index, smiles))
+                yield future.result()
+            except BrokenProcessPool:
+                executor.shutdown(wait=False, cancel_futures=True)
+                executor = None
+                yield index, XtbError(_label(smiles, index), "worker process crashed (native code aborted)",
+                                      STAGE_XTB)
+        if executor is not None:
+            executor.shutdown()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+
+def _chunks(records: Iterable[tuple[int, str]], size: int) -> Iterator[list[tuple[int, str]]]:
+    chunk = []
+    for rec in records:
+        chunk.append(rec)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _versions() -> dict:
+    import ase
+    import rdkit
+
+    import molconf
+
+    def dist(name):
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {"molconf": molconf.__version__, "rdkit": rdkit.__version__, "tblite": dist("tblite"),
+            "ase": ase.__version__, "numpy": np.__version__, "python": sys.version.split()[0]}
+
+
+def _write_atomic(path: Path, data: bytes | str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class _Shards:
+    """The shard files of one build folder."""
+
+    def __init__(self, out_dir: Path):
+        self.dir = out_dir / SHARDS_DIR
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for leftover in self.dir.glob("*.tmp"):  # written when a run died
+            leftover.unlink()
+
+    def path(self, i: int, kind: str) -> Path:
+        return self.dir / f"shard_{i:06d}.{kind}"
+
+    def done(self, i: int) -> dict | None:
+        """The shard's record if it is complete (its ``.json`` is written last), else None."""
+        try:
+            record = json.loads(self.path(i, "json").read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        if not (self.path(i, "sdf").is_file() and self.path(i, "failures.csv").is_file()):
+            return None
+        return record
+
+
+def _check_build_file(out_dir: Path, want: dict) -> None:
+    path = out_dir / BUILD_FILE
+    if path.is_file():
+        have = json.loads(path.read_text())
+        diff = [k for k in want if have.get(k) != want[k]]
+        if diff:
+            raise ValueError(
+                f"{out_dir} holds a build with another {', '.join(diff)} "
+                f"(see {path}); use another --out folder or delete it to start over"
+            )
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, json.dumps(want, indent=1) + "\n")
+
+
+def _size_bin(n_atoms: int) -> str:
+    lo = min(n_atoms // 20 * 20, 80)
+    return f"{lo}-{lo + 19}" if lo < 80 else "80+"
+
+
+def _run_shard(i: int, chunk: list[tuple[int, str]], shards: _Shards, protocol: XtbProtocol,
+               pool: _Workers | None, bar) -> dict:
+    start = time.time()
+    work = functools.partial(_run_one, protocol=protocol)
+    # unordered: a slow molecule does not hold up the others; the shard is sorted below
+    results = []
+    for item in map(work, chunk) if pool is None else pool.map_unordered(work, chunk):
+        bar.update(1)
+        results.append(item)
+    results.sort(key=lambda r: r[0])
+    smiles_of = dict(chunk)
+    sdf, failures = io.StringIO(), io.StringIO()
+    fails = csv.writer(failures)
+    fails.writerow(_FAILURE_HEADER)
+    by_stage: collections.Counter = collections.Counter()
+    by_reason: collections.Counter = collections.Counter()
+    timing: dict[str, list[float]] = {}
+    stats = collections.Counter()
+    with Chem.SDWriter(sdf) as writer:
+        for idx, item in results:
+            if isinstance(item, XtbError):
+                fails.writerow([idx, smiles_of[idx], item.stage, item.reason])
+                by_stage[item.stage] += 1
+                by_reason[reason_kind(item.reason)] += 1
+                continue
+            writer.write(item.to_sdf_mol())
+            n = item.mol.GetNumAtoms()
+            t = timing.setdefault(_size_bin(n), [0, 0.0, 0.0])  # molecules, seconds, atoms
+            t[0], t[1], t[2] = t[0] + 1, t[1] + item.seconds, t[2] + n
+            stats["succeeded"] += 1
+            stats["steps"] += item.steps
+            stats["atoms"] += n
+            stats["max_atoms"] = max(stats["max_atoms"], n)
+            stats[f"forcefield_{item.forcefield}"] += 1
+            stats["seconds_molecules"] += item.seconds
+    record = {
+        "shard": i, "first_index": chunk[0][0], "last_index": chunk[-1][0], "molecules": len(chunk),
+        "failed": sum(by_stage.values()), "failed_by_stage": dict(by_stage), "failed_by_reason": dict(by_reason),
+        "stats": dict(stats), "timing_by_atoms": timing, "seconds_wall": round(time.time() - start, 2),
+    }
+    # the .json is the completion mark: written last, after the data files are in place
+    _write_atomic(shards.path(i, "sdf"), sdf.getvalue())
+    _write_atomic(shards.path(i, "failures.csv"), failures.getvalue())
+    _write_atomic(shards.path(i, "json"), json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def reason_kind(reason: str) -> str:
+    """A reason without its per-molecule details ("not converged (412 steps…)" → "not converged")."""
+    return reason.split("(")[0].strip()
+
+
+def build_dataset(
+    source,
+    out_dir: str | Path,
+    protocol: XtbProtocol | None = None,
+    workers: int = 2,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    max_shards: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Build GFN2-xTB ground states for a SMILES source, resuming a previous run.
+
+    Parameters
+    ----------
+    source : SmilesSource, path, or sequence of str
+        The SMILES (:func:`as_source`).
+    out_dir : path
+        Build folder: ``build.json`` (protocol, source, shard size), ``shards/``,
+        ``failures.csv`` and ``summary.json``.
+    protocol : XtbProtocol, optional
+        Settings (default :class:`XtbProtocol()`); a rerun must use the same.
+    workers : int
+        Worker processes (spawned, one OpenMP thread each); 1 runs in this process.
+    shard_size : int
+        Molecules per shard (the unit of resumption).
+    max_shards : int, optional
+        Compute at most this many new shards, then stop (chunked runs, tests).
+    progress : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    dict
+        The summary (also written to ``summary.json``); ``complete`` says whether every
+        shard is done.
+    """
+    from tqdm import tqdm
+
+    protocol = protocol or XtbProtocol()
+    src = as_source(source)
+    out_dir = Path(out_dir)
+    start = time.time()
+    desc = src.describe()
+    _check_build_file(out_dir, {"protocol": protocol.to_dict(), "source": desc, "shard_size": shard_size})
+    shards = _Shards(out_dir)
+    total = len(src)
+    num_shards = -(-total // shard_size)
+    bar = tqdm(total=total, desc="GFN2-xTB", unit="mol", mininterval=2.0, disable=not progress)
+    pool = None
+    new = 0
+    try:
+        for i, chunk in enumerate(_chunks(src, shard_size)):
+            record = shards.done(i)
+            if record is not None:
+                if record["first_index"] != chunk[0][0] or record["molecules"] != len(chunk):
+                    raise ValueError(f"shard {i} in {shards.dir} does not match the source; start a new build")
+                bar.update(len(chunk))
+                continue
+            if max_shards is not None and new >= max_shards:
+                break
+            if pool is None and workers > 1:
+                require_tblite()
+                pool = _Workers(workers)
+            _run_shard(i, chunk, shards, protocol, pool, bar)
+            new += 1
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.close()
+    return write_summary(out_dir, protocol, desc, num_shards, shards, time.time() - start, workers)
+
+
+def write_summary(out_dir: Path, protocol: XtbProtocol, source: dict, num_shards: int, shards: _Shards,
+                  seconds_this_run: float, workers: int) -> dict:
+    """Rewrite ``failures.csv`` and ``summary.json`` from the finished shards (streamed)."""
+    by_stage: collections.Counter = collections.Counter()
+    by_reason: collections.Counter = collections.Counter()
+    stats: collections.Counter = collections.Counter()
+    timing: dict[str, list[float]] = {}
+    done = molecules = wall = 0
+    tmp = out_dir / (FAILURES_FILE + ".tmp")
+    with open(tmp, "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(_FAILURE_HEADER)
+        for i in range(num_shards):
+            record = shards.done(i)
+            if record is None:
+                continue
+            done += 1
+            molecules += record["molecules"]
+            wall += record["seconds_wall"]
+            by_stage.update(record["failed_by_stage"])
+            by_reason.update(record["failed_by_reason"])
+            max_atoms = max(stats["max_atoms"], record["stats"].get("max_atoms", 0))
+            stats.update(record["stats"])
+            stats["max_atoms"] = max_atoms
+            for size, (n, secs, atoms) in record["timing_by_atoms"].items():
+                t = timing.setdefault(size, [0, 0.0, 0.0])
+                t[0], t[1], t[2] = t[0] + n, t[1] + secs, t[2] + atoms
+            with open(shards.path(i, "failures.csv"), newline="") as fh:
+                rows = csv.reader(fh)
+                next(rows, None)
+                writer.writerows(rows)
+    os.replace(tmp, out_dir / FAILURES_FILE)
+    ok = stats["succeeded"]
+    summary = {
+        "dataset": "GFN2-xTB ground states",
+        "complete": done == num_shards,
+        "source": source,
+        "protocol": protocol.to_dict(),
+        "protocol_key": protocol.key(),
+        "versions": _versions(),
+        "molecules": molecules,
+        "succeeded": ok,
+        "failed": sum(by_stage.values()),
+        "failed_by_stage": {s: by_stage[s] for s in STAGES if by_stage[s]},
+        "failed_by_reason": dict(by_reason.most_common()),
+        "forcefield_used": {k.split("_", 1)[1]: v for k, v in stats.items() if k.startswith("forcefield_")},
+        "mean_atoms": stats["atoms"] / max(ok, 1),
+        "max_atoms": stats["max_atoms"],
+        "mean_steps": stats["steps"] / max(ok, 1),
+        "seconds_per_molecule": stats["seconds_molecules"] / max(ok, 1),
+        "seconds_per_molecule_by_atoms": {
+            k: {"molecules": v[0], "seconds": v[1] / max(v[0], 1), "mean_atoms": v[2] / max(v[0], 1)}
+            for k, v in sorted(timing.items(), key=lambda kv: int(kv[0].rstrip("+").split("-")[0]))
+        },
+        "shards": {"done": done, "total": num_shards},
+        "seconds_wall_shards": round(wall, 1),
+        "seconds_this_run": round(seconds_this_run, 1),
+        "workers_this_run": workers,
+    }
+    _write_atomic(out_dir / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+# --- merging for the repository --------------------------------------------------------
+def default_dataset_dir() -> Path:
+    """``datasets/moses_xtb`` of this repository (next to the package, else in cwd)."""
+    here = Path(__file__).resolve().parents[2] / "datasets"
+    return (here if here.is_dir() else Path("datasets")) / "moses_xtb"
+
+
+def _sdf_records(text: str) -> Iterator[str]:
+    """Records of an SDF text, each ending with its ``$$$$`` line."""
+    record: list[str] = []
+    for line in text.splitlines(keepends=True):
+        record.append(line)
+        if line.startswith("$$$$"):
+            yield "".join(record)
+            record = []
+
+
+def _record_props(record: str) -> dict[str, str]:
+    """The ``> <name>`` data items of one SDF record."""
+    props, lines = {}, record.splitlines()
+    for k, line in enumerate(lines):
+        if line.startswith(">") and "<" in line and k + 1 < len(lines):
+            props[line[line.index("<") + 1 : line.rindex(">")]] = lines[k + 1]
+    return props
+
+
+def merge_dataset(
+    build_dir: str | Path,
+    dest: str | Path | None = None,
+    split_seed: int = 0,
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+) -> dict:
+    """Write the committed data set from a finished build.
+
+    ``dest`` (default ``datasets/moses_xtb``) receives ``molecules.sdf.gz`` (every molecule,
+    sorted by id, gzip level 9 with a fixed timestamp so identical builds give identical
+    bytes), ``split_{train,val,test}.npy`` (Bemis–Murcko scaffold split of the ids,
+    :func:`~molconf.data.scaffolds.scaffold_split`), ``build_report.json`` (the build summary
+    plus the split sizes) and ``failures.csv``.
+    """
+    from molconf.data.scaffolds import scaffold_split
+
+    build_dir = Path(build_dir)
+    dest = Path(dest) if dest is not None else default_dataset_dir()
+    summary_path = build_dir / SUMMARY_FILE
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"{summary_path} not found: run the build first")
+    summary = json.loads(summary_path.read_text())
+    if not summary.get("complete"):
+        raise ValueError(f"the build in {build_dir} is not finished "
+                         f"({summary['shards']['done']} of {summary['shards']['total']} shards): rerun it first")
+    shards = _Shards(build_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    ids: list[int] = []
+    smiles: list[str] = []
+    tmp = dest / (MERGED_SDF + ".tmp")
+    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:
+        for i in range(summary["shards"]["total"]):
+            text = shards.path(i, "sdf").read_text()
+            for record in _sdf_records(text):
+                props = _record_props(record)
+                idx = int(props[K.SDF_SOURCE_INDEX])
+                if ids and idx <= ids[-1]:
+                    raise ValueError(f"shard {i}: molecule id {idx} out of order (after {ids[-1]})")
+                ids.append(idx)
+                smiles.append(props[K.SDF_SMILES])
+                gz.write(record.encode())
+    os.replace(tmp, dest / MERGED_SDF)
+    parts = scaffold_split(ids, smiles, fractions, split_seed)
+    for part, part_ids in parts.items():
+        np.save(dest / f"split_{part}.npy", part_ids.astype(np.int32 if max(ids, default=0) < 2**31 else np.int64))
+    report = {**summary, "merged": {"molecules": len(ids), "file": MERGED_SDF,
+                                    "bytes": (dest / MERGED_SDF).stat().st_size},
+              "split": {"kind": "Bemis-Murcko scaffold", "seed": split_seed, "fractions": list(fractions),
+                        **{p: len(v) for p, v in parts.items()}}}
+    _write_atomic(dest / "build_report.json", json.dumps(report, indent=1) + "\n")
+    shutil.copyfile(build_dir / FAILURES_FILE, dest / FAILURES_FILE)
+    return report
+
+
+# --- command line ----------------------------------------------------------------------
+def _protocol_from_args(args) -> XtbProtocol:
+    return XtbProtocol(
+        num_conformers=args.conformers, embed_seed=args.embed_seed, forcefield=args.forcefield,
+        ff_max_iters=args.ff_max_iters, num_xtb=args.xtb_candidates, optimizer=args.optimizer,
+        fmax=args.fmax, max_steps=args.max_steps, accuracy=args.accuracy,
+        electronic_temperature=args.electronic_temperature, allow_charged=args.allow_charged,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = XtbProtocol()
+    p = argparse.ArgumentParser(prog="molconf build-xtb", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("source (one of)")
+    src.add_argument("--moses", choices=MOSES_PARTS, help="MOSES part from the molsets wheel "
+                                                          "(pip install --no-deps molsets)")
+    src.add_argument("--moses-file", help="MOSES train/test .csv.gz given explicitly (with --moses)")
+    src.add_argument("--smiles-file", help=".smi / .txt / .csv (column 'smiles'), optionally .gz")
+    p.add_argument("--n", type=int, help="seeded random subsample of this many molecules")
+    p.add_argument("--seed", type=int, default=0, help="subsample seed (default 0)")
+    p.add_argument("--out", required=True, help="build folder (shards, summary.json, failures.csv)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (default 2; 1: in-process)")
+    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="molecules per shard")
+    p.add_argument("--max-shards", type=int, help="stop after N new shards (rerun to continue)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    merge = p.add_argument_group("merge (after the build)")
+    merge.add_argument("--merge", action="store_true", help="write molecules.sdf.gz + scaffold split to --dest")
+    merge.add_argument("--dest", help="merge destination (default datasets/moses_xtb)")
+    merge.add_argument("--split-seed", type=int, default=0, help="scaffold split seed (default 0)")
+    prot = p.add_argument_group("protocol (stored with the data; a resumed build must keep it)")
+    prot.add_argument("--conformers", type=int, default=d.num_conformers, help="ETKDG conformers")
+    prot.add_argument("--embed-seed", type=int, default=d.embed_seed, help="ETKDG seed")
+    prot.add_argument("--forcefield", choices=FORCEFIELDS, default=d.forcefield, help="pre-optimisation")
+    prot.add_argument("--ff-max-iters", type=int, default=d.ff_max_iters, help="force-field iterations")
+    prot.add_argument("--xtb-candidates", type=int, default=d.num_xtb, help="lowest conformers sent to xTB")
+    prot.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="ASE optimiser")
+    prot.add_argument("--fmax", type=float, default=d.fmax, help="force threshold, eV/Å")
+    prot.add_argument("--max-steps", type=int, default=d.max_steps, help="optimiser steps per conformer")
+    prot.add_argument("--accuracy", type=float, default=d.accuracy, help="tblite accuracy")
+    prot.add_argument("--electronic-temperature", type=float, default=d.electronic_temperature, help="K")
+    prot.add_argument("--allow-charged", action="store_true", help="build charged molecules (default: refuse)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.merge and bool(args.moses) == bool(args.smiles_file):
+        print("molconf build-xtb: give --moses train|test or --smiles-file FILE (or --merge)", file=sys.stderr)
+        return 2
+    try:
+        return _merge(args) if args.merge else _build(args)
+    except (ValueError, FileNotFoundError) as err:  # another build in --out, unfinished build, no data
+        print(f"molconf build-xtb: {err}", file=sys.stderr)
+        return 2
+
+
+def _merge(args) -> int:
+    report = merge_dataset(args.out, args.dest, args.split_seed)
+    dest = Path(args.dest) if args.dest else default_dataset_dir()
+    split = report["split"]
+    print(f"{report['merged']['molecules']} molecules -> {dest / MERGED_SDF} "
+          f"({report['merged']['bytes'] / 1e6:.1f} MB); scaffold split "
+          f"{split['train']} / {split['val']} / {split['test']}")
+    return 0
+
+
+def _build(args) -> int:
+    if args.moses:
+        source = SmilesSource.moses(args.moses, args.n, args.seed, args.moses_file)
+    else:
+        source = SmilesSource(path=args.smiles_file, n=args.n, seed=args.seed)
+    summary = build_dataset(source, args.out, _protocol_from_args(args), args.workers, args.shard_size,
+                            args.max_shards, progress=not args.no_progress)
+    state = "complete" if summary["complete"] else (
+        f"stopped after {summary['shards']['done']} of {summary['shards']['total']} shards; rerun to continue")
+    print(f"{summary['succeeded']} of {summary['molecules']} molecules built, {summary['failed']} failed "
+          f"{summary['failed_by_stage']} ({state}); {Path(args.out) / SUMMARY_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
