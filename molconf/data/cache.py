@@ -51,7 +51,8 @@ def fingerprint_key(fingerprint: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 4 MB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
@@ -293,7 +294,7 @@ class GraphStore:
             path = self.folder / f"{name}.npy"
             if not path.is_file():
                 raise CacheError(f"{self.folder}: missing {path.name}")
-            if verify and _sha256(path) != manifest["sha256"].get(name):
+            if verify and file_sha256(path) != manifest["sha256"].get(name):
                 raise CacheError(f"{self.folder}: {path.name} does not match its checksum (corrupted)")
             try:
                 arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)

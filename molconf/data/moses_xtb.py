@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import collections
 import gzip
-import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -32,7 +31,7 @@ from rdkit import Chem, RDLogger
 from tqdm import tqdm
 
 from molconf import constants as K
-from molconf.data.cache import CacheWriter, GraphStore, default_cache_dir, fingerprint_key
+from molconf.data.cache import CacheWriter, GraphStore, default_cache_dir, file_sha256, fingerprint_key
 from molconf.data.convert import compare_with_smiles
 from molconf.data.features import GraphArrays, featurize
 from molconf.data.splits import default_split_dir
@@ -48,12 +47,6 @@ def default_moses_xtb_sdf() -> Path:
     return default_split_dir(DATASET) / SDF_NAME
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def moses_xtb_fingerprint(sdf: str | Path, limit: int | None = None) -> dict:
@@ -63,7 +56,7 @@ def moses_xtb_fingerprint(sdf: str | Path, limit: int | None = None) -> dict:
 
     path = Path(sdf).resolve()
     return {"dataset": DATASET, "molconf": molconf.__version__, "source": str(path),
-            "bytes": path.stat().st_size, "sha256": _sha256(path), "limit": limit}
+            "bytes": path.stat().st_size, "sha256": file_sha256(path), "limit": limit}
 
 
 def iter_sdf_records(path: str | Path) -> Iterator[str]:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from molconf.data.cache import file_sha256
+
 MOSES_PARTS = ("train", "test")
 
 
@@ -84,12 +86,6 @@ def moses_data_file(part: str = "train") -> Path:
     raise FileNotFoundError(f"molsets is installed but has no dataset/data/{part}.csv.gz")
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class SmilesSource:
@@ -174,7 +170,7 @@ class SmilesSource:
         """What the records are: a build resumes only from the same description."""
         desc: dict = {"name": self.name, "n": self.n, "seed": self.seed, "total": self.total}
         if self.path is not None:
-            desc.update(path=str(self.path), bytes=self.path.stat().st_size, sha256=_file_sha256(self.path))
+            desc.update(path=str(self.path), bytes=self.path.stat().st_size, sha256=file_sha256(self.path))
         else:
             desc["sha256"] = hashlib.sha256("\n".join(self._smiles).encode()).hexdigest()
         return desc
