@@ -18,7 +18,8 @@ Generalisation (:func:`run_generalization`)
       training molecule is its own), and the same for B, which never saw it
       (memorisation shows as A ≪ B).
 
-    All RMSDs are heavy-atom, symmetry-aware and aligned (``GetBestRMS``). Results go to
+    All RMSDs are heavy-atom, symmetry-aware and aligned (``GetBestRMS``); a molecule's value is
+    the mean over its usable samples, and a size's value the median over molecules. Results go to
     ``<out>/N<N>.json`` per N (an existing file means "done": the study resumes), then
     ``summary.json`` and ``generalization.png``; the trained networks to ``<out>/models``.
 
@@ -55,6 +56,7 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 from rdkit.Geometry import Point3D
 
+from molconf import constants as K
 from molconf.data.dataset import collate_dense, graph_to_data
 from molconf.data.features import featurize
 from molconf.diffusion.io import save_denoiser
@@ -65,6 +67,7 @@ from molconf.metrics import c_rmsd, mol_with_coords
 
 
 MIN_EVAL_HEAVY_ATOMS = 4  # molecules evaluated by RMSD need at least this many heavy atoms
+MAX_SAMPLE_RADIUS = 50.0  # Å from the centroid; QM9 molecules span < 10 Å: beyond this a sample diverged
 
 
 # =========================================================================== training
@@ -134,7 +137,9 @@ def sample_graph(model, graph, n_samples: int, settings: SamplerSettings, seed: 
     """Samples (n_samples, atoms, 3) of one molecule and which of them are usable (n_samples,) bool.
 
     Noise comes from ``Generator().manual_seed(seed)``. A sample is unusable if it is not
-    finite or the KS ascent diverged.
+    finite, the KS ascent diverged, or an atom ended up more than ``MAX_SAMPLE_RADIUS`` from
+    the sample's centroid (a model trained on a handful of molecules can blow up on a graph
+    it never saw; one such sample would otherwise dominate every mean).
     """
     model.eval()
     batch = collate_dense([graph] * n_samples)
@@ -147,12 +152,21 @@ def sample_graph(model, graph, n_samples: int, settings: SamplerSettings, seed: 
                         settings.ks_max_steps, generator=gen)
         pos, ok = res.pos, ~res.diverged
     ok = ok & torch.isfinite(pos).flatten(1).all(1)
+    real = batch[K.MASK].unsqueeze(-1)  # (S, N, 1)
+    centroid = (pos * real).sum(1, keepdim=True) / real.sum(1, keepdim=True)  # (S, 1, 3)
+    radius = torch.where(real, pos - centroid, torch.zeros_like(pos)).norm(dim=-1).amax(1)  # (S,)
+    ok = ok & (radius < MAX_SAMPLE_RADIUS)
     return pos.double().numpy(), ok.numpy()
 
 
 def _mean(xs) -> float:
     xs = [x for x in xs if x is not None and np.isfinite(x)]
     return float(np.mean(xs)) if xs else float("nan")
+
+
+def _median(xs) -> float:
+    xs = [x for x in xs if x is not None and np.isfinite(x)]
+    return float(np.median(xs)) if xs else float("nan")
 
 
 def compare_samples(ref: Chem.Mol, samples_a: np.ndarray, samples_b: np.ndarray, ok_a=None, ok_b=None) -> dict:
@@ -234,20 +248,50 @@ def _rmsd_meaningful(store, row: int) -> bool:
     return int((store.graph(int(row)).atomic_numbers > 1).sum()) >= MIN_EVAL_HEAVY_ATOMS
 
 
+def _training_settings(cfg: StudyConfig) -> dict:
+    """What decides a trained network besides its molecules (saved with it, compared on reuse)."""
+    return {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
+            "sigma_min": cfg.sigma_min, "sigma_max": cfg.sigma_max, "weighting": cfg.weighting,
+            "model": cfg.model_kwargs()}
+
+
+def _trained_before(path: Path, mol_ids: list[int], training: dict):
+    """(network, losses) saved by an earlier run with the same molecules and settings, else None."""
+    if not path.is_file():
+        return None
+    from molconf.diffusion.io import load_denoiser
+
+    try:
+        model, meta = load_denoiser(path)
+    except (ValueError, RuntimeError, OSError):
+        return None  # unreadable: train again
+    if meta.get("train_mol_ids") != mol_ids or meta.get("training") != json.loads(json.dumps(training)):
+        return None
+    return model.eval(), list(meta.get("losses", []))
+
+
 def run_size(n: int, cfg: StudyConfig, store, pool_a, pool_b, heldout, out: Path, log=print) -> dict:
     """Train the pair of models for one N, sample and compare; returns the result dict."""
     t0 = time.time()
     rows = {"A": pool_a[:n], "B": pool_b[:n]}
     models, losses = {}, {}
+    training = _training_settings(cfg)
     for name, r in rows.items():
+        path = out / "models" / f"N{n}_{name}.pt"
+        mol_ids = [int(store.mol_ids[i]) for i in r]
+        reused = _trained_before(path, mol_ids, training)
+        if reused is not None:  # a run killed after training: evaluate the saved network
+            models[name], losses[name] = reused
+            log(f"N={n} model {name}: trained before ({path.name}), reused")
+            continue
         graphs = [graph_to_data(store.graph(int(i)), 1, int(store.mol_ids[i])) for i in r]
         torch.manual_seed(cfg.seed)  # same initialisation for A and B
         model = EquivariantDenoiser(**cfg.model_kwargs())
         losses[name] = train_denoiser(model, graphs, cfg.steps, cfg.batch_size, cfg.lr, cfg.seed, cfg.sigma_min,
                                       cfg.sigma_max, cfg.weighting)
         models[name] = model.eval()
-        save_denoiser(model, out / "models" / f"N{n}_{name}.pt",
-                      meta={"name": f"study_N{n}_{name}", "train_mol_ids": [int(store.mol_ids[i]) for i in r]})
+        save_denoiser(model, path, meta={"name": f"study_N{n}_{name}", "train_mol_ids": mol_ids,
+                                         "training": training, "losses": losses[name]})
         log(f"N={n} model {name}: loss {np.mean(losses[name][:10]):.3g} -> {np.mean(losses[name][-10:]):.3g}")
 
     def evaluate(eval_rows) -> list[dict]:
@@ -268,12 +312,13 @@ def run_size(n: int, cfg: StudyConfig, store, pool_a, pool_b, heldout, out: Path
     result = {
         "N": n, "steps": cfg.steps, "blind": cfg.blind, "sampler": cfg.sampling.resolve(cfg.blind),
         "final_loss": {k: float(np.mean(v[-max(1, len(v) // 10):])) for k, v in losses.items()},
-        "heldout": {"rmsd_ab": _mean(r["rmsd_ab"] for r in held),
-                    "rmsd_a_gt": _mean(r["rmsd_a_ref"] for r in held),
-                    "rmsd_b_gt": _mean(r["rmsd_b_ref"] for r in held), "per_molecule": held},
-        "train": {"rmsd_ab": _mean(r["rmsd_ab"] for r in train),
-                  "rmsd_a_train": _mean(r["rmsd_a_ref"] for r in train),
-                  "rmsd_b_train": _mean(r["rmsd_b_ref"] for r in train), "per_molecule": train},
+        # medians over molecules (each molecule: the mean over its usable samples)
+        "heldout": {"rmsd_ab": _median(r["rmsd_ab"] for r in held),
+                    "rmsd_a_gt": _median(r["rmsd_a_ref"] for r in held),
+                    "rmsd_b_gt": _median(r["rmsd_b_ref"] for r in held), "per_molecule": held},
+        "train": {"rmsd_ab": _median(r["rmsd_ab"] for r in train),
+                  "rmsd_a_train": _median(r["rmsd_a_ref"] for r in train),
+                  "rmsd_b_train": _median(r["rmsd_b_ref"] for r in train), "per_molecule": train},
         "failed_samples": sum(r["n_failed_a"] + r["n_failed_b"] for r in held + train),
         "seconds": round(time.time() - t0, 1),
     }

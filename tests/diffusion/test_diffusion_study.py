@@ -100,9 +100,41 @@ def test_cli_tiny_generalization_run_and_resume(qm9_small, tmp_path, capsys):
     capsys.readouterr()
     assert diffusion_cli(args) == 0
     assert capsys.readouterr().out.count("skipped") == 2
+    # killed after training, before the result was written: the saved networks are reused
+    (tmp_path / "N4.json").unlink()
+    assert diffusion_cli(args) == 0
+    assert capsys.readouterr().out.count("reused") == 2
+    again = json.loads((tmp_path / "N4.json").read_text())
+    assert again["heldout"] == n4["heldout"] and again["final_loss"] == n4["final_loss"]
 
 
 def test_cli_generalization_reports_too_large_n(qm9_small, tmp_path, capsys):
     code = diffusion_cli(["diffusion", "generalization", "--sizes", "100000", "--steps", "1", "--source-limit",
                           "300", "--out", str(tmp_path)])
     assert code == 2 and "needs 200000 training molecules" in capsys.readouterr().err
+
+
+def test_exploded_samples_are_unusable(monkeypatch):
+    """A sample with an atom far from the centroid counts as failed, not as a huge RMSD."""
+    import molconf.diffusion.study as study
+    from molconf.data.dataset import graph_to_data
+    from molconf.data.features import featurize
+    from rdkit import Chem
+
+    graph = graph_to_data(featurize(Chem.AddHs(Chem.MolFromSmiles("CCO"))), 1)
+
+    def fake_ddim(model, batch, *args, **kwargs):
+        pos = torch.zeros(batch["pos"].shape)
+        pos[1, 0] = 1e6  # second sample: one atom flung away
+        return pos
+
+    monkeypatch.setattr(study, "ddim_sample", fake_ddim)
+
+    class Model:
+        blind = False
+
+        def eval(self):
+            return self
+
+    _, ok = study.sample_graph(Model(), graph, 3, study.SamplerSettings(sampler="ddim"), seed=0)
+    assert ok.tolist() == [True, False, True]
