@@ -1,0 +1,150 @@
+"""GFN2-xTB optimisation started from a molconf prediction vs from RDKit ETKDG + MMFF.
+
+For each test molecule, two starting geometries: the model's prediction (``molconf.predict``,
+no relaxation) and ETKDGv3 (seed 42) + MMFF94. Each is optimised with GFN2-xTB exactly as
+``predict(relax_with="xtb")`` does (``molconf.data.xtb_build.xtb_relax``: the data protocol's
+optimiser, fmax and step limit). Reported: optimiser steps and wall time of each start, how
+often each converges, and how often each reaches the lower final energy (energies within
+``--tie-kcal`` count as the same minimum). Time to make the start is reported separately.
+
+    nice python benchmarks/xtb_relax.py --dataset moses_xtb --n 200 --out benchmarks/results
+    python benchmarks/xtb_relax.py --smiles-file my.smi --model default --n 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+from rdkit import Chem
+from rdkit.Chem import AllChem
+
+import molconf.predict
+from molconf.data.xtb_build import XtbProtocol, xtb_relax
+
+HARTREE_KCAL = 627.509474
+EV_PER_HARTREE = 27.211386245988
+
+
+def etkdg_mmff(mol: Chem.Mol) -> tuple[Chem.Mol | None, float]:
+    m = Chem.Mol(mol)
+    m.RemoveAllConformers()
+    t = time.perf_counter()
+    params = AllChem.ETKDGv3()
+    params.randomSeed = 42
+    if AllChem.EmbedMolecule(m, params) != 0:
+        return None, time.perf_counter() - t
+    if AllChem.MMFFHasAllMoleculeParams(m):
+        AllChem.MMFFOptimizeMolecule(m, maxIters=2000)
+    return m, time.perf_counter() - t
+
+
+def relax_start(mol: Chem.Mol | None, protocol: XtbProtocol) -> dict:
+    if mol is None:
+        return {"ok": False, "reason": "no starting geometry"}
+    m = Chem.Mol(mol)
+    t = time.perf_counter()
+    try:
+        r = xtb_relax(m, protocol)
+    except RuntimeError as err:
+        return {"ok": False, "reason": str(err), "seconds": time.perf_counter() - t}
+    if r.bond_changes:
+        return {"ok": False, "reason": "bond graph changed", "seconds": time.perf_counter() - t}
+    return {"ok": True, "steps": r.steps, "converged": r.converged, "seconds": time.perf_counter() - t,
+            "energy_hartree": r.energy_ev / EV_PER_HARTREE}
+
+
+def test_molecules(args) -> list[Chem.Mol]:
+    if args.smiles_file:
+        from molconf.data.smiles_source import as_source
+
+        smiles = [s for _, s in as_source(args.smiles_file)][: args.n]
+        return [Chem.AddHs(Chem.MolFromSmiles(s)) for s in smiles]
+    from molconf.data import load_dataset, load_dataset_split
+
+    store = load_dataset(args.dataset)
+    rows, _ = store.positions_of(load_dataset_split(args.dataset, "test"))
+    mols = []
+    for r in rows[: args.n].tolist():
+        m = store.mol(int(r))
+        m.RemoveAllConformers()
+        mols.append(m)
+    return mols
+
+
+def summarise(rows: list[dict], tie_kcal: float) -> dict:
+    both = [r for r in rows if r["model"]["ok"] and r["rdkit"]["ok"]]
+    out = {"molecules": len(rows), "both_relaxed": len(both)}
+    for start in ("model", "rdkit"):
+        ok = [r[start] for r in rows if r[start]["ok"]]
+        out[start] = {"relaxed": len(ok), "converged": sum(o["converged"] for o in ok),
+                      "median_steps": statistics.median(o["steps"] for o in ok) if ok else None,
+                      "mean_steps": statistics.fmean(o["steps"] for o in ok) if ok else None,
+                      "median_seconds": statistics.median(o["seconds"] for o in ok) if ok else None,
+                      "median_start_seconds": statistics.median(r[f"{start}_start_seconds"] for r in rows)}
+    diff = [(r["model"]["energy_hartree"] - r["rdkit"]["energy_hartree"]) * HARTREE_KCAL for r in both]
+    out["model_lower"] = sum(d < -tie_kcal for d in diff)
+    out["rdkit_lower"] = sum(d > tie_kcal for d in diff)
+    out["same_minimum"] = sum(abs(d) <= tie_kcal for d in diff)
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--dataset", default="moses_xtb", help="test split of this data set (default moses_xtb)")
+    src.add_argument("--smiles-file", help="molecules from a .smi / .csv file instead")
+    p.add_argument("--model", default="default", help="molconf model for the predicted start")
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--tie-kcal", type=float, default=0.1, help="energies closer than this: the same minimum")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    protocol = XtbProtocol()
+    mols = test_molecules(args)
+    t = time.perf_counter()
+    preds, report = molconf.predict.predict(mols, model=args.model, return_report=True)
+    predict_seconds = (time.perf_counter() - t) / max(1, len(mols))
+    rows = []
+    for i, (mol, pred) in enumerate(zip(mols, preds)):
+        start_rdkit, rd_seconds = etkdg_mmff(mol)
+        rows.append({"index": i, "smiles": Chem.MolToSmiles(Chem.RemoveHs(mol)),
+                     "model": relax_start(pred, protocol), "rdkit": relax_start(start_rdkit, protocol),
+                     "model_start_seconds": predict_seconds, "rdkit_start_seconds": rd_seconds})
+        print(i, rows[-1]["model"].get("steps"), rows[-1]["rdkit"].get("steps"), flush=True)
+    summary = summarise(rows, args.tie_kcal)
+    summary.update(model_name=report.model, precision=report.precision, protocol=protocol.to_dict(),
+                   source=args.smiles_file or f"{args.dataset} test split", tie_kcal=args.tie_kcal,
+                   load_average_after=os.getloadavg()[0])
+    md = markdown(summary)
+    print(md)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "xtb_relax.md").write_text(md)
+        (args.out / "xtb_relax.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1) + "\n")
+
+
+def markdown(s: dict) -> str:
+    fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
+    lines = [f"# GFN2-xTB optimisation from a molconf prediction vs from ETKDG + MMFF ({s['molecules']} molecules)",
+             "", f"Source: {s['source']}; model `{s['model_name']}` ({s['precision']}); optimiser "
+             f"{s['protocol']['optimizer']}, fmax {s['protocol']['fmax']} eV/Å, ≤ {s['protocol']['max_steps']} steps. "
+             f"Command: `python benchmarks/xtb_relax.py`.", "",
+             "| start | relaxed | converged | median steps | mean steps | median xTB s | median start s |",
+             "|---|---|---|---|---|---|---|"]
+    for key, name in (("model", "molconf prediction"), ("rdkit", "RDKit ETKDG + MMFF")):
+        r = s[key]
+        lines.append(f"| {name} | {r['relaxed']} | {r['converged']} | {fmt(r['median_steps'], '.0f')} | "
+                     f"{fmt(r['mean_steps'], '.1f')} | {fmt(r['median_seconds'], '.2f')} | "
+                     f"{fmt(r['median_start_seconds'], '.3f')} |")
+    lines += ["", f"Of {s['both_relaxed']} molecules relaxed from both starts: the prediction's start reached the "
+                  f"lower energy {s['model_lower']} times, ETKDG + MMFF's {s['rdkit_lower']} times, the same "
+                  f"minimum (within {s['tie_kcal']} kcal/mol) {s['same_minimum']} times."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
