@@ -22,3 +22,18 @@ def atoms(mol: Chem.Mol) -> list[Chem.Atom]:
 
 def bonds(mol: Chem.Mol) -> list[Chem.Bond]:
     return [mol.GetBondWithIdx(i) for i in range(mol.GetNumBonds())]
+
+
+def mol_from_smiles_quietly(smiles: str) -> Chem.Mol | None:
+    """``Chem.MolFromSmiles`` without RDKit's log lines: callers report bad input themselves.
+
+    >>> mol_from_smiles_quietly("C1CC") is None, mol_from_smiles_quietly("CCO").GetNumAtoms()
+    (True, 3)
+    """
+    from rdkit import RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    try:
+        return Chem.MolFromSmiles(smiles)
+    finally:
+        RDLogger.EnableLog("rdApp.*")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rdkit import Chem, RDLogger
+from rdkit import Chem
 from rdkit.Chem import AllChem, Descriptors
 
 from molconf import _rdkit as _rd
@@ -121,11 +121,7 @@ def prepare(item, model: LoadedModel) -> Chem.Mol:
     if isinstance(item, str):
         if not item.strip():
             raise MoleculeError(label, "empty input")
-        RDLogger.DisableLog("rdApp.*")
-        try:
-            mol = Chem.MolFromSmiles(item.strip())
-        finally:
-            RDLogger.EnableLog("rdApp.*")
+        mol = _rd.mol_from_smiles_quietly(item.strip())
         if mol is None:
             raise MoleculeError(label, "invalid SMILES")
     elif isinstance(item, Chem.Mol):

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from rdkit import Chem, RDLogger
+from rdkit import Chem
 from rdkit.Chem import rdDetermineBonds
+
+from molconf._rdkit import mol_from_smiles_quietly
 
 from molconf.data.features import GraphArrays, featurize
 from molconf.data.qm9 import RawMolecule
@@ -82,11 +84,7 @@ def compare_with_smiles(mol: Chem.Mol, smiles: str) -> tuple[bool | None, bool |
     """(same graph with bond orders, same connectivity) vs the data set's SMILES."""
     if not smiles:
         return None, None
-    RDLogger.DisableLog("rdApp.*")
-    try:
-        ref = Chem.MolFromSmiles(smiles)
-    finally:
-        RDLogger.EnableLog("rdApp.*")
+    ref = mol_from_smiles_quietly(smiles)
     if ref is None:
         return None, None
     return (

@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from rdkit import Chem, RDLogger
+from rdkit import Chem
 
+from molconf._rdkit import mol_from_smiles_quietly
 from molconf.data.splits import SPLIT_PARTS
 from molconf.errors import MoleculeError
 
@@ -255,11 +256,7 @@ def _graph_key(mol: Chem.Mol) -> str:
 
 
 def _smiles_graph_key(smiles: str) -> str | None:
-    RDLogger.DisableLog("rdApp.*")
-    try:
-        mol = Chem.MolFromSmiles(smiles) if smiles else None
-    finally:
-        RDLogger.EnableLog("rdApp.*")
+    mol = mol_from_smiles_quietly(smiles) if smiles else None
     return None if mol is None else _graph_key(Chem.AddHs(mol))
 
 

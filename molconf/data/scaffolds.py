@@ -11,8 +11,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
-from rdkit import Chem, RDLogger
+from rdkit import Chem
 from rdkit.Chem.Scaffolds import MurckoScaffold
+
+from molconf._rdkit import mol_from_smiles_quietly
 
 from molconf.data.splits import SPLIT_PARTS
 
@@ -28,11 +30,7 @@ def murcko_scaffold(smiles: str) -> str:
     >>> murcko_scaffold("Cc1ccccc1CCO"), murcko_scaffold("CCO")
     ('c1ccccc1', '')
     """
-    RDLogger.DisableLog("rdApp.*")
-    try:
-        mol = Chem.MolFromSmiles(smiles)
-    finally:
-        RDLogger.EnableLog("rdApp.*")
+    mol = mol_from_smiles_quietly(smiles)
     if mol is None:
         return ""
     return MurckoScaffold.MurckoScaffoldSmiles(mol=mol, includeChirality=False)

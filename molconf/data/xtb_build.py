@@ -68,6 +68,8 @@ import numpy as np
 from rdkit import Chem, RDLogger
 from rdkit.Chem import AllChem, Descriptors, rdDetermineBonds
 
+from molconf._rdkit import mol_from_smiles_quietly
+
 from molconf import constants as K
 from molconf.data.smiles_source import MOSES_PARTS, SmilesSource, as_source
 from molconf.errors import MoleculeError
@@ -391,11 +393,7 @@ def parse_smiles(smiles: str, protocol: XtbProtocol, label: str) -> Chem.Mol:
     """SMILES → sanitised ``Mol`` with explicit H, or :class:`XtbError` (stage "input")."""
     if not smiles or not smiles.strip():
         raise XtbError(label, "empty SMILES", STAGE_INPUT)
-    RDLogger.DisableLog("rdApp.*")
-    try:
-        mol = Chem.MolFromSmiles(smiles.strip())
-    finally:
-        RDLogger.EnableLog("rdApp.*")
+    mol = mol_from_smiles_quietly(smiles.strip())
     if mol is None or mol.GetNumAtoms() == 0:
         raise XtbError(label, "invalid SMILES", STAGE_INPUT)
     n_frag = len(Chem.GetMolFrags(mol))
