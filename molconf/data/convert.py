@@ -9,7 +9,6 @@ from rdkit import Chem
 from rdkit.Chem import rdDetermineBonds
 
 from molconf._rdkit import mol_from_smiles_quietly
-
 from molconf.data.features import GraphArrays, featurize
 from molconf.data.qm9 import RawMolecule
 from molconf.errors import MoleculeError

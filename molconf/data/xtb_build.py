@@ -69,7 +69,6 @@ from rdkit import Chem, RDLogger
 from rdkit.Chem import AllChem, Descriptors, rdDetermineBonds
 
 from molconf._rdkit import mol_from_smiles_quietly
-
 from molconf import constants as K
 from molconf.data.smiles_source import MOSES_PARTS, SmilesSource, as_source
 from molconf.errors import MoleculeError
