@@ -20,6 +20,7 @@ import statistics
 import time
 from pathlib import Path
 
+from ase.units import Hartree as EV_PER_HARTREE
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
@@ -27,7 +28,6 @@ import molconf.predict
 from molconf.data.xtb_build import XtbProtocol, xtb_relax
 
 HARTREE_KCAL = 627.509474
-EV_PER_HARTREE = 27.211386245988
 
 
 def etkdg_mmff(mol: Chem.Mol) -> tuple[Chem.Mol | None, float]:
