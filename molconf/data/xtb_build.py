@@ -981,33 +981,54 @@ def merge_dataset(
     dest: str | Path | None = None,
     split_seed: int = 0,
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    partial: bool = False,
 ) -> dict:
-    """Write the committed data set from a finished build.
+    """Write the committed data set from a finished build (or, with ``partial``, from the
+    shards finished so far).
 
     ``dest`` (default ``datasets/moses_xtb``) receives ``molecules.sdf.gz`` (every molecule,
     sorted by id, gzip level 9 with a fixed timestamp so identical builds give identical
     bytes), ``split_{train,val,test}.npy`` (Bemis–Murcko scaffold split of the ids,
     :func:`~molconf.data.scaffolds.scaffold_split`), ``build_report.json`` (the build summary
     plus the split sizes) and ``failures.csv``.
+
+    ``partial=True`` merges an unfinished build's completed shards; the report's
+    ``partial_build`` lists which went in. Without it an unfinished build is refused. Shards
+    are consecutive stretches of the (seeded, random) sample sorted by source index, so a
+    partial build holds the sample's lowest indices: unbiased only if the source file's order
+    carries no chemistry (MOSES's does, a little: 21.3 heavy atoms on average in its first
+    200,000 lines, 22.1 in its second half).
     """
     from molconf.data.scaffolds import scaffold_split
 
     build_dir = Path(build_dir)
     dest = Path(dest) if dest is not None else default_dataset_dir()
-    summary_path = build_dir / SUMMARY_FILE
-    if not summary_path.is_file():
-        raise FileNotFoundError(f"{summary_path} not found: run the build first")
-    summary = json.loads(summary_path.read_text())
-    if not summary.get("complete"):
-        raise ValueError(f"the build in {build_dir} is not finished "
-                         f"({summary['shards']['done']} of {summary['shards']['total']} shards): rerun it first")
+    build_path = build_dir / BUILD_FILE
+    if not build_path.is_file():
+        raise FileNotFoundError(f"{build_path} not found: run the build first")
+    build = json.loads(build_path.read_text())
     shards = _Shards(build_dir)
+    src = build["source"]
+    selected = min(src["n"], src["total"]) if src.get("n") else src["total"]
+    num_shards = -(-selected // build["shard_size"])
+    # a killed run never wrote its summary: recount it from the finished shards
+    summary_path = build_dir / SUMMARY_FILE
+    old = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = write_summary(build_dir, XtbProtocol.from_dict(build["protocol"]), src, num_shards, shards,
+                            old.get("seconds_this_run", 0.0), old.get("workers_this_run", 0))
+    done = [i for i in range(summary["shards"]["total"]) if shards.done(i) is not None]
+    if len(done) < summary["shards"]["total"] and not partial:
+        raise ValueError(f"the build in {build_dir} is not finished "
+                         f"({len(done)} of {summary['shards']['total']} shards): rerun it first, "
+                         "or merge the finished shards with partial=True (--partial)")
+    if not done:
+        raise ValueError(f"the build in {build_dir} has no finished shard")
     dest.mkdir(parents=True, exist_ok=True)
     ids: list[int] = []
     smiles: list[str] = []
     tmp = dest / (MERGED_SDF + ".tmp")
     with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:
-        for i in range(summary["shards"]["total"]):
+        for i in done:
             text = shards.path(i, "sdf").read_text()
             for record in _sdf_records(text):
                 props = _record_props(record)
@@ -1025,6 +1046,9 @@ def merge_dataset(
                                     "bytes": (dest / MERGED_SDF).stat().st_size},
               "split": {"kind": "Bemis-Murcko scaffold", "seed": split_seed, "fractions": list(fractions),
                         **{p: len(v) for p, v in parts.items()}}}
+    if len(done) < summary["shards"]["total"]:
+        report["partial_build"] = {"shards_merged": done, "shards_total": summary["shards"]["total"],
+                                   "note": "the build was stopped early; only the finished shards are merged"}
     _write_atomic(dest / "build_report.json", json.dumps(report, indent=1) + "\n")
     shutil.copyfile(build_dir / FAILURES_FILE, dest / FAILURES_FILE)
     return report
@@ -1060,6 +1084,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--merge", action="store_true", help="write molecules.sdf.gz + scaffold split to --dest")
     merge.add_argument("--dest", help="merge destination (default datasets/moses_xtb)")
     merge.add_argument("--split-seed", type=int, default=0, help="scaffold split seed (default 0)")
+    merge.add_argument("--partial", action="store_true",
+                       help="merge the finished shards of an unfinished build (recorded in the report)")
     prot = p.add_argument_group("protocol (stored with the data; a resumed build must keep it)")
     prot.add_argument("--conformers", type=int, default=d.num_conformers, help="ETKDG conformers")
     prot.add_argument("--embed-seed", type=int, default=d.embed_seed, help="ETKDG seed")
@@ -1088,7 +1114,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _merge(args) -> int:
-    report = merge_dataset(args.out, args.dest, args.split_seed)
+    report = merge_dataset(args.out, args.dest, args.split_seed, partial=args.partial)
     dest = Path(args.dest) if args.dest else default_dataset_dir()
     split = report["split"]
     print(f"{report['merged']['molecules']} molecules -> {dest / MERGED_SDF} "

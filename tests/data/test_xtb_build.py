@@ -385,3 +385,14 @@ def test_moses_reader_on_a_fixture_in_the_wheel_layout(tmp_path, monkeypatch):
     assert picked != list(SmilesSource.moses("train", n=7, seed=4))
     desc = sub.describe()
     assert desc["name"] == "MOSES train" and desc["total"] == 30 and desc["n"] == 7 and len(desc["sha256"]) == 64
+
+
+def test_partial_merge_of_an_unfinished_build_is_explicit_and_recorded(tblite, tmp_path):
+    xb.build_dataset(["O", "C", "CC"], tmp_path / "b", workers=1, shard_size=1, max_shards=2, progress=False)
+    (tmp_path / "b" / xb.SUMMARY_FILE).unlink()  # as after a kill: the summary is recounted from the shards
+    report = xb.merge_dataset(tmp_path / "b", tmp_path / "d", partial=True)
+    assert report["merged"]["molecules"] == 2 and report["shards"] == {"done": 2, "total": 3}
+    assert report["partial_build"]["shards_merged"] == [0, 1]
+    saved = json.loads((tmp_path / "d" / "build_report.json").read_text())
+    assert saved["partial_build"]["shards_total"] == 3
+    assert sum(len(np.load(tmp_path / "d" / f"split_{p}.npy")) for p in ("train", "val", "test")) == 2
