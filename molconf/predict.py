@@ -31,7 +31,9 @@ from molconf.models import ConformerTransformer, load_model
 from molconf.stereo import StereoReport, enforce_stereo, graph_stereo_labels
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-DEFAULT_MODEL = "qm9_rebind"
+# model="default" routes each molecule to the first of these (shipped) models whose training
+# data covers its elements and size: QM9's small organics first, then drug-like molecules
+DEFAULT_MODELS = ("qm9_rebind", "moses_xtb_rebind")
 RELAX_METHODS = (None, "mmff", "uff", "xtb")
 PRECISIONS = ("auto", "float32", "bfloat16")
 _PERIODIC = Chem.GetPeriodicTable()
@@ -69,8 +71,9 @@ class Failure:
 class PredictionReport:
     """Everything :func:`predict` did besides returning molecules."""
 
-    model: str
+    model: str  # the model(s) used, "a + b" when molecules went to different models
     precision: str = "float32"  # what the network ran in ("auto" resolved)
+    models: dict[int, str] = field(default_factory=dict)  # index -> model that predicted it
     failures: list[Failure] = field(default_factory=list)
     notes: dict[int, list[str]] = field(default_factory=dict)  # index -> remarks (not failures)
     stereo: dict[int, StereoReport] = field(default_factory=dict)
@@ -85,12 +88,13 @@ def available_models() -> list[str]:
 
 
 def resolve_model(model: str | Path | ConformerTransformer | LoadedModel = "default") -> LoadedModel:
-    """A shipped model by name (``"default"`` = QM9 ReBind), a weights/checkpoint path, or a network."""
+    """One model: a shipped one by name (``"default"`` = :data:`DEFAULT_MODELS`' first, the QM9
+    model), a weights/checkpoint path, or a network."""
     if isinstance(model, LoadedModel):
         return model
     if isinstance(model, ConformerTransformer):
         return LoadedModel("custom", model.eval(), tuple(range(1, 119)), 10_000)
-    name = DEFAULT_MODEL if model == "default" else str(model)
+    name = DEFAULT_MODELS[0] if model == "default" else str(model)
     path = WEIGHTS_DIR / f"{name}.pt" if (WEIGHTS_DIR / f"{name}.pt").is_file() else Path(name)
     if not path.is_file():
         raise FileNotFoundError(
@@ -99,6 +103,56 @@ def resolve_model(model: str | Path | ConformerTransformer | LoadedModel = "defa
     network, meta = load_model(path)
     elements = tuple(meta.get("elements", range(1, 119)))
     return LoadedModel(meta.get("name", path.stem), network, elements, int(meta.get("max_atoms", 10_000)), meta)
+
+
+def resolve_models(model="default") -> list[LoadedModel]:
+    """The candidate models of a :func:`predict` call, in order of preference.
+
+    ``"default"`` gives every shipped model of :data:`DEFAULT_MODELS`; a list gives its
+    members (each as in :func:`resolve_model`); anything else gives one model.
+    """
+    if isinstance(model, str) and model == "default":
+        names = [n for n in DEFAULT_MODELS if (WEIGHTS_DIR / f"{n}.pt").is_file()]
+        if not names:
+            raise FileNotFoundError(f"no default model in {WEIGHTS_DIR} (expected {DEFAULT_MODELS})")
+        return [resolve_model(n) for n in names]
+    if isinstance(model, (list, tuple)):
+        if not model:
+            raise ValueError("model: an empty list of models")
+        return [resolve_model(m) for m in model]
+    return [resolve_model(model)]
+
+
+def coverage_problem(mol: Chem.Mol, model: LoadedModel, limit: int | None = None) -> str | None:
+    """Why ``model`` cannot predict ``mol`` (explicit H), or None if it can.
+
+    ``limit`` is the largest size accepted (default: the model's ``size_limit``)."""
+    unsupported = sorted({a.GetAtomicNum() for a in _rd.atoms(mol)} - set(model.elements))
+    if unsupported:
+        names = ", ".join(_PERIODIC.GetElementSymbol(z) for z in unsupported)
+        known = ", ".join(_PERIODIC.GetElementSymbol(z) for z in model.elements)
+        return f"element(s) {names} not supported by model '{model.name}' (supports {known})"
+    limit = model.size_limit if limit is None else limit
+    if mol.GetNumAtoms() > limit:
+        return (f"{mol.GetNumAtoms()} atoms (with H) is far beyond model '{model.name}' "
+                f"(trained on ≤ {model.max_atoms}; refuses > {model.size_limit})")
+    return None
+
+
+def choose_model(mol: Chem.Mol, candidates: Sequence[LoadedModel], label: str = "") -> LoadedModel:
+    """The model that predicts ``mol`` (explicit H): the first candidate whose training data
+    covers its elements and size; else the candidate trained on the largest molecules among
+    those covering its elements, up to its ``size_limit``. Raises :class:`MoleculeError` with
+    every candidate's reason when none fits."""
+    for model in candidates:
+        if coverage_problem(mol, model, limit=model.max_atoms) is None:
+            return model
+    for model in sorted(candidates, key=lambda m: -m.max_atoms):
+        if coverage_problem(mol, model) is None:
+            return model
+    reasons = [coverage_problem(mol, m) for m in candidates]
+    raise MoleculeError(label or Chem.MolToSmiles(mol), "; ".join(reasons) if len(reasons) == 1
+                        else f"no model covers it: {'; '.join(reasons)}")
 
 
 def _describe(item) -> str:
@@ -110,8 +164,8 @@ def _describe(item) -> str:
     return type(item).__name__
 
 
-def prepare(item, model: LoadedModel) -> Chem.Mol:
-    """Validate one input and return it as a sanitised ``Mol`` with explicit H.
+def parse_input(item) -> Chem.Mol:
+    """Validate one input and return it as a sanitised ``Mol`` with explicit H and no conformer.
 
     Raises :class:`MoleculeError` naming the input and the reason.
     """
@@ -145,15 +199,16 @@ def prepare(item, model: LoadedModel) -> Chem.Mol:
     if charge:
         raise MoleculeError(label, f"net charge {charge:+d}: the model was trained on neutral molecules")
     mol = Chem.AddHs(mol, addCoords=False)
-    unsupported = sorted({a.GetAtomicNum() for a in _rd.atoms(mol)} - set(model.elements))
-    if unsupported:
-        names = ", ".join(_PERIODIC.GetElementSymbol(z) for z in unsupported)
-        known = ", ".join(_PERIODIC.GetElementSymbol(z) for z in model.elements)
-        raise MoleculeError(label, f"element(s) {names} not supported by model '{model.name}' (supports {known})")
-    if mol.GetNumAtoms() > model.size_limit:
-        raise MoleculeError(label, f"{mol.GetNumAtoms()} atoms (with H) is far beyond model '{model.name}' "
-                                   f"(trained on ≤ {model.max_atoms}; refuses > {model.size_limit})")
     mol.RemoveAllConformers()
+    return mol
+
+
+def prepare(item, model: LoadedModel) -> Chem.Mol:
+    """:func:`parse_input`, then refuse what ``model`` does not cover (elements, size)."""
+    mol = parse_input(item)
+    problem = coverage_problem(mol, model)
+    if problem:
+        raise MoleculeError(_describe(item), problem)
     return mol
 
 
@@ -238,9 +293,13 @@ def predict(
     ----------
     mols : str, rdkit.Chem.Mol, or a sequence of them
         SMILES strings and/or RDKit molecules (hydrogens are added if missing).
-    model : str, path, or ConformerTransformer
-        ``"default"`` (the shipped QM9 ReBind model), a shipped model's name, a weights or
-        Lightning checkpoint file, or a network.
+    model : str, path, ConformerTransformer, or a list of them
+        ``"default"``: each molecule goes to the first shipped model of
+        :data:`DEFAULT_MODELS` that covers its elements and size (QM9's model for small
+        H/C/N/O/F molecules, the drug-like MOSES/GFN2-xTB model for the rest); the report's
+        ``models`` and each result's ``molconf_model`` property say which. Otherwise a shipped
+        model's name, a weights or Lightning checkpoint file, a network, or a list of these to
+        choose from in the same way.
     batch_size : int
         Molecules per forward pass (results do not depend on it).
     relax_with : {None, "mmff", "uff", "xtb"}
@@ -274,44 +333,53 @@ def predict(
         from molconf.data.xtb_build import require_tblite
 
         require_tblite()
-    loaded = resolve_model(model)
-    report = PredictionReport(model=loaded.name, precision=resolve_precision(precision))
+    candidates = resolve_models(model)
+    report = PredictionReport(model=" / ".join(m.name for m in candidates), precision=resolve_precision(precision))
     prepared: dict[int, Chem.Mol] = {}
+    chosen: dict[int, LoadedModel] = {}
     first_seen: dict[str, int] = {}
     for i, item in enumerate(items):
         try:
-            mol = prepare(item, loaded)
+            mol = parse_input(item)
+            chosen[i] = choose_model(mol, candidates, _describe(item))
         except MoleculeError as err:
             report.failures.append(Failure(i, err.molecule, err.reason))
             continue
+        if mol.GetNumAtoms() > chosen[i].max_atoms:
+            report.note(i, f"{mol.GetNumAtoms()} atoms is beyond model '{chosen[i].name}''s training data "
+                           f"(≤ {chosen[i].max_atoms} atoms): expect a rougher geometry")
         key = Chem.MolToSmiles(mol)
         if key in first_seen:
             report.note(i, f"duplicate of input #{first_seen[key]} (same prediction)")
         first_seen.setdefault(key, i)
         prepared[i] = mol
+    report.models = {i: chosen[i].name for i in prepared}
+    used = [m for m in candidates if any(c is m for c in chosen.values())]
+    if used:
+        report.model = " + ".join(m.name for m in used)
     results: list[Chem.Mol | None] = [None] * len(items)
-    network = loaded.network.eval()
-    # sort by size so batches pad little; results go back to input order
-    order = sorted(prepared, key=lambda i: prepared[i].GetNumAtoms())
-    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(order), desc="predicting", unit="mol")
+        bar = tqdm(total=len(prepared), desc="predicting", unit="mol")
     with _threads(num_threads), torch.inference_mode(), _autocast(report.precision):
-        for idx in batches:
-            batch = collate_dense([graph_to_data(featurize(prepared[i]), network.pe_dim) for i in idx])
-            pos = network(batch)[K.POS_PRED].double().numpy()  # (B, N, 3), float32 output layer
-            for b, i in enumerate(idx):
-                n = prepared[i].GetNumAtoms()
-                coords = pos[b, :n]
-                if not np.isfinite(coords).all():
-                    report.failures.append(Failure(i, _describe(items[i]), "model produced non-finite coordinates"))
-                    continue
-                results[i] = _finish(prepared[i], coords, i, loaded, relax_with, fix_stereo, report)
-            if bar is not None:
-                bar.update(len(idx))
+        for loaded in used:
+            network = loaded.network.eval()
+            # sort by size so batches pad little; results go back to input order
+            order = sorted((i for i in prepared if chosen[i] is loaded), key=lambda i: prepared[i].GetNumAtoms())
+            for s in range(0, len(order), batch_size):
+                idx = order[s : s + batch_size]
+                batch = collate_dense([graph_to_data(featurize(prepared[i]), network.pe_dim) for i in idx])
+                pos = network(batch)[K.POS_PRED].double().numpy()  # (B, N, 3), float32 output layer
+                for b, i in enumerate(idx):
+                    coords = pos[b, : prepared[i].GetNumAtoms()]
+                    if not np.isfinite(coords).all():
+                        report.failures.append(Failure(i, _describe(items[i]), "model produced non-finite coordinates"))
+                        continue
+                    results[i] = _finish(prepared[i], coords, i, loaded, relax_with, fix_stereo, report)
+                if bar is not None:
+                    bar.update(len(idx))
     if bar is not None:
         bar.close()
     report.failures.sort(key=lambda f: f.index)

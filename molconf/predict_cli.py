@@ -17,6 +17,7 @@ import csv
 import io
 import sys
 import warnings
+from collections import Counter
 from pathlib import Path
 
 from rdkit import Chem
@@ -71,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-i", "--input", help=".smi, .csv (column 'smiles'), .sdf, or - for stdin")
     p.add_argument("-o", "--output", default="-", help="output .sdf or .xyz (default: SDF on stdout)")
     p.add_argument("--format", choices=["sdf", "xyz"], help="output format (default: from the file name)")
-    p.add_argument("--model", default="default", help="shipped model name or weights/checkpoint file")
+    p.add_argument("--model", default="default",
+                   help="shipped model name or weights/checkpoint file (default: per molecule, the shipped "
+                        "model covering its elements and size; the summary and SDF property molconf_model say which)")
     p.add_argument("--relax", choices=["mmff", "uff", "xtb"],
                    help="optimisation after prediction: a force field, or GFN2-xTB (needs tblite)")
     p.add_argument("--threads", type=int, help="torch threads")
@@ -126,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     for i, notes in sorted(report.notes.items()):
         for note in notes:
             print(f"note: {i} {names[i]!r}: {note}", file=sys.stderr)
-    print(f"molconf predict: {n_ok} of {len(items)} molecules predicted with model '{report.model}' ({report.precision})"
+    counts = Counter(report.models[i] for i, m in enumerate(mols) if m is not None)
+    used = ", ".join(f"'{name}' ({n})" for name, n in counts.items()) if len(counts) > 1 else f"'{report.model}'"
+    print(f"molconf predict: {n_ok} of {len(items)} molecules predicted with model {used} ({report.precision})"
           + ("" if args.output == "-" else f", written to {args.output}"), file=sys.stderr)
     return 0 if n_ok else 1

@@ -13,7 +13,7 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 
 from molconf.models import ConformerTransformer, load_model, save_model
-from molconf.predict import predict, resolve_model, to_ase, write_sdf, write_xyz
+from molconf.predict import choose_model, predict, resolve_model, resolve_models, to_ase, write_sdf, write_xyz
 from molconf.stereo import _flip_double_bond, _swap_substituents, enforce_stereo, graph_stereo_labels
 
 
@@ -316,3 +316,51 @@ def test_relax_xtb_reports_scf_failure_and_missing_tblite(monkeypatch):
     monkeypatch.setitem(sys.modules, "tblite.ase", None)  # as if tblite were not installed
     with pytest.raises(ImportError, match=r"molconf\[xtb\]"):
         predict("CCO", relax_with="xtb")
+
+
+@pytest.fixture(scope="module")
+def drug_like_model(tmp_path_factory):
+    """A second tiny model standing in for the drug-like one: more elements, larger molecules."""
+    torch.manual_seed(1)
+    net = ConformerTransformer("gtmgc", d_model=32, n_heads=4, ffn_dim=64, n_encoder_layers=1,
+                               n_decoder_layers=1, pe_dim=16)
+    path = tmp_path_factory.mktemp("model") / "drugs.pt"
+    save_model(net, path, {"name": "drugs", "elements": [1, 6, 7, 8, 9, 16, 17, 35], "max_atoms": 80})
+    return path
+
+
+def test_each_molecule_goes_to_the_model_covering_it(tiny_model, drug_like_model):
+    small, drugs = resolve_models([tiny_model, drug_like_model])
+    inputs = ["CCO", "CCS", "C" * 12, "C" * 30, "C[Si](C)(C)C", "CCCl", "CCO"]
+    mols, report = _quiet_predict(inputs, model=[tiny_model, drug_like_model], return_report=True)
+    # elements and training size of the first model -> it; S, Cl, or > 29 atoms -> the second
+    assert [report.models.get(i) for i in range(7)] == ["tiny", "drugs", "drugs", "drugs", None, "drugs", "tiny"]
+    assert report.model == "tiny + drugs"
+    assert [m.GetProp("molconf_model") for m in mols if m is not None] == ["tiny", "drugs", "drugs", "drugs", "drugs", "tiny"]
+    [failure] = report.failures
+    assert failure.index == 4 and "no model covers it" in failure.reason and "Si not supported by model 'tiny'" in failure.reason
+    # the same molecule through one model alone gets the same coordinates as when routed
+    [alone] = predict("CCS", model=drug_like_model)
+    assert np.allclose(alone.GetConformer().GetPositions(), mols[1].GetConformer().GetPositions(), atol=1e-5)
+    # beyond every model's training size but within a size limit: the widest model, with a note
+    big = Chem.AddHs(Chem.MolFromSmiles("C" * 40))  # 122 atoms: > 80, ≤ 160
+    assert choose_model(big, [small, drugs]).name == "drugs"
+    mols, report = _quiet_predict(["C" * 40], model=[tiny_model, drug_like_model], return_report=True)
+    assert mols[0] is not None and "beyond model 'drugs''s training data" in report.notes[0][0]
+
+
+def test_default_routes_by_shipped_models(monkeypatch, tmp_path, tiny_model, drug_like_model):
+    import shutil
+
+    import molconf.predict as P
+
+    shutil.copy(tiny_model, tmp_path / "small.pt")
+    shutil.copy(drug_like_model, tmp_path / "big.pt")
+    monkeypatch.setattr(P, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(P, "DEFAULT_MODELS", ("small", "missing", "big"))
+    assert [m.name for m in resolve_models("default")] == ["tiny", "drugs"]
+    _, report = predict(["CCO", "CCCl"], return_report=True)
+    assert report.models == {0: "tiny", 1: "drugs"}
+    monkeypatch.setattr(P, "DEFAULT_MODELS", ("missing",))
+    with pytest.raises(FileNotFoundError, match="no default model"):
+        resolve_models("default")
