@@ -1,5 +1,11 @@
 """RDKit baselines: ETKDG and ETKDG + MMFF on a data-set split, with exact metrics.
 
+Any data set of :mod:`molconf.data.load` (``qm9``, ``moses_xtb``, ``geom_drugs``), loaded with
+:func:`~molconf.data.load.load_dataset` and split with
+:func:`~molconf.data.load.load_dataset_split`; ``--data-root`` is the data set's source
+(QM9: XYZ archive, default the ``qm9pack`` wheel; ``moses_xtb``: its ``molecules.sdf.gz``,
+whose split files beside it are used; GEOM-DRUGS: the release folder).
+
 Each molecule is embedded once with default ETKDGv3 settings; if that fails it is embedded
 again with random starting coordinates. Four methods come out of this:
 
@@ -10,7 +16,11 @@ again with random starting coordinates. Four methods come out of this:
 Times are wall-clock seconds per molecule in one process (the retry time includes the
 failed default attempt; MMFF time includes the embedding). Command line::
 
-    molconf baselines --split test --out benchmarks/results [--workers 2] [--limit N]
+    molconf baselines [--dataset qm9|moses_xtb|geom_drugs] [--data-root PATH] --split test
+        --out benchmarks/results [--workers 2] [--limit N]
+
+Output stem ``<dataset>_<split>_rdkit`` (``--name``): ``.md``, ``.csv``, ``.json``,
+``_per_molecule.csv.gz`` and ``_failures.csv``.
 """
 
 from __future__ import annotations
@@ -31,8 +41,7 @@ from rdkit.Chem import AllChem
 from tqdm import tqdm
 
 from molconf.data.cache import GraphStore
-from molconf.data.prepare import load_qm9
-from molconf.data.splits import load_split
+from molconf.data.load import DATASETS, load_dataset, load_dataset_split
 from molconf.metrics import aggregate, molecule_metrics
 
 METHODS = ("etkdg", "etkdg+mmff", "etkdg_retry", "etkdg_retry+mmff")
@@ -172,29 +181,35 @@ def write_results(out: Path, name: str, table: list[dict], per_mol: list[dict], 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="molconf baselines", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="qm9", choices=DATASETS)
+    p.add_argument("--data-root", default=None,
+                   help="the data set's source (qm9: XYZ folder/archive, default the qm9pack wheel; "
+                   "moses_xtb: molecules.sdf.gz, default datasets/moses_xtb/molecules.sdf.gz)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--split-dir", default=None, help="folder with split_*.npy (default: datasets/qm9)")
+    p.add_argument("--split-dir", default=None,
+                   help="folder with split_*.npy (default: datasets/<dataset>; moses_xtb: beside "
+                   "--data-root if the split files are there)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--limit", type=int, default=None, help="only the first N molecules of the split")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--name", default=None, help="file stem (default qm9_<split>_rdkit)")
+    p.add_argument("--name", default=None, help="file stem (default <dataset>_<split>_rdkit)")
     args = p.parse_args(argv)
     import rdkit
 
     start = time.time()
-    store = load_qm9(args.cache_dir)
-    ids = load_split("qm9", args.split, args.split_dir)
+    store = load_dataset(args.dataset, root=args.data_root, cache_dir=args.cache_dir)
+    ids = load_dataset_split(args.dataset, args.split, args.split_dir, args.data_root)
     rows, missing = store.positions_of(ids)
     if args.limit:
         rows = rows[: args.limit]
     per_mol = evaluate(store, rows, args.workers)
     table = summary_table(per_mol)
-    meta = {"dataset": "qm9", "split": args.split, "n_molecules": len(rows), "n_missing": len(missing),
+    meta = {"dataset": args.dataset, "split": args.split, "n_molecules": len(rows), "n_missing": len(missing),
             "rdkit": rdkit.__version__, "workers": args.workers or os.cpu_count(),
             "seconds": time.time() - start,
             "command": "molconf baselines " + " ".join(sys.argv[1:] if argv is None else argv)}
-    name = args.name or f"qm9_{args.split}_rdkit"
+    name = args.name or f"{args.dataset}_{args.split}_rdkit"
     write_results(Path(args.out), name, table, per_mol, meta)
     print((Path(args.out) / f"{name}.md").read_text())
 

@@ -19,6 +19,7 @@ import torchmetrics
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch import nn
 from torch.utils.data import DataLoader
 
 from molconf import constants as K
@@ -28,6 +29,7 @@ from molconf.data.load import DATASETS, load_dataset, load_dataset_split
 from molconf.data.splits import SPLIT_PARTS
 from molconf.metrics import PooledDistanceMetrics, c_rmsd, mol_with_coords
 from molconf.models import ConformerTransformer, conformer_loss
+from molconf.models.io import read_model_file
 
 
 # Lightning warns that a mid-epoch resume "can cause unreliable results" unless the loader
@@ -242,6 +244,17 @@ class TrainingStateMixin:
         return self._train_seconds_before + running
 
 
+def load_initial_weights(model: nn.Module, path: str | Path) -> None:
+    """Copy the network weights of a weights file / checkpoint into ``model`` (same config)."""
+    config, state, _ = read_model_file(path)
+    if config is None or state is None:
+        raise ValueError(f"init_from={path}: no model configuration or weights in the file")
+    differ = sorted(k for k in set(config) | set(model.config) if config.get(k) != model.config.get(k))
+    if differ:
+        raise ValueError(f"init_from={path}: its network differs from the configured one in {differ}")
+    model.load_state_dict(state)  # float16-stored weights are cast to the parameters' float32
+
+
 class ConformerModule(TrainingStateMixin, L.LightningModule):
     """Trains a :class:`ConformerTransformer` on the distance loss of DESIGN §4–5.
 
@@ -254,6 +267,10 @@ class ConformerModule(TrainingStateMixin, L.LightningModule):
         Linear warm-up over this share of all steps, then linear decay to 0.
     c_rmsd_on_val : bool
         Also compute C-RMSD during validation (needs RDKit per molecule, slower).
+    init_from : str, optional
+        Weights file or checkpoint of a network with the same configuration whose weights
+        start the training (fine-tuning, e.g. a drug-like model from the QM9 one). A resumed
+        run's checkpoint replaces them, as it should.
     """
 
     def __init__(
@@ -264,10 +281,13 @@ class ConformerModule(TrainingStateMixin, L.LightningModule):
         weight_decay: float = 0.0,
         warmup_fraction: float = 0.1,
         c_rmsd_on_val: bool = False,
+        init_from: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.model = model
+        if init_from is not None:
+            load_initial_weights(model, init_from)
         self.val_metrics = PooledDistanceMetrics()
         self.test_metrics = PooledDistanceMetrics()
         self.val_c_rmsd = torchmetrics.MeanMetric()

@@ -28,7 +28,7 @@ from molconf.data.features import featurize
 from molconf.errors import MoleculeError
 from molconf.metrics import mol_with_coords
 from molconf.models import ConformerTransformer, load_model
-from molconf.stereo import StereoReport, enforce_stereo, graph_stereo_labels
+from molconf.stereo import StereoReport, enforce_stereo, stereo_spec
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 # model="default" routes each molecule to the first of these (shipped) models whose training
@@ -394,12 +394,12 @@ def predict(
 
 def _finish(mol, coords, i, loaded, relax_with, fix_stereo, report) -> Chem.Mol:
     out = mol_with_coords(mol, coords)
-    target = graph_stereo_labels(mol)
+    target = stereo_spec(mol) if fix_stereo else None
     if relax_with is not None:
         note = relax(out, relax_with)
         if note:
             report.note(i, note)
-    if target and fix_stereo:
+    if target:
         report.stereo[i] = enforce_stereo(out, target)
         if relax_with is not None and report.stereo[i].fixed_by:
             note = relax(out, relax_with)  # tidy the geometry around what was moved

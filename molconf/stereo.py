@@ -1,8 +1,12 @@
 """Keep the input's stereochemistry in a predicted conformer.
 
 A network that sees an (undirected) graph cannot know which of two mirror-image
-arrangements a chiral tag asks for, so predictions are checked against the input's CIP
-labels and repaired where a rigid operation can do it:
+arrangements a chiral tag asks for, so predictions are checked against what the input
+specifies and repaired where a rigid operation can do it. The check is geometric and cheap
+(:class:`StereoSpec`: signs of signed volumes at tetrahedral centres, cis/trans of the
+reference atoms of double bonds, a few numpy operations per conformer); the CIP labels of
+:func:`graph_stereo_labels` / :func:`molconf.metrics.stereo_labels` are its slow reference
+(tests) and name what is left wrong. Repairs:
 
 1. a reflection of the whole conformer, when most tetrahedral centres are inverted;
 2. per wrong tetrahedral centre, swapping two acyclic substituents (each rotated 180° about
@@ -54,6 +58,12 @@ def graph_stereo_labels(mol: Chem.Mol) -> dict[str, str]:
 
 
 def _cip_labels(mol: Chem.Mol) -> dict[str, str]:
+    return _perceived(mol)[1]
+
+
+def _perceived(mol: Chem.Mol) -> tuple[Chem.Mol, dict[str, str]]:
+    """A copy of ``mol`` with legacy stereo perception (tags cleaned, double-bond stereo atoms
+    set) and the CIP labels of its graph."""
     m = Chem.Mol(mol)
     Chem.AssignStereochemistry(m, cleanIt=True, force=True)
     try:
@@ -68,7 +78,97 @@ def _cip_labels(mol: Chem.Mol) -> dict[str, str]:
         elif b.GetStereo() in (Chem.BondStereo.STEREOE, Chem.BondStereo.STEREOZ):
             i, j = sorted((b.GetBeginAtomIdx(), b.GetEndAtomIdx()))
             labels[f"bond {i}-{j}"] = "E" if b.GetStereo() == Chem.BondStereo.STEREOE else "Z"
-    return labels
+    return m, labels
+
+
+_CIS = (Chem.BondStereo.STEREOZ, Chem.BondStereo.STEREOCIS)
+
+
+@dataclass(frozen=True)
+class StereoSpec:
+    """The stereo a molecular graph specifies, as geometric conditions on a conformer.
+
+    A tetrahedral centre tagged CW (RDKit's convention: seen from its first neighbour in
+    bond order, the other three turn clockwise) needs a positive signed volume
+    ``(p1 - p0) · ((p2 - p0) × (p3 - p0))`` of its neighbours in bond order, CCW a negative
+    one; a three-coordinate centre (e.g. a sulfoxide S) stands in for its missing fourth
+    neighbour. A stereo double bond ``i=j`` with reference atoms ``a`` (on ``i``) and ``b``
+    (on ``j``) needs ``a`` and ``b`` on the same side (cis/Z) or opposite sides (trans/E).
+
+    >>> from rdkit.Chem import AllChem
+    >>> m = Chem.AddHs(Chem.MolFromSmiles("C[C@H](N)/C=C/C"))
+    >>> spec = stereo_spec(m)
+    >>> spec.keys()
+    ['atom 1', 'bond 3-4']
+    >>> _ = AllChem.EmbedMolecule(m, randomSeed=0)
+    >>> spec.mismatches(m.GetConformer().GetPositions())
+    []
+    >>> spec.mismatches(m.GetConformer().GetPositions() * [-1, 1, 1])  # the mirror image
+    ['atom 1']
+    """
+
+    centres: np.ndarray  # (C,) atom indices
+    neighbours: np.ndarray  # (C, 4) neighbours in bond order; the centre itself if only three
+    signs: np.ndarray  # (C,) required sign of the signed volume, +1 (CW) / -1 (CCW)
+    bonds: np.ndarray  # (D, 4) a, i, j, b
+    cis: np.ndarray  # (D,) bool
+    source: Chem.Mol | None = field(default=None, compare=False, repr=False)  # the graph, for messages
+
+    def __len__(self) -> int:
+        return len(self.centres) + len(self.bonds)
+
+    def keys(self) -> list[str]:
+        """Names of the stereo elements, as in :func:`molconf.metrics.stereo_labels`."""
+        return [f"atom {c}" for c in self.centres.tolist()] + \
+               [f"bond {min(i, j)}-{max(i, j)}" for _, i, j, _ in self.bonds.tolist()]
+
+    def satisfied(self, pos: np.ndarray) -> np.ndarray:
+        """(len(self),) bool: whether each element holds in the coordinates ``pos`` (N, 3)."""
+        p = pos[self.neighbours]  # (C, 4, 3)
+        volume = np.einsum("ci,ci->c", p[:, 1] - p[:, 0], np.cross(p[:, 2] - p[:, 0], p[:, 3] - p[:, 0]))
+        q = pos[self.bonds]  # (D, 4, 3): a, i, j, b
+        axis = q[:, 2] - q[:, 1]
+        axis = axis / np.maximum(np.linalg.norm(axis, axis=1, keepdims=True), 1e-12)
+        u, w = q[:, 0] - q[:, 1], q[:, 3] - q[:, 2]  # substituent bonds, projected off the axis:
+        u = u - np.einsum("di,di->d", u, axis)[:, None] * axis
+        w = w - np.einsum("di,di->d", w, axis)[:, None] * axis
+        same_side = np.einsum("di,di->d", u, w) > 0
+        return np.concatenate([volume * self.signs > 0, same_side == self.cis])
+
+    def mismatches(self, pos: np.ndarray) -> list[str]:
+        """Keys of the elements ``pos`` (N, 3) gets wrong."""
+        ok = self.satisfied(np.asarray(pos, dtype=np.float64))
+        return [k for k, good in zip(self.keys(), ok.tolist()) if not good]
+
+
+def stereo_spec(mol: Chem.Mol) -> StereoSpec:
+    """What ``mol``'s graph specifies: the stereo elements its CIP labels name (as
+    :func:`graph_stereo_labels`; so a tag on an atom that is no stereocentre asks for
+    nothing), with the parity of their chiral tags and double-bond stereo; empty for a graph
+    without stereo."""
+    centres, neighbours, signs, bonds, cis = [], [], [], [], []
+    if specifies_stereo(mol):
+        m, labels = _perceived(mol)
+        for atom in _rd.atoms(m):
+            c = atom.GetIdx()
+            if f"atom {c}" not in labels or atom.GetChiralTag() not in _SPECIFIED_CHIRAL:
+                continue
+            nbrs = [b.GetOtherAtomIdx(c) for b in atom.GetBonds()]
+            if len(nbrs) not in (3, 4):
+                continue
+            centres.append(c)
+            neighbours.append(nbrs + [c] * (4 - len(nbrs)))
+            signs.append(1.0 if atom.GetChiralTag() == Chem.ChiralType.CHI_TETRAHEDRAL_CW else -1.0)
+        for bond in _rd.bonds(m):
+            i, j = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
+            ref = list(bond.GetStereoAtoms())
+            if f"bond {min(i, j)}-{max(i, j)}" not in labels or bond.GetStereo() not in _SPECIFIED_BOND or len(ref) != 2:
+                continue
+            bonds.append([ref[0], i, j, ref[1]])
+            cis.append(bond.GetStereo() in _CIS)
+    return StereoSpec(np.array(centres, dtype=np.int64), np.array(neighbours, dtype=np.int64).reshape(-1, 4),
+                      np.array(signs), np.array(bonds, dtype=np.int64).reshape(-1, 4), np.array(cis, dtype=bool),
+                      source=mol)
 
 
 @dataclass
@@ -84,9 +184,19 @@ class StereoReport:
         return not self.remaining
 
 
-def _mismatches(target: dict[str, str], mol: Chem.Mol) -> list[str]:
+def _wrong(spec: StereoSpec, mol: Chem.Mol) -> list[str]:
+    return spec.mismatches(mol.GetConformer().GetPositions())
+
+
+def confirmed_mismatches(spec: StereoSpec, mol: Chem.Mol, keys: list[str]) -> list[str]:
+    """Those of ``keys`` (from :meth:`StereoSpec.mismatches`) that the CIP labels confirm, as
+    ``"atom 3: R -> S"``. Slow; run only on what would be reported. The geometric check is
+    stricter than CIP for pseudo-asymmetric centres (r/s), whose label survives a reflection
+    of the whole molecule although their parity does not; this drops those."""
+    want = graph_stereo_labels(spec.source) if spec.source is not None else {}
     got = stereo_labels(mol)
-    return [f"{k}: {v} -> {got.get(k, 'missing')}" for k, v in target.items() if got.get(k) != v]
+    return [f"{k}: {want.get(k, 'specified')} -> {got.get(k, 'missing')}"
+            for k in keys if k not in want or got.get(k) != want[k]]
 
 
 def _subtree(mol: Chem.Mol, centre: int, neighbour: int) -> set[int] | None:
@@ -193,34 +303,35 @@ def _local_moves(mol: Chem.Mol, key: str):
         yield f"rotated one side of {key}", lambda: _flip_double_bond(mol, i, j)
 
 
-def enforce_stereo(mol: Chem.Mol, target: dict[str, str]) -> StereoReport:
-    """Repair ``mol``'s conformer (in place) towards the ``target`` CIP labels."""
-    report = StereoReport(checked=len(target))
-    wrong = _mismatches(target, mol)
+def enforce_stereo(mol: Chem.Mol, spec: StereoSpec) -> StereoReport:
+    """Repair ``mol``'s conformer (in place) towards what ``spec`` (:func:`stereo_spec` of the
+    input graph) asks for; ``remaining`` names what is still wrong by CIP labels."""
+    report = StereoReport(checked=len(spec))
+    wrong = _wrong(spec, mol)
     if not wrong:
         return report
-    centres = [k for k in target if k.startswith("atom")]
+    centres = len(spec.centres)
     wrong_centres = [w for w in wrong if w.startswith("atom")]
-    if centres and 2 * len(wrong_centres) > len(centres):  # most centres inverted: try the mirror image
+    if centres and 2 * len(wrong_centres) > centres:  # most centres inverted: try the mirror image
         before = mol.GetConformer().GetPositions()
         _set_positions(mol, before * np.array([-1.0, 1.0, 1.0]))
-        now = _mismatches(target, mol)
+        now = _wrong(spec, mol)
         if len(now) < len(wrong):
             report.fixed_by.append("reflection")
             wrong = now
         else:
             _set_positions(mol, before)
-    for w in list(wrong):
-        key = w.split(":")[0]
+    for key in list(wrong):
         for action, move in _local_moves(mol, key):
             before = mol.GetConformer().GetPositions()
             if not move():
                 continue
-            now = _mismatches(target, mol)
-            if not any(m.startswith(key + ":") for m in now) and len(now) <= len(wrong) - 1:
+            now = _wrong(spec, mol)
+            if key not in now and len(now) <= len(wrong) - 1:
                 report.fixed_by.append(action)
                 wrong = now
                 break
             _set_positions(mol, before)  # the move did not help: undo it
-    report.remaining = _mismatches(target, mol)
+    if wrong:
+        report.remaining = confirmed_mismatches(spec, mol, wrong)
     return report

@@ -187,3 +187,18 @@ def test_every_config_parses(config, tmp_path):
                            "--print_config"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "class_path" in proc.stdout
+
+
+def test_init_from_starts_from_saved_weights_and_refuses_another_network(tmp_path):
+    from molconf.models import save_model
+
+    torch.manual_seed(3)
+    source = tiny_model()
+    save_model(source, tmp_path / "w.pt", half=True)
+    module = ConformerModule(tiny_model(), init_from=str(tmp_path / "w.pt"))
+    for (name, a), b in zip(module.model.state_dict().items(), source.state_dict().values()):
+        assert torch.equal(a, b.half().float()), name  # stored as float16, loaded back as float32
+    wider = ConformerTransformer("rebind", d_model=64, n_heads=4, ffn_dim=64, n_encoder_layers=1,
+                                 n_decoder_layers=1, pe_dim=16)
+    with pytest.raises(ValueError, match=r"w.pt: its network differs .*d_model"):
+        ConformerModule(wider, init_from=str(tmp_path / "w.pt"))

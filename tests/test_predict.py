@@ -14,7 +14,8 @@ from rdkit.Chem import AllChem
 
 from molconf.models import ConformerTransformer, load_model, save_model
 from molconf.predict import choose_model, predict, resolve_model, resolve_models, to_ase, write_sdf, write_xyz
-from molconf.stereo import _flip_double_bond, _swap_substituents, enforce_stereo, graph_stereo_labels
+from molconf.stereo import (StereoSpec, _flip_double_bond, _swap_substituents, enforce_stereo, graph_stereo_labels,
+                            stereo_spec)
 
 
 @pytest.fixture(scope="module")
@@ -109,18 +110,21 @@ def _embedded(smiles, seed=7):
 
 
 def test_stereo_repair_reflection_swap_and_double_bond():
-    target = graph_stereo_labels(Chem.AddHs(Chem.MolFromSmiles("C[C@H](N)[C@@H](O)C/C=C/C")))
-    assert target == {"atom 1": "S", "atom 3": "S", "bond 6-7": "E"}
-    mirror = _embedded("C[C@H](N)[C@@H](O)C/C=C/C")
+    smiles = "C[C@H](N)[C@@H](O)C/C=C/C"
+    target = stereo_spec(Chem.AddHs(Chem.MolFromSmiles(smiles)))
+    assert target.keys() == ["atom 1", "atom 3", "bond 6-7"]
+    assert graph_stereo_labels(Chem.AddHs(Chem.MolFromSmiles(smiles))) == {"atom 1": "S", "atom 3": "S", "bond 6-7": "E"}
+    mirror = _embedded(smiles)
     pos = mirror.GetConformer().GetPositions() * [-1, 1, 1]
     for i, p in enumerate(pos):
         mirror.GetConformer().SetAtomPosition(i, p.tolist())
     report = enforce_stereo(mirror, target)
     assert report.consistent and report.fixed_by == ["reflection"]
-    mixed = _embedded("C[C@H](N)[C@@H](O)C/C=C/C")
+    mixed = _embedded(smiles)
     d_before = np.linalg.norm(mixed.GetConformer().GetPositions()[6] - mixed.GetConformer().GetPositions()[7])
     _swap_substituents(mixed, 1)
     _flip_double_bond(mixed, 6, 7)
+    assert target.mismatches(mixed.GetConformer().GetPositions()) == ["atom 1", "bond 6-7"]
     report = enforce_stereo(mixed, target)
     assert report.consistent and len(report.fixed_by) == 2
     d_after = np.linalg.norm(mixed.GetConformer().GetPositions()[6] - mixed.GetConformer().GetPositions()[7])
@@ -128,11 +132,22 @@ def test_stereo_repair_reflection_swap_and_double_bond():
 
 
 def test_stereo_left_unfixable_is_reported():
-    # a stereocentre inside a ring system with no acyclic pair to swap: C2 of a bicycle
-    target = {"atom 0": "R"}
-    m = _embedded("C1CC2CC1C2")  # no stereo labels at all: atom 0 stays "missing"
-    report = enforce_stereo(m, target)
-    assert not report.consistent and report.remaining == ["atom 0: R -> missing"]
+    # the spiro carbon (atom 6) has four ring bonds: no swap and no umbrella move exist; atom 1
+    # is right, so the mirror image (which would invert it) is not tried either
+    m = _embedded("FC(Cl)(Br)C1CC12CC2")
+    pos = m.GetConformer().GetPositions()
+
+    def current(c):
+        nbrs = [b.GetOtherAtomIdx(c) for b in m.GetAtomWithIdx(c).GetBonds()]
+        p = pos[nbrs]
+        return nbrs, np.sign(np.dot(p[1] - p[0], np.cross(p[2] - p[0], p[3] - p[0])))
+
+    (n1, s1), (n6, s6) = current(1), current(6)
+    spec = StereoSpec(np.array([1, 6]), np.array([n1, n6]), np.array([s1, -s6]), np.zeros((0, 4), int),
+                      np.zeros(0, bool))
+    report = enforce_stereo(m, spec)
+    assert not report.consistent and report.remaining == ["atom 6: specified -> missing"]
+    assert np.allclose(m.GetConformer().GetPositions(), pos)  # failed moves were undone
 
 
 def test_predict_repairs_stereo_of_chiral_input(tiny_model):

@@ -3,6 +3,7 @@
 import pytest
 from rdkit import Chem
 
+from molconf.metrics import stereo_labels
 from molconf.stereo import _cip_labels, graph_stereo_labels, specifies_stereo
 
 SMILES = ["CCO", "C[C@H](N)O", "C[C@@H]1CC[C@H](O)CC1", "C/C=C/C", "C/C=C\\Cl", "CC=CC", "FC(Cl)Br",
@@ -45,15 +46,18 @@ def test_ring_fusion_centre_is_inverted_locally():
     substituent (its H), so no swap exists; the umbrella inversion repairs it."""
     import numpy as np
 
-    from molconf.stereo import enforce_stereo
+    from molconf.stereo import enforce_stereo, stereo_spec
 
-    target = graph_stereo_labels(Chem.AddHs(Chem.MolFromSmiles("[C@@H]12CCCC[C@H]1CCCC2")))
+    trans = Chem.AddHs(Chem.MolFromSmiles("[C@@H]12CCCC[C@H]1CCCC2"))
+    target = stereo_spec(trans)
     mol = _embedded("[C@@H]12CCCC[C@@H]1CCCC2")
-    assert len(target) == 2 and graph_stereo_labels(mol) != target
+    assert len(target) == 2 and graph_stereo_labels(mol) != graph_stereo_labels(trans)
+    assert target.mismatches(mol.GetConformer().GetPositions())
     pos0 = mol.GetConformer().GetPositions()
     report = enforce_stereo(mol, target)
     assert report.consistent, report.remaining
     assert any("inverted" in a for a in report.fixed_by)
+    assert stereo_labels(mol) == graph_stereo_labels(trans)  # the slow CIP reference agrees
     pos1 = mol.GetConformer().GetPositions()
     moved = np.where(np.linalg.norm(pos1 - pos0, axis=1) > 1e-6)[0]
     assert len(moved) == 2  # one bridgehead C and its H
@@ -67,3 +71,69 @@ def test_spiro_like_centre_without_acyclic_substituent_is_reported():
 
     mol = _embedded("C1CC12CC2")  # spiro carbon: four ring bonds
     assert not _invert_centre(mol, 2)
+
+
+# --- the geometric check (StereoSpec) against the slow CIP reference ------------------------
+def _slow_mismatch_keys(graph: Chem.Mol, conformer_mol: Chem.Mol) -> set[str]:
+    want, got = graph_stereo_labels(graph), stereo_labels(conformer_mol)
+    return {k for k, v in want.items() if got.get(k) != v}
+
+
+def _with_positions(mol, pos):
+    out = Chem.Mol(mol)
+    conf = out.GetConformer()
+    for i, p in enumerate(pos.tolist()):
+        conf.SetAtomPosition(i, p)
+    return out
+
+
+def test_geometric_check_agrees_with_cip_on_qm9_and_its_mirror_images(qm9_small):
+    from molconf.stereo import stereo_spec
+
+    compared = disagree = pseudo = 0
+    for row in range(len(qm9_small)):
+        ref = qm9_small.mol(row)  # tags perceived from the DFT geometry
+        graph = Chem.Mol(ref)
+        graph.RemoveAllConformers()
+        spec = stereo_spec(graph)
+        if not spec:
+            continue
+        assert set(spec.keys()) == set(graph_stereo_labels(graph)), Chem.MolToSmiles(graph)
+        pos = ref.GetConformer().GetPositions()
+        assert spec.mismatches(pos) == [], Chem.MolToSmiles(graph)  # the geometry the tags came from
+        mirror = pos * [-1, 1, 1]
+        fast = set(spec.mismatches(mirror))
+        slow = _slow_mismatch_keys(graph, _with_positions(ref, mirror))
+        labels = graph_stereo_labels(graph)
+        compared += 1
+        # parity is stricter than CIP only at pseudo-asymmetric centres (r/s survive a reflection)
+        disagree += not (slow <= fast and all(labels[k] in "rs" for k in fast - slow))
+        pseudo += bool(fast - slow)
+    assert compared > 20 and disagree == 0 and pseudo < compared / 10
+
+
+@pytest.mark.parametrize("smiles", SMILES + ["C[S@](=O)CC", "F/C=C(/Cl)Br", "C[C@@]12CCC[C@H]1CC2",
+                                             "C/C=C/[C@@H](O)[C@H](N)C(=O)O", "O=C1C[C@@H](C)CC[C@H]1C(C)C"])
+def test_geometric_check_agrees_with_cip_on_random_geometries(smiles):
+    """Embeddings that ignore the requested stereo (random configurations) are judged alike."""
+    from rdkit.Chem import AllChem
+
+    from molconf.stereo import confirmed_mismatches, stereo_spec
+
+    graph = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    spec = stereo_spec(graph)
+    assert set(spec.keys()) == set(graph_stereo_labels(graph))
+    params = AllChem.ETKDGv3()
+    params.enforceChirality = False
+    params.useRandomCoords = True
+    for seed in range(8):
+        params.randomSeed = seed
+        m = Chem.Mol(graph)
+        if AllChem.EmbedMolecule(m, params) != 0:
+            continue
+        pos = m.GetConformer().GetPositions()
+        fast, slow = set(spec.mismatches(pos)), _slow_mismatch_keys(graph, m)
+        labels = graph_stereo_labels(graph)
+        assert slow <= fast and all(labels[k] in "rs" for k in fast - slow), (smiles, seed)
+        assert confirmed_mismatches(spec, m, sorted(fast)) == [k + ":" + " " + labels[k] + " -> " +
+                                                                stereo_labels(m).get(k, "missing") for k in sorted(slow)]

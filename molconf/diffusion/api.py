@@ -27,7 +27,7 @@ from molconf.diffusion.sampling import LJGuidance, ddim_sample, ks_sample
 from molconf.errors import MoleculeError
 from molconf.metrics import mol_with_coords
 from molconf.predict import Failure, _describe, prepare
-from molconf.stereo import enforce_stereo, graph_stereo_labels
+from molconf.stereo import enforce_stereo, stereo_spec
 
 SAMPLERS = ("auto", "ddim", "ks")
 NO_DEFAULT_MODEL = ("no default diffusion model ships with molconf yet: pass model=<checkpoint or weights path, "
@@ -138,7 +138,7 @@ def sample_molecule(network, mol: Chem.Mol, n: int, sampler: str = "auto", seed:
 
 def _as_conformers(mol: Chem.Mol, samples: np.ndarray, usable: np.ndarray, fix_stereo: bool, index: int,
                    report: GenerationReport) -> Chem.Mol:
-    target = graph_stereo_labels(mol) if fix_stereo else {}
+    target = stereo_spec(mol) if fix_stereo else None
     out = Chem.Mol(mol)
     out.RemoveAllConformers()
     unfixed = 0
