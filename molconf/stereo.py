@@ -88,11 +88,11 @@ _CIS = (Chem.BondStereo.STEREOZ, Chem.BondStereo.STEREOCIS)
 class StereoSpec:
     """The stereo a molecular graph specifies, as geometric conditions on a conformer.
 
-    A tetrahedral centre tagged CW (RDKit's convention: seen from its first neighbour in
-    bond order, the other three turn clockwise) needs a positive signed volume
-    ``(p1 - p0) · ((p2 - p0) × (p3 - p0))`` of its neighbours in bond order, CCW a negative
-    one; a three-coordinate centre (e.g. a sulfoxide S) stands in for its missing fourth
-    neighbour. A stereo double bond ``i=j`` with reference atoms ``a`` (on ``i``) and ``b``
+    A tetrahedral centre tagged CCW (RDKit's convention: seen from its first neighbour in
+    bond order, the other three turn counter-clockwise) needs a positive signed volume
+    ``v0 · (v1 × v2)`` of the bonds to its first three neighbours in bond order, CW a
+    negative one: the rule RDKit applies when it perceives tags from 3D, so a distorted
+    centre is judged as the CIP reference judges it. A stereo double bond ``i=j`` with reference atoms ``a`` (on ``i``) and ``b``
     (on ``j``) needs ``a`` and ``b`` on the same side (cis/Z) or opposite sides (trans/E).
 
     >>> from rdkit.Chem import AllChem
@@ -109,7 +109,7 @@ class StereoSpec:
 
     centres: np.ndarray  # (C,) atom indices
     neighbours: np.ndarray  # (C, 4) neighbours in bond order; the centre itself if only three
-    signs: np.ndarray  # (C,) required sign of the signed volume, +1 (CW) / -1 (CCW)
+    signs: np.ndarray  # (C,) required sign of the signed volume, +1 (CCW) / -1 (CW)
     bonds: np.ndarray  # (D, 4) a, i, j, b
     cis: np.ndarray  # (D,) bool
     source: Chem.Mol | None = field(default=None, compare=False, repr=False)  # the graph, for messages
@@ -124,8 +124,9 @@ class StereoSpec:
 
     def satisfied(self, pos: np.ndarray) -> np.ndarray:
         """(len(self),) bool: whether each element holds in the coordinates ``pos`` (N, 3)."""
-        p = pos[self.neighbours]  # (C, 4, 3)
-        volume = np.einsum("ci,ci->c", p[:, 1] - p[:, 0], np.cross(p[:, 2] - p[:, 0], p[:, 3] - p[:, 0]))
+        c = pos[self.centres][:, None]  # (C, 1, 3)
+        v = pos[self.neighbours[:, :3]] - c  # (C, 3, 3): first three neighbours, from the centre
+        volume = np.einsum("ci,ci->c", v[:, 0], np.cross(v[:, 1], v[:, 2]))
         q = pos[self.bonds]  # (D, 4, 3): a, i, j, b
         axis = q[:, 2] - q[:, 1]
         axis = axis / np.maximum(np.linalg.norm(axis, axis=1, keepdims=True), 1e-12)
@@ -158,7 +159,7 @@ def stereo_spec(mol: Chem.Mol) -> StereoSpec:
                 continue
             centres.append(c)
             neighbours.append(nbrs + [c] * (4 - len(nbrs)))
-            signs.append(1.0 if atom.GetChiralTag() == Chem.ChiralType.CHI_TETRAHEDRAL_CW else -1.0)
+            signs.append(1.0 if atom.GetChiralTag() == Chem.ChiralType.CHI_TETRAHEDRAL_CCW else -1.0)
         for bond in _rd.bonds(m):
             i, j = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
             ref = list(bond.GetStereoAtoms())
@@ -188,15 +189,16 @@ def _wrong(spec: StereoSpec, mol: Chem.Mol) -> list[str]:
     return spec.mismatches(mol.GetConformer().GetPositions())
 
 
-def confirmed_mismatches(spec: StereoSpec, mol: Chem.Mol, keys: list[str]) -> list[str]:
-    """Those of ``keys`` (from :meth:`StereoSpec.mismatches`) that the CIP labels confirm, as
-    ``"atom 3: R -> S"``. Slow; run only on what would be reported. The geometric check is
-    stricter than CIP for pseudo-asymmetric centres (r/s), whose label survives a reflection
-    of the whole molecule although their parity does not; this drops those."""
-    want = graph_stereo_labels(spec.source) if spec.source is not None else {}
-    got = stereo_labels(mol)
-    return [f"{k}: {want.get(k, 'specified')} -> {got.get(k, 'missing')}"
-            for k in keys if k not in want or got.get(k) != want[k]]
+def cip_mismatches(spec: StereoSpec, mol: Chem.Mol) -> list[str]:
+    """The slow reference: stereo elements of the graph ``spec`` came from whose CIP label
+    ``mol``'s conformer does not reproduce, as ``"atom 3: R -> S"``. Run only when
+    :meth:`StereoSpec.mismatches` finds something, so what is reported is what CIP says: the
+    parity check is stricter at pseudo-asymmetric centres (r/s), whose labels can survive a
+    change of their own parity (a reflection) or change with another centre's."""
+    if spec.source is None:  # a hand-made spec: no graph to label, so no CIP to defer to
+        return [f"{k}: not as specified" for k in spec.mismatches(mol.GetConformer().GetPositions())]
+    want, got = graph_stereo_labels(spec.source), stereo_labels(mol)
+    return [f"{k}: {v} -> {got.get(k, 'missing')}" for k, v in want.items() if got.get(k) != v]
 
 
 def _subtree(mol: Chem.Mol, centre: int, neighbour: int) -> set[int] | None:
@@ -333,5 +335,5 @@ def enforce_stereo(mol: Chem.Mol, spec: StereoSpec) -> StereoReport:
                 break
             _set_positions(mol, before)  # the move did not help: undo it
     if wrong:
-        report.remaining = confirmed_mismatches(spec, mol, wrong)
+        report.remaining = cip_mismatches(spec, mol)
     return report

@@ -1,6 +1,7 @@
 """The cheap "does the graph specify any stereo?" shortcut never hides a label."""
 
 import pytest
+import numpy as np
 from rdkit import Chem
 
 from molconf.metrics import stereo_labels
@@ -107,33 +108,50 @@ def test_geometric_check_agrees_with_cip_on_qm9_and_its_mirror_images(qm9_small)
         labels = graph_stereo_labels(graph)
         compared += 1
         # parity is stricter than CIP only at pseudo-asymmetric centres (r/s survive a reflection)
-        disagree += not (slow <= fast and all(labels[k] in "rs" for k in fast - slow))
+        disagree += not (slow <= fast and all(labels[k] in "rs" for k in fast - slow))  # r/s survive reflection
         pseudo += bool(fast - slow)
     assert compared > 20 and disagree == 0 and pseudo < compared / 10
 
 
-@pytest.mark.parametrize("smiles", SMILES + ["C[S@](=O)CC", "F/C=C(/Cl)Br", "C[C@@]12CCC[C@H]1CC2",
-                                             "C/C=C/[C@@H](O)[C@H](N)C(=O)O", "O=C1C[C@@H](C)CC[C@H]1C(C)C"])
-def test_geometric_check_agrees_with_cip_on_random_geometries(smiles):
-    """Embeddings that ignore the requested stereo (random configurations) are judged alike."""
+RANDOM_SMILES = SMILES + ["C[S@](=O)CC", "F/C=C(/Cl)Br", "C[C@@]12CCC[C@H]1CC2", "C/C=C/[C@@H](O)[C@H](N)C(=O)O",
+                          "O=C1C[C@@H](C)CC[C@H]1C(C)C", "C/C=C\\Cl"]
+
+
+def test_geometric_check_agrees_with_cip_on_random_geometries():
+    """Embeddings with 0.1 Å of noise on every atom (a prediction's typical error), half of them
+    mirrored, plus random substituent swaps and double-bond flips: judged as CIP judges them."""
     from rdkit.Chem import AllChem
 
-    from molconf.stereo import confirmed_mismatches, stereo_spec
+    from molconf.stereo import _flip_double_bond, _swap_substituents, cip_mismatches, stereo_spec
 
-    graph = Chem.AddHs(Chem.MolFromSmiles(smiles))
-    spec = stereo_spec(graph)
-    assert set(spec.keys()) == set(graph_stereo_labels(graph))
-    params = AllChem.ETKDGv3()
-    params.enforceChirality = False
-    params.useRandomCoords = True
-    for seed in range(8):
-        params.randomSeed = seed
-        m = Chem.Mol(graph)
-        if AllChem.EmbedMolecule(m, params) != 0:
-            continue
-        pos = m.GetConformer().GetPositions()
-        fast, slow = set(spec.mismatches(pos)), _slow_mismatch_keys(graph, m)
+    rng = np.random.default_rng(0)
+    judged = wrong = 0
+    for smiles in RANDOM_SMILES:
+        graph = Chem.AddHs(Chem.MolFromSmiles(smiles))
+        spec = stereo_spec(graph)
         labels = graph_stereo_labels(graph)
-        assert slow <= fast and all(labels[k] in "rs" for k in fast - slow), (smiles, seed)
-        assert confirmed_mismatches(spec, m, sorted(fast)) == [k + ":" + " " + labels[k] + " -> " +
-                                                                stereo_labels(m).get(k, "missing") for k in sorted(slow)]
+        assert set(spec.keys()) == set(labels), smiles
+        m = Chem.Mol(graph)
+        assert AllChem.EmbedMolecule(m, randomSeed=0) == 0
+        base = m.GetConformer().GetPositions()
+        for k in range(12):
+            m = _with_positions(m, (base + rng.normal(0, 0.1, base.shape)) * ([-1, 1, 1] if k % 2 else 1))
+            for key in spec.keys():
+                if rng.random() < 0.3:
+                    if key.startswith("atom"):
+                        _swap_substituents(m, int(key.split()[1]))
+                    else:
+                        _flip_double_bond(m, *map(int, key.split()[1].split("-")))
+            fast, slow = set(spec.mismatches(m.GetConformer().GetPositions())), _slow_mismatch_keys(graph, m)
+            # identical at true stereocentres and double bonds; at pseudo-asymmetric centres
+            # (r/s: labels that follow other centres) the parity check may name another centre
+            assert {x for x in fast if labels[x] not in "rs"} == {x for x in slow if labels[x] not in "rs"}, \
+                (smiles, k, fast, slow)
+            assert bool(fast) >= bool(slow), (smiles, k, fast, slow)  # nothing CIP sees is missed
+            if fast:
+                got = stereo_labels(m)
+                assert cip_mismatches(spec, m) == [f"{x}: {labels[x]} -> {got.get(x, 'missing')}"
+                                                   for x in labels if x in slow]
+            judged += bool(labels)
+            wrong += bool(slow)
+    assert judged > 100 and 0.2 * judged < wrong < 0.9 * judged  # both outcomes well represented
