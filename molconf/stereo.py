@@ -124,21 +124,25 @@ class StereoSpec:
 
     def satisfied(self, pos: np.ndarray) -> np.ndarray:
         """(len(self),) bool: whether each element holds in the coordinates ``pos`` (N, 3)."""
-        c = pos[self.centres][:, None]  # (C, 1, 3)
-        v = pos[self.neighbours[:, :3]] - c  # (C, 3, 3): first three neighbours, from the centre
-        volume = np.einsum("ci,ci->c", v[:, 0], np.cross(v[:, 1], v[:, 2]))
-        q = pos[self.bonds]  # (D, 4, 3): a, i, j, b
-        axis = q[:, 2] - q[:, 1]
-        axis = axis / np.maximum(np.linalg.norm(axis, axis=1, keepdims=True), 1e-12)
-        u, w = q[:, 0] - q[:, 1], q[:, 3] - q[:, 2]  # substituent bonds, projected off the axis:
-        u = u - np.einsum("di,di->d", u, axis)[:, None] * axis
-        w = w - np.einsum("di,di->d", w, axis)[:, None] * axis
-        same_side = np.einsum("di,di->d", u, w) > 0
-        return np.concatenate([volume * self.signs > 0, same_side == self.cis])
+        ok = []
+        if len(self.centres):
+            v = pos[self.neighbours[:, :3]] - pos[self.centres][:, None]  # (C, 3, 3): bonds to three neighbours
+            ok.append(np.linalg.det(v) * self.signs > 0)  # det = v0 · (v1 × v2)
+        if len(self.bonds):
+            q = pos[self.bonds]  # (D, 4, 3): a, i, j, b
+            axis = q[:, 2] - q[:, 1]
+            axis /= np.maximum(np.linalg.norm(axis, axis=1, keepdims=True), 1e-12)
+            u, w = q[:, 0] - q[:, 1], q[:, 3] - q[:, 2]  # substituent bonds, projected off the axis:
+            u -= (u * axis).sum(1, keepdims=True) * axis
+            w -= (w * axis).sum(1, keepdims=True) * axis
+            ok.append(((u * w).sum(1) > 0) == self.cis)
+        return np.concatenate(ok) if ok else np.zeros(0, dtype=bool)
 
     def mismatches(self, pos: np.ndarray) -> list[str]:
         """Keys of the elements ``pos`` (N, 3) gets wrong."""
         ok = self.satisfied(np.asarray(pos, dtype=np.float64))
+        if ok.all():
+            return []
         return [k for k, good in zip(self.keys(), ok.tolist()) if not good]
 
 
