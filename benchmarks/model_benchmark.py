@@ -224,9 +224,10 @@ def moses_xtb_card(*, row, via_predict, weights, n_test, meta, model, spec, run,
   **Size**: trained on molecules of ≤ {max_atoms} atoms (with H); `predict` refuses molecules of more than
   {refuses} atoms.
 - **Out of scope**: charged molecules (net charge ≠ 0), radicals, multi-fragment inputs (salts); each is
-  refused with a reason, as are elements not listed above. MOSES keeps neutral molecules of 250–350 Da with
-  ≤ 7 rotatable bonds and no ring of more than 8 atoms: larger, more flexible or macrocyclic molecules are
-  outside the training data and get lower-quality geometries.
+  refused with a reason, as are elements not listed above. MOSES keeps neutral lead-like molecules of
+  250–350 Da with few rotatable bonds and no large rings (checked on the first 1,000 built molecules: all
+  within 250–350 Da, ≤ 8 rotatable bonds by RDKit's count, rings of ≤ 7 atoms): larger, more flexible or
+  macrocyclic molecules are outside the training data and get lower-quality geometries.
 """
 
 
