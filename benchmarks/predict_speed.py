@@ -4,8 +4,9 @@ On the same QM9 test molecules (a seeded sample, or the whole split with ``--all
 run on this machine:
 
 * ``molconf.predict`` with the default model (RDKit ``Mol`` in, ``Mol`` out: validation,
-  featurisation, network, stereo check and repair), batches of 100, 2 torch threads, at the
-  default precision (bf16 matrix products where the CPU has them) and in float32;
+  featurisation, network, stereo check and repair), batches of 100: with ``workers=2`` (two
+  forked processes, one torch thread each) at the default precision (bf16 matrix products
+  where the CPU has them) and in float32, and as a default call (one process, 2 threads);
 * RDKit ETKDGv3 (one ``EmbedMolecule`` per molecule, seed 42) and ETKDGv3 + MMFF94, each
   timed twice: in one process (how most scripts call it) and in two worker processes (the
   whole machine, as predict uses it);
@@ -14,7 +15,7 @@ with D-MAE, D-RMSE and C-RMSD of each against the DFT geometry (failures counted
 over successes). Throughput = molecules / wall-clock second of the whole call, failures
 included.
 
-    nice python benchmarks/predict_speed.py --out benchmarks/results [--all]
+    nice python benchmarks/predict_speed.py --out benchmarks/results [--all] [--workers 2]
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=2000, help="seeded sample of the test split (default 2000)")
     p.add_argument("--all", action="store_true", help="the whole test split")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads of the one-process run")
+    p.add_argument("--workers", type=int, default=2, help="worker processes of predict(workers=...) (default 2)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
 
@@ -91,13 +93,17 @@ def main(argv=None) -> None:
 
     table = []
     model = molconf.predict.resolve_model("default")  # loaded once, outside the timing
-    for precision in ("auto", "float32"):  # the default first: the ratios refer to it
+    runs = [  # (precision, workers, label); the first is the headline: the ratios refer to it
+        ("auto", args.workers, f"{args.workers} worker processes"),
+        ("auto", 1, f"1 process, {args.threads} threads: the default call"),
+        ("float32", args.workers, f"{args.workers} worker processes, reference arithmetic"),
+    ]
+    for precision, workers, label in runs:
         molconf.predict.predict(inputs[:10], model=model, num_threads=args.threads, precision=precision)  # warm-up
         t = time.perf_counter()
         preds, report = molconf.predict.predict(inputs, model=model, batch_size=100, num_threads=args.threads,
-                                                precision=precision, return_report=True)
+                                                precision=precision, return_report=True, workers=workers)
         seconds = time.perf_counter() - t
-        label = "default" if precision == "auto" else "reference arithmetic"
         table.append(score(f"molconf.predict ({model.name}, {report.precision}, {label})", refs, preds, ids,
                            seconds))
         print(table[-1], flush=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import multiprocessing as mp
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -286,6 +287,7 @@ def predict(
     return_report: bool = False,
     progress: bool = False,
     precision: str = "auto",
+    workers: int = 1,
 ):
     """Predict one ground-state conformer per molecule.
 
@@ -318,6 +320,11 @@ def predict(
         test split D-MAE changes by < 0.5%, see ``benchmarks/results/predict_speed.md``)
         and float32 elsewhere; ``"float32"`` for the reference arithmetic. The report says
         which ran.
+    workers : int
+        Processes to spread the batches over (forked, one torch thread each; where fork is
+        not available, 1). ``workers=2`` on two cores also runs the per-molecule Python work
+        (featurisation, stereo check, relaxation) in parallel; results are the same up to
+        float rounding of one vs several torch threads.
 
     Returns
     -------
@@ -363,23 +370,23 @@ def predict(
         from tqdm import tqdm
 
         bar = tqdm(total=len(prepared), desc="predicting", unit="mol")
-    with _threads(num_threads), torch.inference_mode(), _autocast(report.precision):
-        for loaded in used:
-            network = loaded.network.eval()
-            # sort by size so batches pad little; results go back to input order
-            order = sorted((i for i in prepared if chosen[i] is loaded), key=lambda i: prepared[i].GetNumAtoms())
-            for s in range(0, len(order), batch_size):
-                idx = order[s : s + batch_size]
-                batch = collate_dense([graph_to_data(featurize(prepared[i]), network.pe_dim) for i in idx])
-                pos = network(batch)[K.POS_PRED].double().numpy()  # (B, N, 3), float32 output layer
-                for b, i in enumerate(idx):
-                    coords = pos[b, : prepared[i].GetNumAtoms()]
-                    if not np.isfinite(coords).all():
-                        report.failures.append(Failure(i, _describe(items[i]), "model produced non-finite coordinates"))
-                        continue
-                    results[i] = _finish(prepared[i], coords, i, loaded, relax_with, fix_stereo, report)
-                if bar is not None:
-                    bar.update(len(idx))
+    jobs = []  # (model index, molecule indices) per batch, sorted by size so batches pad little
+    for m, loaded in enumerate(candidates):
+        order = sorted((i for i in prepared if chosen[i] is loaded), key=lambda i: prepared[i].GetNumAtoms())
+        jobs += [(m, order[s : s + batch_size]) for s in range(0, len(order), batch_size)]
+    state = _BatchState(prepared, candidates, relax_with, fix_stereo, report.precision, items)
+    workers = _usable_workers(workers, len(jobs))
+    if workers == 1:
+        with _threads(num_threads):
+            outcomes = map(state.run, jobs)
+            _collect(outcomes, results, report, bar)
+    else:
+        # fork: the children inherit the parsed molecules and the loaded networks; each runs
+        # whole batches (featurisation, network with one torch thread, stereo, relaxation), so
+        # the Python work runs on every core, not only the network
+        ctx = mp.get_context("fork")
+        with ctx.Pool(workers, initializer=_init_batch_worker, initargs=(state,)) as pool:
+            _collect(pool.imap_unordered(_run_in_worker, jobs), results, report, bar)
     if bar is not None:
         bar.close()
     report.failures.sort(key=lambda f: f.index)
@@ -413,6 +420,79 @@ def _finish(mol, coords, i, loaded, relax_with, fix_stereo, report) -> Chem.Mol:
     Chem.AssignStereochemistryFrom3D(out)
     out.SetProp("molconf_model", loaded.name)
     return out
+
+
+# --------------------------------------------------------------------------- batches
+@dataclass
+class _BatchOutcome:
+    """What one batch produced: molecules (as binaries when they cross a process), notes,
+    stereo reports and failures, keyed by input index."""
+
+    mols: dict[int, Chem.Mol | bytes]
+    report: PredictionReport
+
+
+@dataclass
+class _BatchState:
+    """Everything a batch needs besides its indices (inherited by forked workers)."""
+
+    prepared: dict[int, Chem.Mol]
+    models: list[LoadedModel]
+    relax_with: str | None
+    fix_stereo: bool
+    precision: str
+    items: list
+
+    def run(self, job: tuple[int, list[int]], as_binary: bool = False) -> _BatchOutcome:
+        m, idx = job
+        loaded = self.models[m]
+        network = loaded.network.eval()
+        report = PredictionReport(model=loaded.name, precision=self.precision)
+        with torch.inference_mode(), _autocast(self.precision):
+            batch = collate_dense([graph_to_data(featurize(self.prepared[i]), network.pe_dim) for i in idx])
+            pos = network(batch)[K.POS_PRED].double().numpy()  # (B, N, 3), float32 output layer
+        mols: dict[int, Chem.Mol | bytes] = {}
+        for b, i in enumerate(idx):
+            coords = pos[b, : self.prepared[i].GetNumAtoms()]
+            if not np.isfinite(coords).all():
+                report.failures.append(Failure(i, _describe(self.items[i]), "model produced non-finite coordinates"))
+                continue
+            out = _finish(self.prepared[i], coords, i, loaded, self.relax_with, self.fix_stereo, report)
+            mols[i] = out.ToBinary(Chem.PropertyPickleOptions.AllProps) if as_binary else out
+        return _BatchOutcome(mols, report)
+
+
+_WORKER_STATE: _BatchState | None = None  # set once in each forked worker, never in the caller
+
+
+def _init_batch_worker(state: _BatchState) -> None:
+    global _WORKER_STATE
+    _WORKER_STATE = state
+    torch.set_num_threads(1)  # one process per core: threads would only contend
+
+
+def _run_in_worker(job) -> _BatchOutcome:
+    return _WORKER_STATE.run(job, as_binary=True)
+
+
+def _usable_workers(workers: int, n_batches: int) -> int:
+    if workers < 1:
+        raise ValueError(f"workers must be ≥ 1, got {workers}")
+    if workers == 1 or n_batches < 2 or "fork" not in mp.get_all_start_methods():
+        return 1  # one batch: nothing to share; no fork (Windows, …): run here
+    return min(workers, n_batches)
+
+
+def _collect(outcomes, results: list, report: PredictionReport, bar) -> None:
+    for outcome in outcomes:
+        for i, mol in outcome.mols.items():
+            results[i] = Chem.Mol(mol) if isinstance(mol, bytes) else mol
+        report.failures += outcome.report.failures
+        for i, notes in outcome.report.notes.items():
+            report.notes.setdefault(i, []).extend(notes)
+        report.stereo.update(outcome.report.stereo)
+        if bar is not None:
+            bar.update(len(outcome.mols) + len(outcome.report.failures))
 
 
 # --------------------------------------------------------------------------- output

@@ -405,3 +405,19 @@ def test_geometric_stereo_check_agrees_with_cip_on_model_predictions(qm9_small):
         checked += 1
         flagged += bool(fast)
     assert checked > 50 and 0 < flagged < checked
+
+
+def test_worker_processes_give_the_same_molecules_notes_and_failures(tiny_model):
+    smiles = ["CCO", "xx", "c1ccncc1", "OCC(N)C=O", "C[C@H](N)O", "CCO", "C" * 12, "CCCl", "C#N", "CC(=O)N"] * 3
+    one, r1 = _quiet_predict(smiles, model=tiny_model, batch_size=4, return_report=True)
+    two, r2 = _quiet_predict(smiles, model=tiny_model, batch_size=4, return_report=True, workers=2)
+    assert [m is None for m in one] == [m is None for m in two]
+    for a, b in zip(one, two):
+        if a is not None:
+            assert Chem.MolToSmiles(a) == Chem.MolToSmiles(b) and a.GetProp("molconf_model") == b.GetProp("molconf_model")
+            assert np.allclose(a.GetConformer().GetPositions(), b.GetConformer().GetPositions(), atol=1e-4)
+    assert [(f.index, f.reason) for f in r1.failures] == [(f.index, f.reason) for f in r2.failures]
+    assert r1.notes == r2.notes and r1.models == r2.models
+    assert {i: s.checked for i, s in r1.stereo.items()} == {i: s.checked for i, s in r2.stereo.items()}
+    with pytest.raises(ValueError, match="workers must be"):
+        predict("CCO", model=tiny_model, workers=0)
