@@ -28,12 +28,12 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 import _memory  # noqa: E402  (benchmarks/_memory.py, beside this script)
+from _timing import time_interleaved  # noqa: E402  (benchmarks/_timing.py)
 import molconf.ops as ops
 from molconf.ops import reference
 
@@ -109,24 +109,6 @@ def make_call(op: str, variant: str, batch: dict):
     return fwd_bwd
 
 
-def time_pair(call_a, call_b, min_repeats=15, max_repeats=300, budget_s=3.0):
-    """Interleaved timings (ms) of two calls, after warm-up."""
-    for _ in range(3):
-        call_a()
-        call_b()
-    ta, tb = [], []
-    start = time.perf_counter()
-    while len(ta) < max_repeats and (len(ta) < min_repeats or time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
-        call_a()
-        t1 = time.perf_counter()
-        call_b()
-        t2 = time.perf_counter()
-        ta.append((t1 - t0) * 1e3)
-        tb.append((t2 - t1) * 1e3)
-    return ta, tb
-
-
 # --------------------------------------------------------------------------- memory
 
 
@@ -153,7 +135,9 @@ def measure(quick: bool, threads: int) -> tuple[list[dict], dict]:
         mean_k = batch["k"][batch["mask"]].float().mean().item()
         for op in ("rewire_by_force", "lj_energy_forces"):
             ext, ref = make_call(op, "extension", batch), make_call(op, "reference", batch)
-            te, tr = time_pair(ext, ref, budget_s=1.0 if quick else 3.0)
+            t = time_interleaved({"ext": ext, "ref": ref}, min_repeats=15, max_repeats=300,
+                                 budget_s=1.0 if quick else 3.0, warmup=3)
+            te, tr = [s * 1e3 for s in t["ext"]], [s * 1e3 for s in t["ref"]]  # ms
             row = {
                 "threads": threads,
                 "op": op if op == "rewire_by_force" else "lj_energy_forces (fwd+bwd)",

@@ -31,7 +31,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +40,7 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 
 import _memory  # noqa: E402  (benchmarks/_memory.py, beside this script)
+from _timing import time_interleaved  # noqa: E402  (benchmarks/_timing.py)
 import molconf.predict
 from molconf.data.dataset import collate_dense, graph_to_data
 from molconf.data.features import featurize
@@ -110,22 +110,6 @@ def predict_call(model: ConformerTransformer, mol: Chem.Mol, threads: int):
     # the network object itself: the QM9 models' size limit (2x their largest training
     # molecule) would refuse the larger peptides, and this measures cost, not accuracy
     return lambda: molconf.predict.predict(bare, model=model, num_threads=threads)
-
-
-def time_interleaved(calls: dict, min_repeats: int, budget_s: float) -> dict[str, list[float]]:
-    """Seconds per call, the calls alternating so machine load hits all alike."""
-    for call in calls.values():
-        call()  # warm-up
-    times = {name: [] for name in calls}
-    start = time.perf_counter()
-    while min(len(t) for t in times.values()) < min_repeats or time.perf_counter() - start < budget_s:
-        for name, call in calls.items():
-            t0 = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - t0)
-        if len(times[next(iter(times))]) >= 200:
-            break
-    return times
 
 
 # --------------------------------------------------------------------------- memory child
