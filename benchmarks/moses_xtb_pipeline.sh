@@ -7,7 +7,7 @@
 #   PARTIAL=1 BUILD=~/molconf-runs/moses_xtb nohup bash benchmarks/moses_xtb_pipeline.sh > pipeline.log 2>&1 &
 # BUILD: the build folder (default build/moses_xtb); PARTIAL=1 merges a stopped build's
 # finished shards; RUNS: training-run folder (default runs); XTB_N: molecules of the
-# relaxation benchmark (default 60).
+# relaxation benchmark (default 40).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -28,5 +28,5 @@ MODELS="rebind_moses_xtb_cpu gtmgc_moses_xtb_cpu" RUNS="$RUNS" bash benchmarks/t
 echo "== $(date -u +%H:%M:%S) export + table"
 nice "$PY" benchmarks/model_benchmark.py --dataset moses_xtb --export --runs "$RUNS"
 echo "== $(date -u +%H:%M:%S) GFN2-xTB relaxation from the prediction vs from ETKDG + MMFF"
-nice "$PY" benchmarks/xtb_relax.py --dataset moses_xtb --n "${XTB_N:-60}" --out "$RESULTS"
+nice "$PY" benchmarks/xtb_relax.py --dataset moses_xtb --n "${XTB_N:-40}" --out "$RESULTS"
 echo "== $(date -u +%H:%M:%S) done"
