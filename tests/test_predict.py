@@ -18,14 +18,17 @@ from molconf.stereo import (StereoSpec, _flip_double_bond, _swap_substituents, e
                             stereo_spec)
 
 
+def _save_tiny(folder, name: str, relation: str, seed: int, elements: list[int], max_atoms: int):
+    """An untrained one-layer network saved with a model card's coverage (elements, size)."""
+    torch.manual_seed(seed)
+    net = ConformerTransformer(relation, d_model=32, n_heads=4, ffn_dim=64, n_encoder_layers=1,
+                               n_decoder_layers=1, pe_dim=16)
+    return save_model(net, folder / f"{name}.pt", {"name": name, "elements": elements, "max_atoms": max_atoms})
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    net = ConformerTransformer("rebind", d_model=32, n_heads=4, ffn_dim=64, n_encoder_layers=1,
-                               n_decoder_layers=1, pe_dim=16)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_model(net, path, {"name": "tiny", "elements": [1, 6, 7, 8, 9], "max_atoms": 29})
-    return path
+    return _save_tiny(tmp_path_factory.mktemp("model"), "tiny", "rebind", 0, [1, 6, 7, 8, 9], 29)
 
 
 def _quiet_predict(*args, **kw):
@@ -336,12 +339,7 @@ def test_relax_xtb_reports_scf_failure_and_missing_tblite(monkeypatch):
 @pytest.fixture(scope="module")
 def drug_like_model(tmp_path_factory):
     """A second tiny model standing in for the drug-like one: more elements, larger molecules."""
-    torch.manual_seed(1)
-    net = ConformerTransformer("gtmgc", d_model=32, n_heads=4, ffn_dim=64, n_encoder_layers=1,
-                               n_decoder_layers=1, pe_dim=16)
-    path = tmp_path_factory.mktemp("model") / "drugs.pt"
-    save_model(net, path, {"name": "drugs", "elements": [1, 6, 7, 8, 9, 16, 17, 35], "max_atoms": 80})
-    return path
+    return _save_tiny(tmp_path_factory.mktemp("model"), "drugs", "gtmgc", 1, [1, 6, 7, 8, 9, 16, 17, 35], 80)
 
 
 def test_each_molecule_goes_to_the_model_covering_it(tiny_model, drug_like_model):
