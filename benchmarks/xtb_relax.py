@@ -66,7 +66,7 @@ def test_molecules(args) -> list[Chem.Mol]:
 
         smiles = [s for _, s in as_source(args.smiles_file)][: args.n]
         return [Chem.AddHs(Chem.MolFromSmiles(s)) for s in smiles]
-    from molconf.data import load_dataset, load_dataset_split
+    from molconf.data.load import load_dataset, load_dataset_split
 
     store = load_dataset(args.dataset)
     rows, _ = store.positions_of(load_dataset_split(args.dataset, "test"))
