@@ -23,26 +23,22 @@ from pathlib import Path
 
 from ase.units import Hartree as EV_PER_HARTREE
 from rdkit import Chem
-from rdkit.Chem import AllChem
 
 import molconf.predict
 from molconf import constants as K
+from molconf.baselines import embed, mmff_optimize
+from molconf.data.geom import HARTREE_KCAL
 from molconf.data.xtb_build import XtbProtocol, xtb_relax
-
-HARTREE_KCAL = 627.509474
 
 
 def etkdg_mmff(mol: Chem.Mol) -> tuple[Chem.Mol | None, float]:
-    m = Chem.Mol(mol)
-    m.RemoveAllConformers()
-    t = time.perf_counter()
-    params = AllChem.ETKDGv3()
-    params.randomSeed = 42
-    if AllChem.EmbedMolecule(m, params) != 0:
-        return None, time.perf_counter() - t
-    if AllChem.MMFFHasAllMoleculeParams(m):
-        AllChem.MMFFOptimizeMolecule(m, maxIters=2000)
-    return m, time.perf_counter() - t
+    """ETKDGv3 (seed 42) + MMFF94 as ``molconf baselines`` makes it: (start or None, seconds);
+    a molecule without MMFF parameters starts from its ETKDG geometry."""
+    embedded, t_embed, _ = embed(mol, seed=42, random_coords=False)
+    if embedded is None:
+        return None, t_embed
+    relaxed, t_mmff, _ = mmff_optimize(embedded)
+    return (relaxed if relaxed is not None else embedded), t_embed + t_mmff
 
 
 def relax_start(mol: Chem.Mol | None, protocol: XtbProtocol) -> dict:

@@ -92,8 +92,8 @@ class StereoSpec:
     bond order, the other three turn counter-clockwise) needs a positive signed volume
     ``v0 · (v1 × v2)`` of the bonds to its first three neighbours in bond order, CW a
     negative one: the rule RDKit applies when it perceives tags from 3D, so a distorted
-    centre is judged as the CIP reference judges it. A stereo double bond ``i=j`` with reference atoms ``a`` (on ``i``) and ``b``
-    (on ``j``) needs ``a`` and ``b`` on the same side (cis/Z) or opposite sides (trans/E).
+    centre is judged as the CIP reference judges it. A stereo double bond ``i=j`` with
+    reference atoms ``a`` (on ``i``) and ``b`` (on ``j``) needs ``a`` and ``b`` on the same side (cis/Z) or opposite sides (trans/E).
 
     >>> from rdkit.Chem import AllChem
     >>> m = Chem.AddHs(Chem.MolFromSmiles("C[C@H](N)/C=C/C"))
@@ -108,7 +108,7 @@ class StereoSpec:
     """
 
     centres: np.ndarray  # (C,) atom indices
-    neighbours: np.ndarray  # (C, 4) neighbours in bond order; the centre itself if only three
+    neighbours: np.ndarray  # (C, 3) the first three neighbours in bond order
     signs: np.ndarray  # (C,) required sign of the signed volume, +1 (CCW) / -1 (CW)
     bonds: np.ndarray  # (D, 4) a, i, j, b
     cis: np.ndarray  # (D,) bool
@@ -126,7 +126,7 @@ class StereoSpec:
         """(len(self),) bool: whether each element holds in the coordinates ``pos`` (N, 3)."""
         ok = []
         if len(self.centres):
-            v = pos[self.neighbours[:, :3]] - pos[self.centres][:, None]  # (C, 3, 3): bonds to three neighbours
+            v = pos[self.neighbours] - pos[self.centres][:, None]  # (C, 3, 3): bonds to three neighbours
             ok.append(np.linalg.det(v) * self.signs > 0)  # det = v0 · (v1 × v2)
         if len(self.bonds):
             q = pos[self.bonds]  # (D, 4, 3): a, i, j, b
@@ -162,7 +162,7 @@ def stereo_spec(mol: Chem.Mol) -> StereoSpec:
             if len(nbrs) not in (3, 4):
                 continue
             centres.append(c)
-            neighbours.append(nbrs + [c] * (4 - len(nbrs)))
+            neighbours.append(nbrs[:3])
             signs.append(1.0 if atom.GetChiralTag() == Chem.ChiralType.CHI_TETRAHEDRAL_CCW else -1.0)
         for bond in _rd.bonds(m):
             i, j = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
@@ -171,7 +171,7 @@ def stereo_spec(mol: Chem.Mol) -> StereoSpec:
                 continue
             bonds.append([ref[0], i, j, ref[1]])
             cis.append(bond.GetStereo() in _CIS)
-    return StereoSpec(np.array(centres, dtype=np.int64), np.array(neighbours, dtype=np.int64).reshape(-1, 4),
+    return StereoSpec(np.array(centres, dtype=np.int64), np.array(neighbours, dtype=np.int64).reshape(-1, 3),
                       np.array(signs), np.array(bonds, dtype=np.int64).reshape(-1, 4), np.array(cis, dtype=bool),
                       source=mol)
 

@@ -146,7 +146,7 @@ def test_stereo_left_unfixable_is_reported():
         return nbrs, np.sign(np.dot(v[0], np.cross(v[1], v[2])))
 
     (n1, s1), (n6, s6) = current(1), current(6)
-    spec = StereoSpec(np.array([1, 6]), np.array([n1, n6]), np.array([s1, -s6]), np.zeros((0, 4), int),
+    spec = StereoSpec(np.array([1, 6]), np.array([n1[:3], n6[:3]]), np.array([s1, -s6]), np.zeros((0, 4), int),
                       np.zeros(0, bool))
     report = enforce_stereo(m, spec)
     assert not report.consistent and report.remaining == ["atom 6: not as specified"]
