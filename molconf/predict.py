@@ -256,9 +256,10 @@ def _threads(n: int | None):
 def relax(mol: Chem.Mol, method: str, max_iters: int = 2000) -> str | None:
     """Optimise the conformer in place with MMFF94, UFF or GFN2-xTB; returns a note if it could not.
 
-    ``"xtb"`` (needs tblite) uses the optimiser settings of the GFN2-xTB data
-    (:class:`molconf.data.xtb_build.XtbProtocol`) and always returns a note: steps and
-    energy, or why the conformer was left unrelaxed / not converged.
+    ``"xtb"`` (needs tblite) first optimises with MMFF94 (UFF where MMFF has no parameters),
+    as the GFN2-xTB data protocol does, then with GFN2-xTB at the data's optimiser settings
+    (:class:`molconf.data.xtb_build.XtbProtocol`), and always returns a note: force field,
+    steps and energy, or why the conformer was left at the force-field geometry / not converged.
     """
     if method == "mmff":
         if not AllChem.MMFFHasAllMoleculeParams(mol):
@@ -271,9 +272,25 @@ def relax(mol: Chem.Mol, method: str, max_iters: int = 2000) -> str | None:
     elif method == "xtb":
         from molconf.data.xtb_build import xtb_relax_note  # tblite loads only when asked for
 
-        return xtb_relax_note(mol)
+        # A raw prediction is a poor GFN2-xTB start: on 40 moses_xtb test molecules it took a
+        # median 114 optimiser steps against 24 after MMFF94, and GFN2-xTB changed the bond
+        # graph of 9 of them against none (benchmarks/results/xtb_relax.md). A force field
+        # fixes bond lengths and angles for a few ms, so it goes first.
+        field = _force_field_first(mol, max_iters)
+        return xtb_relax_note(mol, start=f"the {field} geometry" if field else "the prediction")
     else:
         raise ValueError(f"relax must be one of {RELAX_METHODS}, got {method!r}")
+    return None
+
+
+def _force_field_first(mol: Chem.Mol, max_iters: int) -> str | None:
+    """MMFF94, else UFF, optimisation in place before GFN2-xTB; the field used, or None."""
+    if AllChem.MMFFHasAllMoleculeParams(mol):
+        AllChem.MMFFOptimizeMolecule(mol, maxIters=max_iters)
+        return "MMFF94"
+    if AllChem.UFFHasAllMoleculeParams(mol):
+        AllChem.UFFOptimizeMolecule(mol, maxIters=max_iters)
+        return "UFF"
     return None
 
 
@@ -305,8 +322,8 @@ def predict(
     batch_size : int
         Molecules per forward pass (results do not depend on it).
     relax_with : {None, "mmff", "uff", "xtb"}
-        Optional optimisation of each prediction: a force field, or GFN2-xTB (needs
-        ``pip install 'molconf[xtb]'``; its steps and energy are noted in the report).
+        Optional optimisation of each prediction: a force field, or GFN2-xTB after MMFF94
+        (needs ``pip install 'molconf[xtb]'``; its steps and energy are noted in the report).
     num_threads : int, optional
         torch threads to use (restored afterwards).
     fix_stereo : bool

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="shipped model name or weights/checkpoint file (default: per molecule, the shipped "
                         "model covering its elements and size; the summary and SDF property molconf_model say which)")
     p.add_argument("--relax", choices=["mmff", "uff", "xtb"],
-                   help="optimisation after prediction: a force field, or GFN2-xTB (needs tblite)")
+                   help="optimisation after prediction: a force field, or MMFF94 then GFN2-xTB (needs tblite)")
     p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes (e.g. 2 on two cores: faster for long inputs; default 1)")

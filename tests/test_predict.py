@@ -302,15 +302,35 @@ def test_relax_xtb_lowers_the_gfn2_energy_and_notes_steps(tmp_path, tiny_model):
     [raw] = predict("CCO")
     [relaxed], report = predict("CCO", relax_with="xtb", return_report=True)
     assert relaxed.GetNumAtoms() == raw.GetNumAtoms() == 9
-    assert gfn2_energy(relaxed) < gfn2_energy(raw) - 1e-3
+    [mmff] = predict("CCO", relax_with="mmff")
+    assert gfn2_energy(relaxed) < min(gfn2_energy(raw), gfn2_energy(mmff)) - 1e-3
     [note] = report.notes[0]
-    assert note.startswith("GFN2-xTB: converged in ") and " steps, E = " in note and "eV vs the prediction" in note
+    assert note.startswith("GFN2-xTB: converged in ") and " steps, E = " in note and "eV vs the MMFF94 geometry" in note
     assert int(note.split("converged in ")[1].split()[0]) >= 1
     # the command line accepts it too (whatever the tiny model's geometry, a note and an SDF come back)
     from molconf.predict_cli import main as predict_main
 
     assert predict_main(["CCO", "--model", str(tiny_model), "--relax", "xtb", "-o", str(tmp_path / "o.sdf")]) == 0
     assert (tmp_path / "o.sdf").read_text().count("$$$$") == 1
+
+
+def test_force_field_before_xtb_falls_back_to_uff_then_to_nothing():
+    from molconf.predict import _force_field_first
+
+    def embedded(smiles):
+        mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+        AllChem.EmbedMolecule(mol, randomSeed=1)
+        return mol
+
+    assert _force_field_first(embedded("CCO"), 200) == "MMFF94"
+    boron = embedded("CB(C)C")  # MMFF94 has no boron parameters, UFF has
+    before = boron.GetConformer().GetPositions()
+    assert _force_field_first(boron, 200) == "UFF"
+    assert not np.allclose(before, boron.GetConformer().GetPositions())
+    dummy = embedded("C*")  # neither field has parameters for a dummy atom
+    before = dummy.GetConformer().GetPositions()
+    assert _force_field_first(dummy, 200) is None
+    assert np.array_equal(before, dummy.GetConformer().GetPositions())
 
 
 def test_relax_xtb_reports_scf_failure_and_missing_tblite(monkeypatch):
@@ -325,12 +345,12 @@ def test_relax_xtb_reports_scf_failure_and_missing_tblite(monkeypatch):
         def calculate(self, *args, **kwargs):
             raise CalculationFailed("SCF not converged")
 
-    [raw] = predict("CCO")
+    [mmff] = predict("CCO", relax_with="mmff")
     with monkeypatch.context() as m:
         m.setattr(xtb_build, "gfn2_calculator", lambda *a, **k: Failing())
         [mol], report = predict("CCO", relax_with="xtb", return_report=True)
-    assert report.notes[0] == ["GFN2-xTB SCF failure (SCF not converged): conformer left unrelaxed"]
-    assert np.allclose(mol.GetConformer().GetPositions(), raw.GetConformer().GetPositions())
+    assert report.notes[0] == ["GFN2-xTB SCF failure (SCF not converged): conformer left at the MMFF94 geometry"]
+    assert np.allclose(mol.GetConformer().GetPositions(), mmff.GetConformer().GetPositions())
     monkeypatch.setitem(sys.modules, "tblite.ase", None)  # as if tblite were not installed
     with pytest.raises(ImportError, match=r"molconf\[xtb\]"):
         predict("CCO", relax_with="xtb")

@@ -568,18 +568,20 @@ def xtb_relax(mol: Chem.Mol, protocol: XtbProtocol | None = None, conf_id: int =
     return XtbRelaxation(e0, opt.energy_ev, opt.converged, opt.steps, opt.max_force, changed)
 
 
-def xtb_relax_note(mol: Chem.Mol, protocol: XtbProtocol | None = None) -> str:
-    """:func:`xtb_relax`, summed up in one line for a prediction report."""
+def xtb_relax_note(mol: Chem.Mol, protocol: XtbProtocol | None = None, start: str = "the prediction") -> str:
+    """:func:`xtb_relax`, summed up in one line for a prediction report; ``start`` names the
+    geometry it started from (and that is kept when GFN2-xTB fails)."""
     from ase.units import Hartree
 
     protocol = protocol or XtbProtocol()
+    kept = "conformer left unrelaxed" if start == "the prediction" else f"conformer left at {start}"
     try:
         r = xtb_relax(mol, protocol)
     except RuntimeError as err:  # "SCF failure (…)"
-        return f"GFN2-xTB {err}: conformer left unrelaxed"
+        return f"GFN2-xTB {err}: {kept}"
     if r.bond_changes:
-        return f"GFN2-xTB changed the bond graph ({', '.join(r.bond_changes[:4])}): conformer left unrelaxed"
-    change = f"E = {r.energy_ev / Hartree:.6f} Eh, {r.energy_ev - r.energy_before_ev:+.3f} eV vs the prediction"
+        return f"GFN2-xTB changed the bond graph ({', '.join(r.bond_changes[:4])}): {kept}"
+    change = f"E = {r.energy_ev / Hartree:.6f} Eh, {r.energy_ev - r.energy_before_ev:+.3f} eV vs {start}"
     if not r.converged:
         return (f"GFN2-xTB not converged in {r.steps} steps (max force {r.max_force:.3f} eV/Å > "
                 f"fmax {protocol.fmax}), last geometry kept: {change}")
