@@ -63,6 +63,16 @@ def run_rdkit(inputs: list[Chem.Mol], with_mmff: bool, workers: int) -> tuple[li
     return [None if b is None else Chem.Mol(b) for b in out], seconds
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 def score(name: str, refs, preds, ids, seconds: float) -> dict:
     per_mol = [molecule_metrics(ref, pred, index=i) for ref, pred, i in zip(refs, preds, ids)]
     row = aggregate(per_mol)
@@ -98,6 +108,8 @@ def main(argv=None) -> None:
         ("auto", 1, f"1 process, {args.threads} threads: the default call"),
         ("float32", args.workers, f"{args.workers} worker processes, reference arithmetic"),
     ]
+    if molconf.predict.resolve_precision("auto") == "float32":  # no native bf16: "auto" already is float32
+        runs.pop()
     for precision, workers, label in runs:
         molconf.predict.predict(inputs[:10], model=model, num_threads=args.threads, precision=precision)  # warm-up
         t = time.perf_counter()
@@ -119,7 +131,8 @@ def main(argv=None) -> None:
         f"# molconf.predict vs RDKit on {len(refs)} QM9 test molecules (one run)", "",
         f"Command: `nice python benchmarks/predict_speed.py{' --all' if args.all else ''}` "
         f"({'whole test split' if args.all else f'seeded sample, seed {SEED}'}); torch {torch.__version__}; "
-        f"load average after the run {os.getloadavg()[0]:.2f} (2 cores). Throughput = molecules / wall-clock "
+        f"load average after the run {os.getloadavg()[0]:.2f} (2 cores); CPU: {cpu_name()}, "
+        f"{'native' if molconf.predict.native_bf16() else 'no native'} bfloat16. Throughput = molecules / wall-clock "
         "second of the whole call, failures included; errors over successful molecules.", "",
         "| method | mol/s | × vs ours | D-MAE (Å) | D-RMSE (Å) | C-RMSD (Å) | stereo | failed |",
         "|---|---|---|---|---|---|---|---|",
