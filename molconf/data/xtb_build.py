@@ -38,6 +38,8 @@ Command line (``molconf build-xtb --help``)::
     molconf build-xtb --moses train --n 5000 --seed 0 --out build/moses_xtb --workers 2
     molconf build-xtb --smiles-file molecules.smi --out build/mine
     molconf build-xtb --merge --out build/moses_xtb --dest datasets/moses_xtb
+    # a lost build folder: continue from the committed data set instead of from scratch
+    molconf build-xtb --moses train --n 5000 --seed 0 --out build/new --restore-from datasets/moses_xtb
 """
 
 from __future__ import annotations
@@ -826,6 +828,7 @@ def build_dataset(
     shard_size: int = DEFAULT_SHARD_SIZE,
     max_shards: int | None = None,
     progress: bool = True,
+    restore_from: str | Path | None = None,
 ) -> dict:
     """Build GFN2-xTB ground states for a SMILES source, resuming a previous run.
 
@@ -846,6 +849,10 @@ def build_dataset(
         Compute at most this many new shards, then stop (chunked runs, tests).
     progress : bool
         Show a tqdm progress bar.
+    restore_from : path, optional
+        A data set merged from an earlier build of the same source and protocol (e.g.
+        ``datasets/moses_xtb``): its shards are written back into ``out_dir`` first
+        (:func:`restore_shards`), so the build continues where that one stopped.
 
     Returns
     -------
@@ -860,10 +867,14 @@ def build_dataset(
     out_dir = Path(out_dir)
     start = time.time()
     desc = src.describe()
+    # checked before the build folder is touched, written once it is known to be this build's
+    plan = None if restore_from is None else _RestorePlan.read(restore_from, src, protocol, shard_size)
     _check_build_file(out_dir, {"protocol": protocol.to_dict(), "source": desc, "shard_size": shard_size})
     shards = _Shards(out_dir)
     total = len(src)
     num_shards = -(-total // shard_size)
+    if plan is not None:
+        _write_restored(plan, shards)
     bar = tqdm(total=total, desc="GFN2-xTB", unit="mol", mininterval=2.0, disable=not progress)
     pool = None
     new = 0
@@ -938,18 +949,136 @@ def write_summary(out_dir: Path, protocol: XtbProtocol, source: dict, num_shards
         "mean_atoms": stats["atoms"] / max(ok, 1),
         "max_atoms": stats["max_atoms"],
         "mean_steps": stats["steps"] / max(ok, 1),
-        "seconds_per_molecule": stats["seconds_molecules"] / max(ok, 1),
+        # restored shards carry no per-molecule times: the mean is over the molecules timed here
+        "seconds_per_molecule": (stats["seconds_molecules"] / (ok - stats["restored"])
+                                 if ok > stats["restored"] else None),
         "seconds_per_molecule_by_atoms": {
             k: {"molecules": v[0], "seconds": v[1] / max(v[0], 1), "mean_atoms": v[2] / max(v[0], 1)}
             for k, v in sorted(timing.items(), key=lambda kv: int(kv[0].rstrip("+").split("-")[0]))
         },
         "shards": {"done": done, "total": num_shards},
+        **({"restored_molecules": stats["restored"]} if stats["restored"] else {}),
         "seconds_wall_shards": round(wall, 1),
         "seconds_this_run": round(seconds_this_run, 1),
         "workers_this_run": workers,
     }
     _write_atomic(out_dir / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def _same_source(a: dict, b: dict) -> bool:
+    """Same records: name, subsample and content (the file's path may differ between machines)."""
+    return {k: v for k, v in a.items() if k != "path"} == {k: v for k, v in b.items() if k != "path"}
+
+
+def _molfile_atoms(record: str) -> int:
+    return Chem.MolFromMolBlock(record, sanitize=False, removeHs=False).GetNumAtoms()  # V2000 or V3000
+
+
+def restore_shards(dataset_dir: str | Path, source, protocol: XtbProtocol, shard_size: int,
+                   shards: _Shards) -> list[int]:
+    """Write the shards of a merged data set back into a build folder; returns their numbers.
+
+    A build folder is scratch space and may be lost (another machine, a cleaned disk), while
+    the merged data set is committed. Its ``build_report.json`` names the source, protocol and
+    shards it came from; each of those shards is rebuilt from ``molecules.sdf.gz`` (records
+    copied verbatim) and ``failures.csv``, so :func:`build_dataset` skips them and computes
+    only the rest. Refused with ``ValueError``, before anything is written, when the source,
+    protocol or shard layout differs or a molecule of a shard is in neither file. Restored
+    shards carry ``restored_from`` and no timings; shards already finished are left alone.
+    """
+    return _write_restored(_RestorePlan.read(dataset_dir, as_source(source), protocol, shard_size), shards)
+
+
+@dataclass
+class _RestorePlan:
+    """A merged data set, checked against a build, shard by shard: what to write back."""
+
+    dataset_dir: Path
+    shard_size: int
+    chunks: dict[int, list[tuple[int, str]]]  # shard number -> its (id, SMILES)
+    records: dict[int, str]  # id -> SDF record
+    failures: dict[int, list[str]]  # id -> failures.csv row
+    forcefield: str
+
+    @classmethod
+    def read(cls, dataset_dir: str | Path, src: SmilesSource, protocol: XtbProtocol, shard_size: int) -> _RestorePlan:
+        dataset_dir = Path(dataset_dir)
+        report_path = dataset_dir / "build_report.json"
+        if not report_path.is_file():
+            raise FileNotFoundError(f"{report_path} not found: restore needs a data set written by --merge")
+        report = json.loads(report_path.read_text())
+        if not _same_source(report["source"], src.describe()):
+            raise ValueError(f"{dataset_dir} was built from another source ({report['source'].get('name')}, "
+                             f"n={report['source'].get('n')}, seed={report['source'].get('seed')})")
+        if report["protocol"] != protocol.to_dict():
+            raise ValueError(f"{dataset_dir} was built with another protocol (key {report['protocol_key']}, "
+                             f"this build {protocol.key()})")
+        num_shards = -(-len(src) // shard_size)
+        if report["shards"]["total"] != num_shards:
+            raise ValueError(f"{dataset_dir} was built in {report['shards']['total']} shards, this build has "
+                             f"{num_shards} (another --shard-size?)")
+        wanted = set(report.get("partial_build", {}).get("shards_merged", range(num_shards)))
+        records: dict[int, str] = {}
+        with gzip.open(dataset_dir / MERGED_SDF, "rt") as fh:
+            for record in _sdf_records(fh.read()):
+                props = _record_props(record)
+                if props.get(K.SDF_PROTOCOL) != protocol.key():
+                    raise ValueError(f"{dataset_dir}: molecule {props.get(K.SDF_SOURCE_INDEX)} has protocol "
+                                     f"{props.get(K.SDF_PROTOCOL)}, not {protocol.key()}")
+                records[int(props[K.SDF_SOURCE_INDEX])] = record
+        with open(dataset_dir / FAILURES_FILE, newline="") as fh:
+            rows = csv.reader(fh)
+            next(rows, None)
+            failures = {int(row[0]): row for row in rows}
+        chunks = {i: chunk for i, chunk in enumerate(_chunks(src, shard_size)) if i in wanted}
+        for i, chunk in chunks.items():
+            missing = [idx for idx, _ in chunk if idx not in records and idx not in failures]
+            if missing:
+                raise ValueError(f"{dataset_dir}: molecule(s) {missing[:5]} of shard {i} are in neither "
+                                 f"{MERGED_SDF} nor {FAILURES_FILE}")
+        # one force field for the whole data set is one for every shard; otherwise it is unknown
+        fields = list(report.get("forcefield_used", {}))
+        return cls(dataset_dir, shard_size, chunks, records, failures, fields[0] if len(fields) == 1 else "unknown")
+
+
+def _write_restored(plan: _RestorePlan, shards: _Shards) -> list[int]:
+    restored = []
+    for i, chunk in plan.chunks.items():
+        if shards.done(i) is not None:
+            continue
+        fails = io.StringIO()
+        writer = csv.writer(fails)
+        writer.writerow(_FAILURE_HEADER)
+        by_stage: collections.Counter = collections.Counter()
+        by_reason: collections.Counter = collections.Counter()
+        stats: collections.Counter = collections.Counter()
+        sdf = []
+        for idx, _ in chunk:
+            if idx in plan.failures:
+                row = plan.failures[idx]
+                writer.writerow(row)
+                by_stage[row[2]] += 1
+                by_reason[reason_kind(row[3])] += 1
+                continue
+            record = plan.records[idx]
+            sdf.append(record)
+            n = _molfile_atoms(record)
+            stats["succeeded"] += 1
+            stats["restored"] += 1
+            stats["steps"] += int(_record_props(record)[K.SDF_STEPS])
+            stats["atoms"] += n
+            stats["max_atoms"] = max(stats["max_atoms"], n)
+            stats[f"forcefield_{plan.forcefield}"] += 1
+        shard = {"shard": i, "first_index": chunk[0][0], "last_index": chunk[-1][0], "molecules": len(chunk),
+                 "failed": sum(by_stage.values()), "failed_by_stage": dict(by_stage),
+                 "failed_by_reason": dict(by_reason), "stats": dict(stats), "timing_by_atoms": {},
+                 "seconds_wall": 0.0, "restored_from": str(plan.dataset_dir)}
+        _write_atomic(shards.path(i, "sdf"), "".join(sdf))
+        _write_atomic(shards.path(i, "failures.csv"), fails.getvalue())
+        _write_atomic(shards.path(i, "json"), json.dumps(shard, indent=1) + "\n")  # last: the completion mark
+        restored.append(i)
+    return restored
 
 
 # --- merging for the repository --------------------------------------------------------
@@ -1082,6 +1211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="molecules per shard")
     p.add_argument("--max-shards", type=int, help="stop after N new shards (rerun to continue)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--restore-from", metavar="DATASET",
+                   help="a merged data set of this source and protocol (e.g. datasets/moses_xtb): "
+                        "its shards are restored into --out and not recomputed")
     merge = p.add_argument_group("merge (after the build)")
     merge.add_argument("--merge", action="store_true", help="write molecules.sdf.gz + scaffold split to --dest")
     merge.add_argument("--dest", help="merge destination (default datasets/moses_xtb)")
@@ -1131,7 +1263,7 @@ def _build(args) -> int:
     else:
         source = SmilesSource(path=args.smiles_file, n=args.n, seed=args.seed)
     summary = build_dataset(source, args.out, _protocol_from_args(args), args.workers, args.shard_size,
-                            args.max_shards, progress=not args.no_progress)
+                            args.max_shards, progress=not args.no_progress, restore_from=args.restore_from)
     state = "complete" if summary["complete"] else (
         f"stopped after {summary['shards']['done']} of {summary['shards']['total']} shards; rerun to continue")
     print(f"{summary['succeeded']} of {summary['molecules']} molecules built, {summary['failed']} failed "

@@ -319,6 +319,75 @@ def test_cli_build_merge_and_errors(tblite, tmp_path, capsys):
     assert info.value.code == 0 and "--moses" in capsys.readouterr().out
 
 
+def _counting(monkeypatch):
+    calls, real = [], xb.build_ground_state
+
+    def counting(smi, protocol=None, index=None):
+        calls.append(index)
+        return real(smi, protocol, index)
+
+    monkeypatch.setattr(xb, "build_ground_state", counting)
+    return calls
+
+
+def test_restore_from_the_merged_data_set_recomputes_nothing(built, tmp_path, monkeypatch):
+    root, summary, _ = built
+    calls = _counting(monkeypatch)
+    again = xb.build_dataset(TINY, tmp_path / "b", workers=1, shard_size=2, progress=False,
+                             restore_from=root / "moses_xtb")
+    assert calls == [] and again["complete"] and again["restored_molecules"] == 4
+    assert again["seconds_per_molecule"] is None  # nothing was timed in this folder
+    for key in ("molecules", "succeeded", "failed", "failed_by_stage", "failed_by_reason", "forcefield_used",
+                "mean_atoms", "max_atoms", "mean_steps", "shards"):
+        assert again[key] == summary[key], key
+    assert json.loads((tmp_path / "b" / "shards" / "shard_000001.json").read_text())["restored_from"]
+    xb.merge_dataset(tmp_path / "b", tmp_path / "d")
+    for name in ("molecules.sdf.gz", "failures.csv", "split_train.npy", "split_val.npy", "split_test.npy"):
+        assert (tmp_path / "d" / name).read_bytes() == (root / "moses_xtb" / name).read_bytes(), name
+
+
+def test_restore_from_a_partial_data_set_then_continue(tblite, tmp_path, monkeypatch):
+    smiles = ["O", "C", "CC"]
+    xb.build_dataset(smiles, tmp_path / "b", workers=1, shard_size=1, max_shards=2, progress=False)
+    xb.merge_dataset(tmp_path / "b", tmp_path / "d", partial=True)
+    calls = _counting(monkeypatch)
+    other = _write_smi(tmp_path, smiles)  # the same SMILES from a file: another source
+    assert xb.main(["--smiles-file", other, "--out", str(tmp_path / "fresh"), "--workers", "1",
+                    "--shard-size", "1", "--no-progress", "--restore-from", str(tmp_path / "d")]) == 2
+    assert not (tmp_path / "fresh").exists()  # refused before the build folder was made
+    summary = xb.build_dataset(smiles, tmp_path / "fresh", workers=1, shard_size=1, progress=False,
+                               restore_from=tmp_path / "d")
+    assert calls == [2] and summary["complete"] and summary["succeeded"] == 3 and summary["restored_molecules"] == 2
+    assert summary["seconds_per_molecule"] > 0  # over the one molecule timed here
+
+
+def _write_smi(tmp_path, smiles):
+    path = tmp_path / "in.smi"
+    path.write_text("\n".join(smiles) + "\n")
+    return str(path)
+
+
+def test_restore_refuses_another_protocol_layout_source_or_a_gap(built, tmp_path):
+    root, _, _ = built
+    data = root / "moses_xtb"
+    with pytest.raises(ValueError, match="another protocol"):
+        xb.build_dataset(TINY, tmp_path / "p", xb.XtbProtocol(fmax=0.01), workers=1, shard_size=2,
+                         progress=False, restore_from=data)
+    with pytest.raises(ValueError, match="another --shard-size"):
+        xb.build_dataset(TINY, tmp_path / "s", workers=1, shard_size=3, progress=False, restore_from=data)
+    with pytest.raises(ValueError, match="another source"):
+        xb.build_dataset(TINY[:4], tmp_path / "o", workers=1, shard_size=2, progress=False, restore_from=data)
+    gap = tmp_path / "gap"
+    gap.mkdir()
+    for name in ("build_report.json", "molecules.sdf.gz"):
+        (gap / name).write_bytes((data / name).read_bytes())
+    (gap / "failures.csv").write_text("index,smiles,stage,reason\n")  # the invalid SMILES is unaccounted for
+    with pytest.raises(ValueError, match=r"molecule\(s\) \[4\] of shard 2 are in neither"):
+        xb.build_dataset(TINY, tmp_path / "g", workers=1, shard_size=2, progress=False, restore_from=gap)
+    with pytest.raises(FileNotFoundError, match="build_report.json"):
+        xb.build_dataset(TINY, tmp_path / "n", workers=1, shard_size=2, progress=False, restore_from=tmp_path)
+
+
 # --- split ---------------------------------------------------------------------------------
 def _library(n=60, seed=0):
     rings = ["c1ccccc1", "C1CCCCC1", "c1ccncc1", "C1CCNCC1", "c1ccoc1", "c1ccsc1", "C1CC1", "c1cnccn1",
