@@ -419,20 +419,24 @@ def predict(
 def _finish(mol, coords, i, loaded, relax_with, fix_stereo, report) -> Chem.Mol:
     out = mol_with_coords(mol, coords)
     target = stereo_spec(mol) if fix_stereo else None
+    if target:
+        # repair before relaxing: one relaxation then both tidies what the repair moved and
+        # refines the geometry (relaxing first would need a second one after every repair)
+        report.stereo[i] = enforce_stereo(out, target)
     if relax_with is not None:
         note = relax(out, relax_with)
         if note:
             report.note(i, note)
-    if target:
-        report.stereo[i] = enforce_stereo(out, target)
-        if relax_with is not None and report.stereo[i].fixed_by:
-            note = relax(out, relax_with)  # tidy the geometry around what was moved
-            if note and note not in report.notes.get(i, []):
-                report.note(i, "after stereo repair: " + note)
-            report.stereo[i] = StereoReport(len(target), report.stereo[i].fixed_by,
-                                            enforce_stereo(out, target).remaining)
-        if report.stereo[i].remaining:
-            report.note(i, "stereo not matched: " + "; ".join(report.stereo[i].remaining))
+        if target:
+            after = enforce_stereo(out, target)  # an optimiser can move a centre through planarity
+            if after.fixed_by:
+                note = relax(out, relax_with)
+                if note:
+                    report.note(i, "after stereo repair: " + note)
+                after = StereoReport(len(target), after.fixed_by, enforce_stereo(out, target).remaining)
+            report.stereo[i] = StereoReport(len(target), report.stereo[i].fixed_by + after.fixed_by, after.remaining)
+    if target and report.stereo[i].remaining:
+        report.note(i, "stereo not matched: " + "; ".join(report.stereo[i].remaining))
     # perceive the conformer's own stereo so the returned Mol's tags agree with its geometry
     Chem.AssignStereochemistryFrom3D(out)
     out.SetProp("molconf_model", loaded.name)
