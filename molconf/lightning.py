@@ -8,6 +8,7 @@ commands (LightningCLI, configured by YAML files under ``configs/``).
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -384,11 +385,26 @@ def _checkpoint_dir(root: str | None) -> str:
     return str(Path(root or TRAINER_DEFAULTS["default_root_dir"]) / "checkpoints")
 
 
+class LastCheckpointAtEnd(L.Callback):
+    """Write every ``save_last`` checkpoint callback's ``last.ckpt`` when fit ends, too.
+
+    With ``every_n_train_steps`` a :class:`ModelCheckpoint` saves only on those steps, so a
+    schedule of 2,310 steps would end with ``last.ckpt`` at step 2,200 and the end-of-schedule
+    weights (what the benchmarks compare) would be lost.
+    """
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        for callback in trainer.checkpoint_callbacks:
+            if getattr(callback, "save_last", False) and callback.dirpath:
+                name = callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION
+                trainer.save_checkpoint(os.path.join(callback.dirpath, name))
+
+
 class ConformerCLI(LightningCLI):
     """``molconf fit|validate|test|predict --config configs/<name>.yaml``.
 
-    Adds to every run: checkpoints (best by ``val/d_mae`` and ``last.ckpt``; options under
-    ``checkpoint.*``), a learning-rate monitor, and CSV + TensorBoard logs under
+    Adds to every run: checkpoints (best by ``val/d_mae`` and ``last.ckpt``, also written when
+    fit ends; options under ``checkpoint.*``), a learning-rate monitor, and CSV + TensorBoard logs under
     ``trainer.default_root_dir`` unless the config sets ``trainer.logger``.
     """
 
@@ -408,7 +424,7 @@ class ConformerCLI(LightningCLI):
         if cfg.get("logger") in (None, True):
             root = cfg.get("default_root_dir") or TRAINER_DEFAULTS["default_root_dir"]
             kwargs["logger"] = [CSVLogger(root, name="csv"), TensorBoardLogger(root, name="tensorboard")]
-        callbacks = list(kwargs.pop("callbacks", None) or []) + [LearningRateMonitor("step")]
+        callbacks = list(kwargs.pop("callbacks", None) or []) + [LearningRateMonitor("step"), LastCheckpointAtEnd()]
         return super().instantiate_trainer(callbacks=callbacks, **kwargs)
 
 

@@ -61,6 +61,13 @@ def test_cli_resume_after_finished_epoch(tmp_path, qm9_small):
     assert torch.load(last, weights_only=False)["global_step"] == 16
 
 
+def test_last_checkpoint_is_the_end_of_the_schedule(tmp_path, qm9_small):
+    # 8 steps with a checkpoint every 3: without the end-of-fit save last.ckpt would be step 6
+    run_lightning_cli(["fit", "--config", SMOKE, "--trainer.default_root_dir", str(tmp_path),
+                       "--trainer.max_epochs", "1", "--checkpoint.every_n_train_steps", "3"])
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 8
+
+
 class _Crash(Exception):
     pass
 
