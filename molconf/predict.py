@@ -34,7 +34,7 @@ from molconf.stereo import StereoReport, enforce_stereo, stereo_spec
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 # model="default" routes each molecule to the first of these (shipped) models whose training
 # data covers its elements and size: QM9's small organics first, then drug-like molecules
-DEFAULT_MODELS = ("qm9_rebind", "moses_xtb_rebind")
+DEFAULT_MODELS = ("qm9_rebind", "moses_xtb_gtmgc")
 RELAX_METHODS = (None, "mmff", "uff", "xtb")
 PRECISIONS = ("auto", "float32", "bfloat16")
 _PERIODIC = Chem.GetPeriodicTable()
