@@ -273,8 +273,8 @@ def relax(mol: Chem.Mol, method: str, max_iters: int = 2000) -> str | None:
         from molconf.data.xtb_build import xtb_relax_note  # tblite loads only when asked for
 
         # A raw prediction is a poor GFN2-xTB start: on 40 moses_xtb test molecules it took a
-        # median 114 optimiser steps against 24 after MMFF94, and GFN2-xTB changed the bond
-        # graph of 9 of them against none (benchmarks/results/xtb_relax.md). A force field
+        # median 108 optimiser steps against 24 after MMFF94, and GFN2-xTB changed the bond
+        # graph of 7 of them against none (benchmarks/results/xtb_relax.md). A force field
         # fixes bond lengths and angles for a few ms, so it goes first.
         field = _force_field_first(mol, max_iters)
         return xtb_relax_note(mol, start=f"the {field} geometry" if field else "the prediction")
