@@ -270,27 +270,17 @@ def relax(mol: Chem.Mol, method: str, max_iters: int = 2000) -> str | None:
             return "no UFF parameters: conformer left unrelaxed"
         AllChem.UFFOptimizeMolecule(mol, maxIters=max_iters)
     elif method == "xtb":
-        from molconf.data.xtb_build import xtb_relax_note  # tblite loads only when asked for
+        from molconf.data.xtb_build import XtbProtocol, preoptimize, xtb_relax_note  # tblite loads only when asked for
 
         # A raw prediction is a poor GFN2-xTB start: on 40 moses_xtb test molecules it took a
         # median 108 optimiser steps against 24 after MMFF94, and GFN2-xTB changed the bond
         # graph of 7 of them against none (benchmarks/results/xtb_relax.md). A force field
         # fixes bond lengths and angles for a few ms, so it goes first.
-        field = _force_field_first(mol, max_iters)
-        return xtb_relax_note(mol, start=f"the {field} geometry" if field else "the prediction")
+        # (the data protocol's own pre-optimisation: MMFF94, else UFF, else none)
+        _, field = preoptimize(mol, XtbProtocol(ff_max_iters=max_iters))
+        return xtb_relax_note(mol, start="the prediction" if field == "none" else f"the {field} geometry")
     else:
         raise ValueError(f"relax must be one of {RELAX_METHODS}, got {method!r}")
-    return None
-
-
-def _force_field_first(mol: Chem.Mol, max_iters: int) -> str | None:
-    """MMFF94, else UFF, optimisation in place before GFN2-xTB; the field used, or None."""
-    if AllChem.MMFFHasAllMoleculeParams(mol):
-        AllChem.MMFFOptimizeMolecule(mol, maxIters=max_iters)
-        return "MMFF94"
-    if AllChem.UFFHasAllMoleculeParams(mol):
-        AllChem.UFFOptimizeMolecule(mol, maxIters=max_iters)
-        return "UFF"
     return None
 
 

@@ -321,25 +321,6 @@ def test_relax_xtb_lowers_the_gfn2_energy_and_notes_steps(tmp_path, tiny_model):
     assert (tmp_path / "o.sdf").read_text().count("$$$$") == 1
 
 
-def test_force_field_before_xtb_falls_back_to_uff_then_to_nothing():
-    from molconf.predict import _force_field_first
-
-    def embedded(smiles):
-        mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
-        AllChem.EmbedMolecule(mol, randomSeed=1)
-        return mol
-
-    assert _force_field_first(embedded("CCO"), 200) == "MMFF94"
-    boron = embedded("CB(C)C")  # MMFF94 has no boron parameters, UFF has
-    before = boron.GetConformer().GetPositions()
-    assert _force_field_first(boron, 200) == "UFF"
-    assert not np.allclose(before, boron.GetConformer().GetPositions())
-    dummy = embedded("C*")  # neither field has parameters for a dummy atom
-    before = dummy.GetConformer().GetPositions()
-    assert _force_field_first(dummy, 200) is None
-    assert np.array_equal(before, dummy.GetConformer().GetPositions())
-
-
 def test_relax_xtb_reports_scf_failure_and_missing_tblite(monkeypatch):
     pytest.importorskip("tblite")
     from ase.calculators.calculator import CalculationFailed, Calculator

@@ -171,6 +171,19 @@ def test_forcefield_fallbacks_and_candidates():
     assert xb.pick_candidates([0, 1, 2, 3], [2.0, float("nan"), 1.0, 1.005], 3, 0.01) == [2, 0, 1]
 
 
+def test_preoptimize_one_conformer_falls_back_to_uff_then_to_nothing():
+    # as predict(relax_with="xtb") uses it on a single predicted conformer
+    assert xb.preoptimize(_embedded("CCO", seed=1), xb.XtbProtocol(ff_max_iters=200))[1] == "MMFF94"
+    boron = _embedded("CB(C)C", seed=1)  # MMFF94 has no boron parameters, UFF has
+    before = boron.GetConformer().GetPositions()
+    assert xb.preoptimize(boron, xb.XtbProtocol(ff_max_iters=200))[1] == "UFF"
+    assert not np.allclose(before, boron.GetConformer().GetPositions())
+    dummy = _embedded("C*", seed=1)  # neither field has parameters for a dummy atom
+    before = dummy.GetConformer().GetPositions()
+    assert xb.preoptimize(dummy, xb.XtbProtocol()) == (None, "none")
+    assert np.array_equal(before, dummy.GetConformer().GetPositions())
+
+
 # --- the runner ---------------------------------------------------------------------------
 def test_build_writes_shards_summary_and_failures(built):
     root, summary, _ = built
