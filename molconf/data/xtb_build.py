@@ -737,6 +737,12 @@ class _Shards:
     def path(self, i: int, kind: str) -> Path:
         return self.dir / f"shard_{i:06d}.{kind}"
 
+    def write(self, i: int, sdf: str, failures_csv: str, record: dict) -> None:
+        """One finished shard; the ``.json`` is the completion mark: written last, after the data files."""
+        _write_atomic(self.path(i, "sdf"), sdf)
+        _write_atomic(self.path(i, "failures.csv"), failures_csv)
+        _write_atomic(self.path(i, "json"), json.dumps(record, indent=1) + "\n")
+
     def done(self, i: int) -> dict | None:
         """The shard's record if it is complete (its ``.json`` is written last), else None."""
         try:
@@ -803,16 +809,17 @@ def _run_shard(i: int, chunk: list[tuple[int, str]], shards: _Shards, protocol: 
             stats["max_atoms"] = max(stats["max_atoms"], n)
             stats[f"forcefield_{item.forcefield}"] += 1
             stats["seconds_molecules"] += item.seconds
-    record = {
-        "shard": i, "first_index": chunk[0][0], "last_index": chunk[-1][0], "molecules": len(chunk),
-        "failed": sum(by_stage.values()), "failed_by_stage": dict(by_stage), "failed_by_reason": dict(by_reason),
-        "stats": dict(stats), "timing_by_atoms": timing, "seconds_wall": round(time.time() - start, 2),
-    }
-    # the .json is the completion mark: written last, after the data files are in place
-    _write_atomic(shards.path(i, "sdf"), sdf.getvalue())
-    _write_atomic(shards.path(i, "failures.csv"), failures.getvalue())
-    _write_atomic(shards.path(i, "json"), json.dumps(record, indent=1) + "\n")
+    record = _shard_record(i, chunk, by_stage, by_reason, stats, timing, round(time.time() - start, 2))
+    shards.write(i, sdf.getvalue(), failures.getvalue(), record)
     return record
+
+
+def _shard_record(i: int, chunk: list[tuple[int, str]], by_stage, by_reason, stats, timing: dict,
+                  seconds_wall: float, **extra) -> dict:
+    """A shard's ``.json``: its place in the source, failure counts, statistics and timings."""
+    return {"shard": i, "first_index": chunk[0][0], "last_index": chunk[-1][0], "molecules": len(chunk),
+            "failed": sum(by_stage.values()), "failed_by_stage": dict(by_stage), "failed_by_reason": dict(by_reason),
+            "stats": dict(stats), "timing_by_atoms": timing, "seconds_wall": seconds_wall, **extra}
 
 
 def reason_kind(reason: str) -> str:
@@ -1070,13 +1077,8 @@ def _write_restored(plan: _RestorePlan, shards: _Shards) -> list[int]:
             stats["atoms"] += n
             stats["max_atoms"] = max(stats["max_atoms"], n)
             stats[f"forcefield_{plan.forcefield}"] += 1
-        shard = {"shard": i, "first_index": chunk[0][0], "last_index": chunk[-1][0], "molecules": len(chunk),
-                 "failed": sum(by_stage.values()), "failed_by_stage": dict(by_stage),
-                 "failed_by_reason": dict(by_reason), "stats": dict(stats), "timing_by_atoms": {},
-                 "seconds_wall": 0.0, "restored_from": str(plan.dataset_dir)}
-        _write_atomic(shards.path(i, "sdf"), "".join(sdf))
-        _write_atomic(shards.path(i, "failures.csv"), fails.getvalue())
-        _write_atomic(shards.path(i, "json"), json.dumps(shard, indent=1) + "\n")  # last: the completion mark
+        record = _shard_record(i, chunk, by_stage, by_reason, stats, {}, 0.0, restored_from=str(plan.dataset_dir))
+        shards.write(i, "".join(sdf), fails.getvalue(), record)
         restored.append(i)
     return restored
 
