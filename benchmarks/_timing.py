@@ -6,6 +6,7 @@ machine does at that moment slows all of them alike and their ratio stays meanin
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable
 
@@ -34,3 +35,15 @@ def time_interleaved(calls: dict[str, Callable[[], object]], min_repeats: int = 
             times[name].append(time.perf_counter() - t0)
         rounds += 1
     return times
+
+
+def cpu_name() -> str:
+    """The CPU model, for the header of a timing table ("unknown" where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

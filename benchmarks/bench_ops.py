@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 import _memory  # noqa: E402  (benchmarks/_memory.py, beside this script)
-from _timing import time_interleaved  # noqa: E402  (benchmarks/_timing.py)
+from _timing import cpu_name, time_interleaved  # noqa: E402  (benchmarks/_timing.py)
 import molconf.ops as ops
 from molconf.ops import reference
 
@@ -171,7 +171,7 @@ def run(out_dir: Path | None, quick: bool, thread_counts=(THREADS,)) -> list[dic
     meta = {
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "dtype": "float32",
         "memory_method": _memory.METHOD,
@@ -196,17 +196,6 @@ def run(out_dir: Path | None, quick: bool, thread_counts=(THREADS,)) -> list[dic
 def _iqr(xs):
     q = statistics.quantiles(xs, n=4)
     return [q[0], q[2]]
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _mb(x):

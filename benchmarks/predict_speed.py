@@ -38,6 +38,8 @@ from molconf.data.splits import load_split
 from molconf import constants as K
 from molconf.metrics import aggregate, molecule_metrics
 
+from _timing import cpu_name  # benchmarks/_timing.py, beside this script
+
 SEED = 42
 TARGET_SPEEDUP = 20.0
 
@@ -61,16 +63,6 @@ def run_rdkit(inputs: list[Chem.Mol], with_mmff: bool, workers: int) -> tuple[li
             out = pool.map(_rdkit_one, jobs, chunksize=16)
     seconds = time.perf_counter() - t
     return [None if b is None else Chem.Mol(b) for b in out], seconds
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def score(name: str, refs, preds, ids, seconds: float) -> dict:
