@@ -194,14 +194,13 @@ def mol_with_coords(mol: Chem.Mol, coords) -> Chem.Mol:
     >>> m.GetNumConformers(), m.GetConformer().GetPositions().tolist()
     (1, [[0.0, 0.0, 0.0]])
     """
-    coords = np.asarray(coords, np.float64)
+    coords = np.ascontiguousarray(coords, np.float64)
     if coords.shape != (mol.GetNumAtoms(), 3):
         raise ValueError(f"coords shape {coords.shape} != ({mol.GetNumAtoms()}, 3)")
     out = Chem.Mol(mol)
     out.RemoveAllConformers()
     conf = Chem.Conformer(mol.GetNumAtoms())
-    for i, xyz in enumerate(coords.tolist()):
-        conf.SetAtomPosition(i, xyz)
+    conf.SetPositions(coords)  # one call, not one per atom
     conf.Set3D(True)
     out.AddConformer(conf, assignId=True)
     return out

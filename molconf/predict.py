@@ -13,7 +13,7 @@ import functools
 import math
 import multiprocessing as mp
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from rdkit.Chem import AllChem
 
 from molconf import _rdkit as _rd
 from molconf import constants as K
-from molconf.data.dataset import collate_dense, graph_to_data
+from molconf.data.dataset import collate_graphs
 from molconf.data.features import featurize
 from molconf.errors import MoleculeError
 from molconf.metrics import mol_with_coords
@@ -140,11 +140,12 @@ def coverage_problem(mol: Chem.Mol, model: LoadedModel, limit: int | None = None
     return None
 
 
-def choose_model(mol: Chem.Mol, candidates: Sequence[LoadedModel], label: str = "") -> LoadedModel:
+def choose_model(mol: Chem.Mol, candidates: Sequence[LoadedModel], label: str | Callable[[], str] = "") -> LoadedModel:
     """The model that predicts ``mol`` (explicit H): the first candidate whose training data
     covers its elements and size; else the candidate trained on the largest molecules among
     those covering its elements, up to its ``size_limit``. Raises :class:`MoleculeError` with
-    every candidate's reason when none fits."""
+    every candidate's reason when none fits, naming the molecule by ``label`` (a string, or a
+    function making one, called only then) or else its SMILES."""
     for model in candidates:
         if coverage_problem(mol, model, limit=model.max_atoms) is None:
             return model
@@ -152,6 +153,7 @@ def choose_model(mol: Chem.Mol, candidates: Sequence[LoadedModel], label: str = 
         if coverage_problem(mol, model) is None:
             return model
     reasons = [coverage_problem(mol, m) for m in candidates]
+    label = label() if callable(label) else label
     raise MoleculeError(label or Chem.MolToSmiles(mol), "; ".join(reasons) if len(reasons) == 1
                         else f"no model covers it: {'; '.join(reasons)}")
 
@@ -170,35 +172,40 @@ def parse_input(item) -> Chem.Mol:
 
     Raises :class:`MoleculeError` naming the input and the reason.
     """
-    label = _describe(item)
+
+    def refuse(reason: str) -> MoleculeError:
+        # the label is made only for a refusal: for a Mol without a name it is a SMILES,
+        # which would cost a tenth of a millisecond on every good molecule
+        return MoleculeError(_describe(item), reason)
+
     if item is None:
-        raise MoleculeError(label, "no molecule (None)")
+        raise refuse("no molecule (None)")
     if isinstance(item, str):
         if not item.strip():
-            raise MoleculeError(label, "empty input")
+            raise refuse("empty input")
         mol = _rd.mol_from_smiles_quietly(item.strip())
         if mol is None:
-            raise MoleculeError(label, "invalid SMILES")
+            raise refuse("invalid SMILES")
     elif isinstance(item, Chem.Mol):
         mol = Chem.Mol(item)
         try:
             Chem.SanitizeMol(mol)
         except Exception as err:
-            raise MoleculeError(label, f"RDKit cannot sanitise it ({err})") from None
+            raise refuse(f"RDKit cannot sanitise it ({err})") from None
     else:
-        raise MoleculeError(label, "expected a SMILES string or an RDKit Mol")
+        raise refuse("expected a SMILES string or an RDKit Mol")
     if mol.GetNumAtoms() == 0:
-        raise MoleculeError(label, "no atoms")
+        raise refuse("no atoms")
     n_frag = len(Chem.GetMolFrags(mol))
     if n_frag > 1:
-        raise MoleculeError(label, f"{n_frag} disconnected fragments (a salt or mixture?): "
-                                   "predict one molecule at a time, e.g. keep the largest fragment")
+        raise refuse(f"{n_frag} disconnected fragments (a salt or mixture?): "
+                     "predict one molecule at a time, e.g. keep the largest fragment")
     radicals = sum(a.GetNumRadicalElectrons() for a in _rd.atoms(mol))  # Descriptors' version: 2.5× slower
     if radicals:
-        raise MoleculeError(label, f"radical ({radicals} unpaired electrons): the model covers closed-shell molecules")
+        raise refuse(f"radical ({radicals} unpaired electrons): the model covers closed-shell molecules")
     charge = Chem.GetFormalCharge(mol)
     if charge:
-        raise MoleculeError(label, f"net charge {charge:+d}: the model was trained on neutral molecules")
+        raise refuse(f"net charge {charge:+d}: the model was trained on neutral molecules")
     mol = Chem.AddHs(mol, addCoords=False)
     mol.RemoveAllConformers()
     return mol
@@ -355,7 +362,7 @@ def predict(
     for i, item in enumerate(items):
         try:
             mol = parse_input(item)
-            chosen[i] = choose_model(mol, candidates, _describe(item))
+            chosen[i] = choose_model(mol, candidates, functools.partial(_describe, item))
         except MoleculeError as err:
             report.failures.append(Failure(i, err.molecule, err.reason))
             continue
@@ -460,7 +467,7 @@ class _BatchState:
         network = loaded.network.eval()
         report = PredictionReport(model=loaded.name, precision=self.precision)
         with torch.inference_mode(), _autocast(self.precision):
-            batch = collate_dense([graph_to_data(featurize(self.prepared[i]), network.pe_dim) for i in idx])
+            batch = collate_graphs([featurize(self.prepared[i]) for i in idx], network.pe_dim)
             pos = network(batch)[K.POS_PRED].double().numpy()  # (B, N, 3), float32 output layer
         mols: dict[int, Chem.Mol | bytes] = {}
         for b, i in enumerate(idx):

@@ -42,13 +42,16 @@ def specifies_stereo(mol: Chem.Mol) -> bool:
     Cheap: lets :func:`graph_stereo_labels` skip CIP labelling, the costliest step of a
     prediction for small molecules, when there is nothing to label.
     """
-    if any(a.GetChiralTag() in _SPECIFIED_CHIRAL for a in _rd.atoms(mol)):
-        return True
-    for bond in _rd.bonds(mol):
-        # directions count too: a Mol built by hand may not have had them turned into stereo yet
-        if bond.GetStereo() in _SPECIFIED_BOND or bond.GetBondDir() in _DIRECTED:
-            return True
-    return False
+    tagged, bond_stereo = _stereo_candidates(mol)
+    return bool(tagged) or bond_stereo
+
+
+def _stereo_candidates(mol: Chem.Mol) -> tuple[list[int], bool]:
+    """Atoms with a tetrahedral chiral tag, and whether any bond has specified stereo or a
+    direction (a Mol built by hand may not have had directions turned into stereo yet)."""
+    tagged = [a.GetIdx() for a in _rd.atoms(mol) if a.GetChiralTag() in _SPECIFIED_CHIRAL]
+    bond_stereo = any(b.GetStereo() in _SPECIFIED_BOND or b.GetBondDir() in _DIRECTED for b in _rd.bonds(mol))
+    return tagged, bond_stereo
 
 
 def graph_stereo_labels(mol: Chem.Mol) -> dict[str, str]:
@@ -61,15 +64,17 @@ def _cip_labels(mol: Chem.Mol) -> dict[str, str]:
     return _perceived(mol)[1]
 
 
-def _perceived(mol: Chem.Mol) -> tuple[Chem.Mol, dict[str, str]]:
+def _perceived(mol: Chem.Mol, labels: bool = True) -> tuple[Chem.Mol, dict[str, str]]:
     """A copy of ``mol`` with legacy stereo perception (tags cleaned, double-bond stereo atoms
-    set) and the CIP labels of its graph."""
+    set) and CIP labels (``_CIPCode``), and, with ``labels``, those labels as a dict."""
     m = Chem.Mol(mol)
     Chem.AssignStereochemistry(m, cleanIt=True, force=True)
     try:
         rdCIPLabeler.AssignCIPLabels(m)
     except RuntimeError:
         pass  # keep legacy labels from AssignStereochemistry
+    if not labels:
+        return m, {}
     labels = {f"atom {a.GetIdx()}": a.GetProp("_CIPCode") for a in _rd.atoms(m) if a.HasProp("_CIPCode")}
     for b in _rd.bonds(m):
         if b.HasProp("_CIPCode"):
@@ -150,13 +155,20 @@ def stereo_spec(mol: Chem.Mol) -> StereoSpec:
     """What ``mol``'s graph specifies: the stereo elements its CIP labels name (as
     :func:`graph_stereo_labels`; so a tag on an atom that is no stereocentre asks for
     nothing), with the parity of their chiral tags and double-bond stereo; empty for a graph
-    without stereo."""
+    without stereo.
+
+    Only the input's tagged atoms (perception removes tags, never adds them) and, when some
+    bond carries stereo, the bonds are inspected: a prediction runs this once per molecule,
+    and a Python call per atom and bond is most of its cost. ``tests/test_stereo.py`` checks
+    it against the plain reading of :func:`graph_stereo_labels`.
+    """
     centres, neighbours, signs, bonds, cis = [], [], [], [], []
-    if specifies_stereo(mol):
-        m, labels = _perceived(mol)
-        for atom in _rd.atoms(m):
-            c = atom.GetIdx()
-            if f"atom {c}" not in labels or atom.GetChiralTag() not in _SPECIFIED_CHIRAL:
+    tagged, bond_stereo = _stereo_candidates(mol)
+    if tagged or bond_stereo:
+        m, _ = _perceived(mol, labels=False)
+        for c in tagged:
+            atom = m.GetAtomWithIdx(c)
+            if not atom.HasProp("_CIPCode") or atom.GetChiralTag() not in _SPECIFIED_CHIRAL:
                 continue
             nbrs = [b.GetOtherAtomIdx(c) for b in atom.GetBonds()]
             if len(nbrs) not in (3, 4):
@@ -164,13 +176,17 @@ def stereo_spec(mol: Chem.Mol) -> StereoSpec:
             centres.append(c)
             neighbours.append(nbrs[:3])
             signs.append(1.0 if atom.GetChiralTag() == Chem.ChiralType.CHI_TETRAHEDRAL_CCW else -1.0)
-        for bond in _rd.bonds(m):
-            i, j = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
-            ref = list(bond.GetStereoAtoms())
-            if f"bond {min(i, j)}-{max(i, j)}" not in labels or bond.GetStereo() not in _SPECIFIED_BOND or len(ref) != 2:
+        for bond in _rd.bonds(m) if bond_stereo else ():
+            stereo = bond.GetStereo()
+            if stereo not in _SPECIFIED_BOND:
                 continue
-            bonds.append([ref[0], i, j, ref[1]])
-            cis.append(bond.GetStereo() in _CIS)
+            # labelled as graph_stereo_labels labels: a CIP code, or legacy E/Z
+            labelled = bond.HasProp("_CIPCode") or stereo in (Chem.BondStereo.STEREOE, Chem.BondStereo.STEREOZ)
+            ref = list(bond.GetStereoAtoms())
+            if not labelled or len(ref) != 2:
+                continue
+            bonds.append([ref[0], bond.GetBeginAtomIdx(), bond.GetEndAtomIdx(), ref[1]])
+            cis.append(stereo in _CIS)
     return StereoSpec(np.array(centres, dtype=np.int64), np.array(neighbours, dtype=np.int64).reshape(-1, 3),
                       np.array(signs), np.array(bonds, dtype=np.int64).reshape(-1, 4), np.array(cis, dtype=bool),
                       source=mol)
@@ -228,9 +244,7 @@ def _rotate(pos: np.ndarray, atoms: set[int], origin: np.ndarray, axis: np.ndarr
 
 
 def _set_positions(mol: Chem.Mol, pos: np.ndarray) -> None:
-    conf = mol.GetConformer()
-    for i, p in enumerate(pos):
-        conf.SetAtomPosition(i, p.tolist())
+    mol.GetConformer().SetPositions(np.ascontiguousarray(pos, dtype=np.float64))
 
 
 def _swap_substituents(mol: Chem.Mol, centre: int) -> bool:

@@ -155,3 +155,47 @@ def test_geometric_check_agrees_with_cip_on_random_geometries():
             judged += bool(labels)
             wrong += bool(slow)
     assert judged > 100 and 0.2 * judged < wrong < 0.9 * judged  # both outcomes well represented
+
+
+def _plain_stereo_spec(mol):
+    """The obvious reading of stereo_spec's rule: every atom and bond of the perceived graph
+    that graph_stereo_labels names and that carries a usable tag or bond stereo."""
+    from molconf.stereo import _SPECIFIED_BOND, _SPECIFIED_CHIRAL, _perceived
+
+    m, labels = _perceived(mol)
+    centres, bonds = [], []
+    for atom in m.GetAtoms():
+        c = atom.GetIdx()
+        nbrs = [b.GetOtherAtomIdx(c) for b in atom.GetBonds()]
+        if f"atom {c}" in labels and atom.GetChiralTag() in _SPECIFIED_CHIRAL and len(nbrs) in (3, 4):
+            centres.append((c, tuple(nbrs[:3]), atom.GetChiralTag() == Chem.ChiralType.CHI_TETRAHEDRAL_CCW))
+    for bond in m.GetBonds():
+        i, j = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
+        ref = list(bond.GetStereoAtoms())
+        if f"bond {min(i, j)}-{max(i, j)}" in labels and bond.GetStereo() in _SPECIFIED_BOND and len(ref) == 2:
+            bonds.append(((ref[0], i, j, ref[1]), bond.GetStereo() in (Chem.BondStereo.STEREOZ, Chem.BondStereo.STEREOCIS)))
+    return centres, bonds
+
+
+def _spec_as_lists(spec):
+    centres = [(c, tuple(n), s > 0) for c, n, s in zip(spec.centres.tolist(), spec.neighbours.tolist(), spec.signs.tolist())]
+    bonds = [(tuple(b), c) for b, c in zip(spec.bonds.tolist(), spec.cis.tolist())]
+    return centres, bonds
+
+
+def test_stereo_spec_matches_the_plain_rule_on_smiles_and_qm9(qm9_small):
+    """stereo_spec inspects only tagged atoms (and bonds when some bond has stereo): the same
+    elements, neighbours, parities and cis/trans as reading every atom and bond."""
+    from molconf.stereo import stereo_spec
+
+    graphs = [Chem.AddHs(Chem.MolFromSmiles(s)) for s in RANDOM_SMILES + ["C/C=C/C=C/C", "C[C@H](F)/C=C/[C@@H](Cl)C"]]
+    for row in range(len(qm9_small)):
+        g = qm9_small.mol(row)
+        g.RemoveAllConformers()
+        graphs.append(g)
+    nonempty = 0
+    for g in graphs:
+        spec = stereo_spec(g)
+        assert _spec_as_lists(spec) == _plain_stereo_spec(g), Chem.MolToSmiles(g)
+        nonempty += len(spec) > 0
+    assert nonempty > 20

@@ -9,6 +9,7 @@ from molconf.data.dataset import (
     ConformerDataset,
     SizeAwareBatchSampler,
     collate_dense,
+    collate_graphs,
     graph_to_data,
 )
 from molconf.data.features import featurize
@@ -19,7 +20,7 @@ from molconf.errors import MoleculeError
 
 def batch_from_mols(mols: list[Chem.Mol], pe_dim: int = 32) -> dict:
     """Dense batch from RDKit ``Mol``s with explicit H (coordinates if they have conformers)."""
-    return collate_dense([graph_to_data(featurize(m), pe_dim) for m in mols])
+    return collate_graphs([featurize(m) for m in mols], pe_dim)
 
 
 def batch_from_smiles(smiles: list[str], pe_dim: int = 32) -> dict:
@@ -40,6 +41,7 @@ __all__ = [
     "batch_from_mols",
     "batch_from_smiles",
     "collate_dense",
+    "collate_graphs",
     "default_cache_dir",
     "featurize",
     "graph_to_data",

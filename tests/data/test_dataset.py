@@ -27,6 +27,37 @@ def test_collate_dense_matches_molecules(qm9_small):
         assert batch[K.MOL_INDEX][b] == qm9_small.mol_ids[b]
 
 
+
+def _assert_same_batch(fast, slow):
+    assert fast.keys() == slow.keys()
+    for key in slow:
+        assert fast[key].dtype == slow[key].dtype and fast[key].shape == slow[key].shape, key
+        assert torch.equal(fast[key], slow[key]), key
+
+
+@pytest.mark.parametrize("pe_dim", [4, 16, 32])
+def test_collate_graphs_equals_the_pyg_route_on_qm9(qm9_small, pe_dim):
+    """Prediction's direct padding gives collate_dense's tensors exactly (PE cut and zero-padded)."""
+    from molconf.data.dataset import collate_graphs, graph_to_data
+
+    graphs = [qm9_small.graph(r) for r in range(len(qm9_small))]
+    _assert_same_batch(collate_graphs(graphs, pe_dim), collate_dense([graph_to_data(g, pe_dim) for g in graphs]))
+
+
+def test_collate_graphs_equals_the_pyg_route_on_random_molecules():
+    """Mixed sizes, no conformers (zeros), one atom with no bonds, and a mixed-size batch."""
+    from rdkit import Chem
+
+    from molconf.data.dataset import collate_graphs, graph_to_data
+    from molconf.data.features import featurize
+
+    smiles = ["C", "[HH]", "O=C=O", "CC(C)(C)c1ccc(O)cc1", "C1CC2CCC1C2", "N#CC(=O)N", "[Ne]"]
+    rng = np.random.default_rng(0)
+    graphs = [featurize(Chem.AddHs(Chem.MolFromSmiles(smiles[i]))) for i in rng.integers(0, len(smiles), 12)]
+    assert any(g.pos is None for g in graphs)
+    _assert_same_batch(collate_graphs(graphs, 8), collate_dense([graph_to_data(g, 8) for g in graphs]))
+
+
 def _sizes(n=1000, seed=0):
     return np.random.default_rng(seed).integers(3, 30, size=n)
 
