@@ -78,6 +78,8 @@ def main(argv=None) -> None:
     p.add_argument("--all", action="store_true", help="the whole test split")
     p.add_argument("--threads", type=int, default=2, help="torch threads of the one-process run")
     p.add_argument("--workers", type=int, default=2, help="worker processes of predict(workers=...) (default 2)")
+    p.add_argument("--model", default="default",
+                   help="a shipped model's name or a weights file (default: the default QM9 model)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
 
@@ -94,7 +96,7 @@ def main(argv=None) -> None:
         inputs.append(m)
 
     table = []
-    model = molconf.predict.resolve_model("default")  # loaded once, outside the timing
+    model = molconf.predict.resolve_model(args.model)  # loaded once, outside the timing
     runs = [  # (precision, workers, label); the first is the headline: the ratios refer to it
         ("auto", args.workers, f"{args.workers} worker processes"),
         ("auto", 1, f"1 process, {args.threads} threads: the default call"),
@@ -121,7 +123,8 @@ def main(argv=None) -> None:
     ours = table[0]["mol_per_s"]
     lines = [
         f"# molconf.predict vs RDKit on {len(refs)} QM9 test molecules (one run)", "",
-        f"Command: `nice python benchmarks/predict_speed.py{' --all' if args.all else ''}` "
+        f"Command: `nice python benchmarks/predict_speed.py{' --all' if args.all else f' --n {args.n}'}"
+        f"{'' if args.model == 'default' else f' --model {args.model}'}` "
         f"({'whole test split' if args.all else f'seeded sample, seed {SEED}'}); torch {torch.__version__}; "
         f"load average after the run {os.getloadavg()[0]:.2f} (2 cores); CPU: {cpu_name()}, "
         f"{'native' if molconf.predict.native_bf16() else 'no native'} bfloat16. Throughput = molecules / wall-clock "
