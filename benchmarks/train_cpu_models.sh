@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MOLCONF=${MOLCONF:-.venv/bin/molconf}
 RUNS=${RUNS:-runs}
-for name in ${MODELS:-rebind_qm9_cpu gtmgc_qm9_cpu}; do
+for name in ${MODELS:-rebind_qm9_cpu gtmgc_qm9_cpu rebind_qm9_small_cpu}; do
   root="$RUNS/$name"
   last="$root/checkpoints/last.ckpt"
   if [ -f "$root/FINISHED" ]; then echo "$name: finished earlier"; continue; fi

@@ -34,6 +34,7 @@ _SPECIFIED_CHIRAL = (Chem.ChiralType.CHI_TETRAHEDRAL_CW, Chem.ChiralType.CHI_TET
 _SPECIFIED_BOND = (Chem.BondStereo.STEREOE, Chem.BondStereo.STEREOZ,
                    Chem.BondStereo.STEREOCIS, Chem.BondStereo.STEREOTRANS)
 _DIRECTED = (Chem.BondDir.ENDUPRIGHT, Chem.BondDir.ENDDOWNRIGHT)
+_DOUBLE_BOND = Chem.MolFromSmarts("*=*")
 
 
 def specifies_stereo(mol: Chem.Mol) -> bool:
@@ -50,7 +51,10 @@ def _stereo_candidates(mol: Chem.Mol) -> tuple[list[int], bool]:
     """Atoms with a tetrahedral chiral tag, and whether any bond has specified stereo or a
     direction (a Mol built by hand may not have had directions turned into stereo yet)."""
     tagged = [a.GetIdx() for a in _rd.atoms(mol) if a.GetChiralTag() in _SPECIFIED_CHIRAL]
-    bond_stereo = any(b.GetStereo() in _SPECIFIED_BOND or b.GetBondDir() in _DIRECTED for b in _rd.bonds(mol))
+    # stereo and meaningful directions need a double bond: one substructure call spares the
+    # per-bond look-ups for the many molecules without one
+    bond_stereo = mol.HasSubstructMatch(_DOUBLE_BOND) and any(
+        b.GetStereo() in _SPECIFIED_BOND or b.GetBondDir() in _DIRECTED for b in _rd.bonds(mol))
     return tagged, bond_stereo
 
 
