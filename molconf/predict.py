@@ -29,7 +29,7 @@ from molconf.data.features import featurize
 from molconf.errors import MoleculeError
 from molconf.metrics import mol_with_coords
 from molconf.models import ConformerTransformer, load_model
-from molconf.stereo import StereoReport, enforce_stereo, stereo_spec
+from molconf.stereo import StereoReport, cip_mismatches, enforce_stereo, stereo_spec
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 # model="default" routes each molecule to the first of these (shipped) models whose training
@@ -418,20 +418,24 @@ def _finish(mol, coords, i, loaded, relax_with, fix_stereo, report) -> Chem.Mol:
     target = stereo_spec(mol) if fix_stereo else None
     if target:
         # repair before relaxing: one relaxation then both tidies what the repair moved and
-        # refines the geometry (relaxing first would need a second one after every repair)
-        report.stereo[i] = enforce_stereo(out, target)
+        # refines the geometry (relaxing first would need a second one after every repair);
+        # what is left is named by CIP only once the conformer stops moving
+        report.stereo[i] = enforce_stereo(out, target, name_remaining=relax_with is None)
     if relax_with is not None:
         note = relax(out, relax_with)
         if note:
             report.note(i, note)
         if target:
-            after = enforce_stereo(out, target)  # an optimiser can move a centre through planarity
+            # an optimiser can move a centre through planarity
+            after = enforce_stereo(out, target, name_remaining=False)
             if after.fixed_by:
                 note = relax(out, relax_with)
                 if note:
                     report.note(i, "after stereo repair: " + note)
-                after = StereoReport(len(target), after.fixed_by, enforce_stereo(out, target).remaining)
-            report.stereo[i] = StereoReport(len(target), report.stereo[i].fixed_by + after.fixed_by, after.remaining)
+                remaining = enforce_stereo(out, target).remaining
+            else:  # nothing moved since the check: name what it found by CIP
+                remaining = cip_mismatches(target, out) if after.remaining else []
+            report.stereo[i] = StereoReport(len(target), report.stereo[i].fixed_by + after.fixed_by, remaining)
     if target and report.stereo[i].remaining:
         report.note(i, "stereo not matched: " + "; ".join(report.stereo[i].remaining))
     # perceive the conformer's own stereo so the returned Mol's tags agree with its geometry

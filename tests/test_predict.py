@@ -153,6 +153,30 @@ def test_stereo_left_unfixable_is_reported():
     assert np.allclose(m.GetConformer().GetPositions(), pos)  # failed moves were undone
 
 
+
+def test_stereo_left_after_relaxing_is_named_by_cip(monkeypatch):
+    """With relaxation the leftover is named once, after the last move, and as without it
+    (CIP labels, not the parity check's bare keys)."""
+    import molconf.predict as P
+    import molconf.stereo as S
+
+    smiles = "C[C@H](O)[C@@H](N)[C@H](F)CC"
+    graph = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    m = _embedded(smiles)
+    assert _swap_substituents(m, 5)  # one of three centres inverted: no reflection is tried
+    coords = m.GetConformer().GetPositions()
+    monkeypatch.setattr(S, "_local_moves", lambda mol, key: iter(()))  # and nothing repairs it
+    monkeypatch.setattr(P, "relax", lambda mol, method, max_iters=2000: None)  # relaxing moves nothing
+    loaded = type("Loaded", (), {"name": "test"})()
+    named = {}
+    for relax_with in (None, "mmff"):
+        report = P.PredictionReport(model="test", precision="float32")
+        P._finish(graph, coords, 0, loaded, relax_with, True, report)
+        named[relax_with] = report.stereo[0].remaining
+        assert any("stereo not matched" in n for n in report.notes[0])
+    assert named[None] == named["mmff"] == S.cip_mismatches(stereo_spec(graph), m)
+    assert len(named[None]) == 1 and named[None][0].startswith("atom 5: ")
+
 def test_predict_repairs_stereo_of_chiral_input(tiny_model):
     mols, report = predict(["C[C@H](N)O", "C[C@@H](N)O"], model=tiny_model, return_report=True)
     # the report says, per molecule, whether the input's stereo is matched
