@@ -48,7 +48,7 @@ from molconf.models import ConformerTransformer, conformer_loss, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"ReBind": ROOT / "configs/rebind_qm9_cpu.yaml", "GTMGC": ROOT / "configs/gtmgc_qm9_cpu.yaml"}
-WEIGHTS = {"ReBind": ROOT / "molconf/weights/qm9_rebind.pt",
+WEIGHTS = {"ReBind": ROOT / "benchmarks/results/weights/rebind_qm9_cpu.pt",
            "GTMGC": ROOT / "benchmarks/results/weights/gtmgc_qm9_cpu.pt"}
 RESIDUES = (0, 1, 2, 3, 5, 7, 10, 13, 17)  # k -> N = 12 + 10 k: 12 ... 182 atoms
 QUICK_RESIDUES = (0, 3, 7)
