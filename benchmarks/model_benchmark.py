@@ -241,11 +241,15 @@ def moses_xtb_card(*, row, via_predict, weights, n_test, meta, model, spec, run,
 MOSES_XTB_SHIPPED = "gtmgc"
 
 
-def _moses_xtb_model(key: str, name: str) -> ModelSpec:
-    run = f"{key}_moses_xtb_cpu"
-    weights = (PACKAGE_WEIGHTS / f"moses_xtb_{key}.pt" if key == MOSES_XTB_SHIPPED
-               else RESULTS / "weights" / f"{run}.pt")
+def _model(name: str, run: str, shipped_as: str | None) -> ModelSpec:
+    """A trained model; its weights are ``molconf/weights/<shipped_as>.pt`` if it is the one
+    shipped in the package, else ``benchmarks/results/weights/<run>.pt``."""
+    weights = PACKAGE_WEIGHTS / f"{shipped_as}.pt" if shipped_as else RESULTS / "weights" / f"{run}.pt"
     return ModelSpec(name, run, weights)
+
+
+def _moses_xtb_model(key: str, name: str) -> ModelSpec:
+    return _model(name, f"{key}_moses_xtb_cpu", f"moses_xtb_{key}" if key == MOSES_XTB_SHIPPED else None)
 
 
 # Which QM9 model is molconf's default (molconf/weights/qm9_rebind.pt); the others' weights
@@ -256,8 +260,7 @@ QM9_SHIPPED = "rebind_small"
 
 
 def _qm9_model(key: str, name: str, run: str) -> ModelSpec:
-    weights = PACKAGE_WEIGHTS / "qm9_rebind.pt" if key == QM9_SHIPPED else RESULTS / "weights" / f"{run}.pt"
-    return ModelSpec(name, run, weights)
+    return _model(name, run, "qm9_rebind" if key == QM9_SHIPPED else None)
 
 
 SPECS: dict[str, DatasetSpec] = {
