@@ -81,13 +81,20 @@ def _perceived(mol: Chem.Mol, labels: bool = True) -> tuple[Chem.Mol, dict[str, 
         return m, {}
     labels = {f"atom {a.GetIdx()}": a.GetProp("_CIPCode") for a in _rd.atoms(m) if a.HasProp("_CIPCode")}
     for b in _rd.bonds(m):
-        if b.HasProp("_CIPCode"):
+        if (label := _bond_label(b)) is not None:
             i, j = sorted((b.GetBeginAtomIdx(), b.GetEndAtomIdx()))
-            labels[f"bond {i}-{j}"] = b.GetProp("_CIPCode")
-        elif b.GetStereo() in (Chem.BondStereo.STEREOE, Chem.BondStereo.STEREOZ):
-            i, j = sorted((b.GetBeginAtomIdx(), b.GetEndAtomIdx()))
-            labels[f"bond {i}-{j}"] = "E" if b.GetStereo() == Chem.BondStereo.STEREOE else "Z"
+            labels[f"bond {i}-{j}"] = label
     return m, labels
+
+
+def _bond_label(bond: Chem.Bond) -> str | None:
+    """A perceived bond's stereo label: its CIP code, else legacy E/Z, else None."""
+    if bond.HasProp("_CIPCode"):
+        return bond.GetProp("_CIPCode")
+    stereo = bond.GetStereo()
+    if stereo in (Chem.BondStereo.STEREOE, Chem.BondStereo.STEREOZ):
+        return "E" if stereo == Chem.BondStereo.STEREOE else "Z"
+    return None
 
 
 _CIS = (Chem.BondStereo.STEREOZ, Chem.BondStereo.STEREOCIS)
@@ -184,10 +191,8 @@ def stereo_spec(mol: Chem.Mol) -> StereoSpec:
             stereo = bond.GetStereo()
             if stereo not in _SPECIFIED_BOND:
                 continue
-            # labelled as graph_stereo_labels labels: a CIP code, or legacy E/Z
-            labelled = bond.HasProp("_CIPCode") or stereo in (Chem.BondStereo.STEREOE, Chem.BondStereo.STEREOZ)
             ref = list(bond.GetStereoAtoms())
-            if not labelled or len(ref) != 2:
+            if _bond_label(bond) is None or len(ref) != 2:
                 continue
             bonds.append([ref[0], bond.GetBeginAtomIdx(), bond.GetEndAtomIdx(), ref[1]])
             cis.append(stereo in _CIS)
