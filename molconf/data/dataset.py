@@ -67,7 +67,7 @@ def collate_graphs(graphs: list[GraphArrays], pe_dim: int) -> dict[str, torch.Te
     The same tensors as ``collate_dense([graph_to_data(g, pe_dim) for g in graphs])``
     (``tests/data/test_dataset.py`` compares them), without building a PyG ``Data`` per
     molecule: prediction batches are made once and never move between devices or processes
-    as ``Data``, and that detour took ~25× as long as this padding on QM9 test molecules.
+    as ``Data``, and for small molecules that detour costs more than the padding itself.
     ``mol_index`` is -1 for every molecule, as :func:`graph_to_data`'s default.
     """
     sizes = [g.num_atoms for g in graphs]
