@@ -85,9 +85,11 @@ class DatasetSpec:
     train_command: str  # how the runs were trained (tables, error messages)
     trained_on: str  # export metadata
     card: Callable[..., str]  # the shipped model's card text
-    # export metadata; None: computed from the training split (elements present, largest size with H)
+    # export metadata; None: computed from the training split (elements present, largest size
+    # with H and in heavy atoms)
     elements: tuple[int, ...] | None = None
     max_atoms: int | None = None
+    max_heavy_atoms: int | None = None
     published: tuple[tuple[str, float, float, float], ...] = ()  # (name, D-MAE, D-RMSE, C-RMSD), not ours
     time_column: bool = False  # also a "ms / mol" column
     notes: tuple[str, ...] = ()  # extra lines under the table's command line
@@ -117,10 +119,23 @@ def architecture(cfg: dict) -> str:
 
 
 # --- model cards ---------------------------------------------------------------------
+def size_line(max_atoms: int | None, max_heavy_atoms: int | None) -> str:
+    """The card's size sentence: the training data's largest molecule and predict's limits."""
+    if max_atoms is None:
+        return "not recorded in the weights' metadata."
+    if max_heavy_atoms is None:
+        return (f"trained on molecules of ≤ {max_atoms} atoms (with H); `predict` refuses molecules of "
+                f"more than {2 * max_atoms} atoms.")
+    return (f"trained on molecules of ≤ {max_atoms} atoms (with H) and ≤ {max_heavy_atoms} heavy atoms;\n"
+            f"  `predict` prefers a model whose training data covers both counts and refuses molecules of "
+            f"more than\n  {2 * max_atoms} atoms or {2 * max_heavy_atoms} heavy atoms.")
+
+
 def qm9_card(*, row, via_predict, weights, n_test, meta, model, spec, run, data_root) -> str:
     cfg = model.config
     max_atoms = meta.get("max_atoms", spec.max_atoms)
     elements = element_list(meta.get("elements", spec.elements))
+    size = size_line(max_atoms, meta.get("max_heavy_atoms", spec.max_heavy_atoms))
     return f"""# Model card: `{weights.stem}` (molconf's default model)
 
 - **Task**: one ground-state conformer per molecule from its 2D graph (explicit H).
@@ -140,8 +155,7 @@ def qm9_card(*, row, via_predict, weights, n_test, meta, model, spec, run, data_
   stereo consistency {via_predict['stereo_consistency']:.4f}, {via_predict['mol_per_s']:.0f} molecules/s on 2 CPU threads
   (network in {via_predict['precision']}: `precision="auto"` uses bfloat16 matrix products where the CPU has them in
   hardware, float32 elsewhere; `benchmarks/results/predict_speed.md` compares both).
-- **Supported elements**: {elements}. **Size**: trained on molecules of ≤ {max_atoms} atoms
-  (with H); `predict` refuses molecules of more than {2 * max_atoms} atoms.
+- **Supported elements**: {elements}. **Size**: {size}
 - **Out of scope**: charged molecules (net charge ≠ 0), radicals, multi-fragment inputs (salts); each is
   refused with a reason. Molecules much larger or chemically unlike QM9 (drug-sized) get low-quality geometries.
 """
@@ -189,8 +203,7 @@ def moses_xtb_card(*, row, via_predict, weights, n_test, meta, model, spec, run,
     start = f"fine-tuned from `{init_from}`" if init_from else "trained from random initialisation"
     hours = f"{(meta.get('train_seconds') or 0) / 3600:.2f} h of wall time on 2 CPU cores" + (
         " (this run only)" if init_from else "")
-    max_atoms = meta.get("max_atoms")
-    refuses = 2 * max_atoms if max_atoms else "?"
+    size = size_line(meta.get("max_atoms"), meta.get("max_heavy_atoms"))
     vp = via_predict
     return f"""# Model card: `{weights.stem}` (molconf's drug-like model)
 
@@ -223,8 +236,7 @@ def moses_xtb_card(*, row, via_predict, weights, n_test, meta, model, spec, run,
   stereo consistency {vp['stereo_consistency']:.4f}, {1000 / vp['mol_per_s']:.1f} ms per molecule
   ({vp['mol_per_s']:.0f} molecules/s) on 2 CPU threads (network in {vp['precision']}).
 - **Supported elements**: {element_list(meta.get('elements') or [])} (those in the training molecules).
-  **Size**: trained on molecules of ≤ {max_atoms} atoms (with H); `predict` refuses molecules of more than
-  {refuses} atoms.
+  **Size**: {size}
 - **Out of scope**: charged molecules (net charge ≠ 0), radicals, multi-fragment inputs (salts); each is
   refused with a reason, as are elements not listed above. MOSES keeps neutral lead-like molecules of
   250–350 Da with few rotatable bonds and no large rings (checked on the first 1,000 built molecules: all
@@ -274,7 +286,7 @@ SPECS: dict[str, DatasetSpec] = {
         shipped=QM9_SHIPPED, shipped_role="the default model", predict_label="default model",
         train_command="bash benchmarks/train_cpu_models.sh",
         trained_on="QM9 train split (datasets/qm9/split_train.npy)",
-        card=qm9_card, elements=(1, 6, 7, 8, 9), max_atoms=29,
+        card=qm9_card, elements=(1, 6, 7, 8, 9), max_atoms=29, max_heavy_atoms=9,
         published=(  # DESIGN §3: published QM9 test numbers (D-MAE, D-RMSE, C-RMSD), not ours
             ("GINE", 0.357, 0.669, 0.693), ("GATv2", 0.339, 0.659, 0.666), ("GPS", 0.326, 0.640, 0.666),
             ("GTMGC", 0.264, 0.470, 0.367), ("WGFormer", 0.227, 0.422, 0.206),
@@ -307,12 +319,16 @@ def final_checkpoint(run: Path, train_command: str = "bash benchmarks/train_cpu_
     return last
 
 
-def train_coverage(store, rows) -> tuple[list[int], int]:
-    """Elements present in the given molecules and their largest atom count (with H)."""
+def train_coverage(store, rows) -> tuple[list[int], int, int]:
+    """Elements present in the given molecules, their largest atom count (with H) and largest
+    heavy-atom count."""
     elements: set[int] = set()
+    max_heavy = 0
     for r in rows.tolist():
-        elements.update(np.unique(store.graph(r).atomic_numbers).tolist())
-    return sorted(elements), int(store.num_atoms[rows].max(initial=0))
+        z = store.graph(r).atomic_numbers
+        elements.update(np.unique(z).tolist())
+        max_heavy = max(max_heavy, int(np.count_nonzero(z > 1)))
+    return sorted(elements), int(store.num_atoms[rows].max(initial=0)), max_heavy
 
 
 def init_from_of(ckpt: Path) -> str | None:
@@ -444,20 +460,20 @@ def size_plot(per_mol, out: Path, title: str):
 
 def export(spec: DatasetSpec, models: dict[str, ModelSpec], runs: Path, store, train_rows) -> None:
     """Each training run's final checkpoint → its weights file (float16, with metadata)."""
-    if spec.elements is None or spec.max_atoms is None:
-        elements, max_atoms = train_coverage(store, train_rows)
+    if spec.elements is None or spec.max_atoms is None or spec.max_heavy_atoms is None:
+        elements, max_atoms, max_heavy_atoms = train_coverage(store, train_rows)
     else:
-        elements, max_atoms = list(spec.elements), spec.max_atoms
+        elements, max_atoms, max_heavy_atoms = list(spec.elements), spec.max_atoms, spec.max_heavy_atoms
     for m in models.values():
         ckpt = final_checkpoint(runs / m.run, spec.train_command)
         model, meta = load_model(ckpt)
-        meta.update(name=m.weights.stem, elements=elements, max_atoms=max_atoms,
+        meta.update(name=m.weights.stem, elements=elements, max_atoms=max_atoms, max_heavy_atoms=max_heavy_atoms,
                     trained_on=spec.trained_on, checkpoint=ckpt.name)
         if (init_from := init_from_of(ckpt)) is not None:
             meta["init_from"] = init_from
         save_model(model, m.weights, meta, half=True)
         print(f"exported {m.name} ({ckpt}) -> {m.weights} ({m.weights.stat().st_size / 1e6:.1f} MB); "
-              f"elements {element_list(elements)}, max_atoms {max_atoms}")
+              f"elements {element_list(elements)}, max_atoms {max_atoms}, max_heavy_atoms {max_heavy_atoms}")
 
 
 def parse_weights(items: list[str], known) -> dict[str, Path]:

@@ -49,11 +49,26 @@ class LoadedModel:
     elements: tuple[int, ...]  # atomic numbers it was trained on
     max_atoms: int  # largest molecule (with H) in its training data
     meta: dict = field(default_factory=dict)
+    # largest heavy-atom count in its training data (None: not recorded). Atoms with H alone
+    # would let a 19-heavy-atom molecule with few H pass as "QM9-sized" (≤ 29 atoms)
+    max_heavy_atoms: int | None = None
 
     @property
     def size_limit(self) -> int:
         """Largest molecule accepted: twice the training maximum (beyond that, refused)."""
         return 2 * self.max_atoms
+
+    @property
+    def heavy_limit(self) -> int | None:
+        """Largest heavy-atom count accepted: twice the training maximum (None: no limit)."""
+        return None if self.max_heavy_atoms is None else 2 * self.max_heavy_atoms
+
+    @classmethod
+    def from_meta(cls, name: str, network: ConformerTransformer, meta: dict) -> LoadedModel:
+        """A model from its weights' metadata (what its card says it covers)."""
+        heavy = meta.get("max_heavy_atoms")
+        return cls(meta.get("name", name), network, tuple(meta.get("elements", range(1, 119))),
+                   int(meta.get("max_atoms", 10_000)), meta, None if heavy is None else int(heavy))
 
 
 @dataclass
@@ -102,8 +117,7 @@ def resolve_model(model: str | Path | ConformerTransformer | LoadedModel = "defa
             f"model {model!r}: no such file and not a shipped model (shipped: {available_models()})"
         )
     network, meta = load_model(path)
-    elements = tuple(meta.get("elements", range(1, 119)))
-    return LoadedModel(meta.get("name", path.stem), network, elements, int(meta.get("max_atoms", 10_000)), meta)
+    return LoadedModel.from_meta(path.stem, network, meta)
 
 
 def resolve_models(model="default") -> list[LoadedModel]:
@@ -124,30 +138,38 @@ def resolve_models(model="default") -> list[LoadedModel]:
     return [resolve_model(model)]
 
 
-def coverage_problem(mol: Chem.Mol, model: LoadedModel, limit: int | None = None) -> str | None:
+def coverage_problem(mol: Chem.Mol, model: LoadedModel, within_training: bool = False) -> str | None:
     """Why ``model`` cannot predict ``mol`` (explicit H), or None if it can.
 
-    ``limit`` is the largest size accepted (default: the model's ``size_limit``)."""
+    Sizes are checked against the model's refusal limits (twice its training data's largest
+    molecule, in atoms with H and in heavy atoms), or, with ``within_training``, against the
+    training data's largest molecule itself."""
     unsupported = sorted({a.GetAtomicNum() for a in _rd.atoms(mol)} - set(model.elements))
     if unsupported:
         names = ", ".join(_PERIODIC.GetElementSymbol(z) for z in unsupported)
         known = ", ".join(_PERIODIC.GetElementSymbol(z) for z in model.elements)
         return f"element(s) {names} not supported by model '{model.name}' (supports {known})"
-    limit = model.size_limit if limit is None else limit
-    if mol.GetNumAtoms() > limit:
-        return (f"{mol.GetNumAtoms()} atoms (with H) is far beyond model '{model.name}' "
-                f"(trained on ≤ {model.max_atoms}; refuses > {model.size_limit})")
+    n = mol.GetNumAtoms()
+    if n > (model.max_atoms if within_training else model.size_limit):
+        return (f"{n} atoms (with H) is {'beyond' if within_training else 'far beyond'} model "
+                f"'{model.name}' (trained on ≤ {model.max_atoms}; refuses > {model.size_limit})")
+    if model.max_heavy_atoms is not None:
+        heavy = mol.GetNumHeavyAtoms()
+        if heavy > (model.max_heavy_atoms if within_training else model.heavy_limit):
+            return (f"{heavy} heavy atoms is {'beyond' if within_training else 'far beyond'} model "
+                    f"'{model.name}' (trained on ≤ {model.max_heavy_atoms}; refuses > {model.heavy_limit})")
     return None
 
 
 def choose_model(mol: Chem.Mol, candidates: Sequence[LoadedModel], label: str | Callable[[], str] = "") -> LoadedModel:
     """The model that predicts ``mol`` (explicit H): the first candidate whose training data
-    covers its elements and size; else the candidate trained on the largest molecules among
-    those covering its elements, up to its ``size_limit``. Raises :class:`MoleculeError` with
+    covers its elements and size (atoms with H and, where recorded, heavy atoms); else the
+    candidate trained on the largest molecules among those covering its elements, up to its
+    refusal limits (``size_limit``, ``heavy_limit``). Raises :class:`MoleculeError` with
     every candidate's reason when none fits, naming the molecule by ``label`` (a string, or a
     function making one, called only then) or else its SMILES."""
     for model in candidates:
-        if coverage_problem(mol, model, limit=model.max_atoms) is None:
+        if coverage_problem(mol, model, within_training=True) is None:
             return model
     for model in sorted(candidates, key=lambda m: -m.max_atoms):
         if coverage_problem(mol, model) is None:
@@ -366,9 +388,8 @@ def predict(
         except MoleculeError as err:
             report.failures.append(Failure(i, err.molecule, err.reason))
             continue
-        if mol.GetNumAtoms() > chosen[i].max_atoms:
-            report.note(i, f"{mol.GetNumAtoms()} atoms is beyond model '{chosen[i].name}''s training data "
-                           f"(≤ {chosen[i].max_atoms} atoms): expect a rougher geometry")
+        if (beyond := coverage_problem(mol, chosen[i], within_training=True)) is not None:
+            report.note(i, f"{beyond}: expect a rougher geometry")
         key = Chem.MolToSmiles(mol)
         if key in first_seen:
             report.note(i, f"duplicate of input #{first_seen[key]} (same prediction)")

@@ -13,22 +13,27 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 
 from molconf.models import ConformerTransformer, load_model, save_model
-from molconf.predict import choose_model, predict, resolve_model, resolve_models, to_ase, write_sdf, write_xyz
+from molconf.predict import choose_model, coverage_problem, predict, resolve_model, resolve_models, to_ase, write_sdf, write_xyz
 from molconf.stereo import (StereoSpec, _flip_double_bond, _swap_substituents, enforce_stereo, graph_stereo_labels,
                             stereo_spec)
 
 
-def _save_tiny(folder, name: str, relation: str, seed: int, elements: list[int], max_atoms: int):
+def _save_tiny(folder, name: str, relation: str, seed: int, elements: list[int], max_atoms: int,
+               max_heavy_atoms: int | None = None):
     """An untrained one-layer network saved with a model card's coverage (elements, size)."""
     torch.manual_seed(seed)
     net = ConformerTransformer(relation, d_model=32, n_heads=4, ffn_dim=64, n_encoder_layers=1,
                                n_decoder_layers=1, pe_dim=16)
-    return save_model(net, folder / f"{name}.pt", {"name": name, "elements": elements, "max_atoms": max_atoms})
+    meta = {"name": name, "elements": elements, "max_atoms": max_atoms}
+    if max_heavy_atoms is not None:
+        meta["max_heavy_atoms"] = max_heavy_atoms
+    return save_model(net, folder / f"{name}.pt", meta)
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    return _save_tiny(tmp_path_factory.mktemp("model"), "tiny", "rebind", 0, [1, 6, 7, 8, 9], 29)
+    """Stands in for the QM9 model: ≤ 29 atoms with H, ≤ 9 heavy atoms."""
+    return _save_tiny(tmp_path_factory.mktemp("model"), "tiny", "rebind", 0, [1, 6, 7, 8, 9], 29, 9)
 
 
 def _quiet_predict(*args, **kw):
@@ -391,7 +396,40 @@ def test_each_molecule_goes_to_the_model_covering_it(tiny_model, drug_like_model
     big = Chem.AddHs(Chem.MolFromSmiles("C" * 40))  # 122 atoms: > 80, ≤ 160
     assert choose_model(big, [small, drugs]).name == "drugs"
     mols, report = _quiet_predict(["C" * 40], model=[tiny_model, drug_like_model], return_report=True)
-    assert mols[0] is not None and "beyond model 'drugs''s training data" in report.notes[0][0]
+    assert mols[0] is not None
+    assert report.notes[0][0] == ("122 atoms (with H) is beyond model 'drugs' (trained on ≤ 80; refuses > 160): "
+                                  "expect a rougher geometry")
+
+
+def test_routing_counts_heavy_atoms_too(tiny_model, drug_like_model):
+    """Few H can make a large molecule QM9-sized in atoms with H: naphthalene has 18 atoms
+    (≤ 29) but 10 heavy atoms (> 9), so it goes to the model trained on larger molecules."""
+    small, drugs = resolve_models([tiny_model, drug_like_model])
+    assert (small.max_heavy_atoms, small.heavy_limit) == (9, 18)
+    assert drugs.max_heavy_atoms is None and drugs.heavy_limit is None  # not recorded: not checked
+    naphthalene = Chem.AddHs(Chem.MolFromSmiles("c1ccc2ccccc2c1"))
+    assert naphthalene.GetNumAtoms() <= small.max_atoms
+    assert choose_model(naphthalene, [small, drugs]).name == "drugs"
+    assert coverage_problem(naphthalene, small, within_training=True) == (
+        "10 heavy atoms is beyond model 'tiny' (trained on ≤ 9; refuses > 18)")
+    assert coverage_problem(naphthalene, small) is None  # within the refusal limit
+    # the small model alone: 14 heavy atoms (24 with H) is predicted with a note, 22 (36) is refused
+    anthracene, pentacene = "c1ccc2cc3ccccc3cc2c1", "c1ccc2cc3cc4cc5ccccc5cc4cc3cc2c1"
+    mols, report = _quiet_predict([anthracene, pentacene], model=tiny_model, return_report=True)
+    assert mols[0] is not None and report.notes[0] == [
+        "14 heavy atoms is beyond model 'tiny' (trained on ≤ 9; refuses > 18): expect a rougher geometry"]
+    assert mols[1] is None
+    assert report.failures[0].reason == "22 heavy atoms is far beyond model 'tiny' (trained on ≤ 9; refuses > 18)"
+
+
+def test_shipped_models_record_heavy_atom_coverage():
+    """The shipped weights carry both size counts, so a drug-sized molecule with few H (benzanilide:
+    26 atoms with H, 15 heavy) goes to the drug-like model, not to the QM9 one (≤ 9 heavy atoms)."""
+    qm9, drugs = resolve_models("default")
+    assert (qm9.name, qm9.max_atoms, qm9.max_heavy_atoms) == ("qm9_rebind", 29, 9)
+    assert drugs.name == "moses_xtb_gtmgc" and drugs.max_heavy_atoms >= 20
+    _, report = predict(["O=C(Nc1ccccc1)c1ccccc1", "CC(=O)NC"], return_report=True)
+    assert report.models == {0: "moses_xtb_gtmgc", 1: "qm9_rebind"}
 
 
 def test_default_routes_by_shipped_models(monkeypatch, tmp_path, tiny_model, drug_like_model):
