@@ -26,7 +26,7 @@ from molconf.diffusion.model import EquivariantDenoiser
 from molconf.diffusion.sampling import LJGuidance, ddim_sample, ks_sample
 from molconf.errors import MoleculeError
 from molconf.metrics import mol_with_coords
-from molconf.predict import Failure, _describe, prepare
+from molconf.predict import Failure, LoadedModel, _describe, prepare
 from molconf.stereo import enforce_stereo, stereo_spec
 
 SAMPLERS = ("auto", "ddim", "ks")
@@ -35,18 +35,13 @@ NO_DEFAULT_MODEL = ("no default diffusion model ships with molconf yet: pass mod
 
 
 @dataclass
-class LoadedDenoiser:
-    """A denoiser plus what its training data covered (duck-types ``predict.LoadedModel`` for ``prepare``)."""
+class LoadedDenoiser(LoadedModel):
+    """A denoiser plus what its training data covered: a ``predict.LoadedModel``, so ``prepare``
+    checks inputs against it exactly as for the conformer models."""
 
-    name: str
     network: EquivariantDenoiser
     elements: tuple[int, ...] = tuple(range(1, 119))
     max_atoms: int = 10_000
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def size_limit(self) -> int:
-        return 2 * self.max_atoms
 
 
 def resolve_denoiser(model) -> LoadedDenoiser:
@@ -65,8 +60,7 @@ def resolve_denoiser(model) -> LoadedDenoiser:
         if not path.is_file():
             raise FileNotFoundError(f"denoiser {str(model)!r}: no such file. {NO_DEFAULT_MODEL}")
         network, meta = load_denoiser(path)
-        return LoadedDenoiser(meta.get("name", path.stem), network, tuple(meta.get("elements", range(1, 119))),
-                              int(meta.get("max_atoms", 10_000)), meta)
+        return LoadedDenoiser.from_meta(path.stem, network, meta)
     raise TypeError(f"model must be a path or an EquivariantDenoiser, got {type(model).__name__}")
 
 
