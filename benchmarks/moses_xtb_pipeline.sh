@@ -2,27 +2,46 @@
 # From a MOSES GFN2-xTB build (molconf build-xtb) to the drug-like models and their tables:
 #   merge → cache → RDKit baselines → train ReBind and GTMGC (fine-tuned from QM9) → export +
 #   test-split table + model card → GFN2-xTB relaxation benchmark.
-# Each step is skipped when its output exists (training resumes from last.ckpt), so rerun
-# after a kill. Long: run in the background at low priority, e.g.
+# Each step is skipped when its output exists for the data set as it is now (training resumes
+# from last.ckpt), so rerun after a kill. Long: run in the background at low priority, e.g.
 #   PARTIAL=1 BUILD=~/molconf-runs/moses_xtb nohup bash benchmarks/moses_xtb_pipeline.sh > pipeline.log 2>&1 &
-# BUILD: the build folder (default build/moses_xtb); PARTIAL=1 merges a stopped build's
-# finished shards; RUNS: training-run folder (default runs); XTB_N: molecules of the
-# relaxation benchmark (default 40).
+# BUILD: the build folder (default build/moses_xtb); MERGE=1 merges it again over the
+# committed datasets/moses_xtb (after the build has grown; merged anyway when that is
+# missing); PARTIAL=1 merges a stopped build's finished shards; RUNS: training-run folder
+# (default runs/moses_xtb_<molecules>, so a grown data set trains new runs instead of
+# resuming the finished ones); XTB_N: molecules of the relaxation benchmark (default 40).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 MOLCONF=${MOLCONF:-.venv/bin/molconf}
 BUILD=${BUILD:-build/moses_xtb}
-RUNS=${RUNS:-runs}
 RESULTS=benchmarks/results
+DATA=datasets/moses_xtb
 
 echo "== $(date -u +%H:%M:%S) merge"
-[ -f datasets/moses_xtb/molecules.sdf.gz ] || "$MOLCONF" build-xtb --merge ${PARTIAL:+--partial} --out "$BUILD"
+if [ -n "${MERGE:-}" ] || [ ! -f "$DATA/molecules.sdf.gz" ]; then
+  "$MOLCONF" build-xtb --merge ${PARTIAL:+--partial} --out "$BUILD"
+fi
+MOLECULES=$("$PY" -c "import json; print(json.load(open('$DATA/build_report.json'))['merged']['molecules'])")
+RUNS=${RUNS:-runs/moses_xtb_$MOLECULES}
+echo "   $MOLECULES molecules; training runs in $RUNS"
 echo "== $(date -u +%H:%M:%S) cache"
 nice "$PY" -m molconf.data.prepare moses_xtb --workers 2
 echo "== $(date -u +%H:%M:%S) RDKit baselines"
-[ -f "$RESULTS/moses_xtb_test_rdkit.json" ] || \
+# redone when missing or made on another test split (the split changes when the data grows)
+if ! "$PY" - "$RESULTS/moses_xtb_test_rdkit_per_molecule.csv.gz" "$DATA/split_test.npy" <<'PYEOF'
+import csv, gzip, sys
+import numpy as np
+try:
+    with gzip.open(sys.argv[1], "rt") as fh:
+        done = {int(r["index"]) for r in csv.DictReader(fh)}
+except FileNotFoundError:
+    sys.exit(1)
+sys.exit(0 if done == set(np.load(sys.argv[2]).tolist()) else 1)
+PYEOF
+then
   nice "$MOLCONF" baselines --dataset moses_xtb --split test --workers 2 --out "$RESULTS"
+fi
 echo "== $(date -u +%H:%M:%S) training"
 MODELS="rebind_moses_xtb_cpu gtmgc_moses_xtb_cpu" RUNS="$RUNS" bash benchmarks/train_cpu_models.sh
 echo "== $(date -u +%H:%M:%S) export + table"
