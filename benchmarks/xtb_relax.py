@@ -170,7 +170,11 @@ def main(argv=None) -> None:
 
 
 def markdown(s: dict, rows: list[dict]) -> str:
-    fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
+    def fmt(v, f):
+        if v is None:
+            return "–"
+        text = format(v, f)
+        return text.lstrip("-") if float(text) == 0 else text  # no "-0.00"
     lines = [f"# GFN2-xTB optimisation from a molconf prediction vs from ETKDG + MMFF ({s['molecules']} molecules)",
              "", f"Source: {s['source']}; model `{s['model_name']}` ({s['precision']}); optimiser "
              f"{s['protocol']['optimizer']}, fmax {s['protocol']['fmax']} eV/Å, ≤ {s['protocol']['max_steps']} steps. "
