@@ -451,7 +451,8 @@ def test_default_routes_by_shipped_models(monkeypatch, tmp_path, tiny_model, dru
 
 def test_geometric_stereo_check_agrees_with_cip_on_model_predictions(qm9_small):
     """The default model's raw predictions (no repair) on QM9 molecules: the cheap parity check
-    flags exactly the molecules whose CIP labels the prediction gets wrong (r/s aside)."""
+    flags exactly the centres whose CIP labels the prediction gets wrong, apart from r/s centres
+    and centres too flat to trust (flagged even where RDKit still reads a label)."""
     from molconf.metrics import stereo_labels
 
     graphs = []
@@ -460,19 +461,21 @@ def test_geometric_stereo_check_agrees_with_cip_on_model_predictions(qm9_small):
         m.RemoveAllConformers()
         graphs.append(m)
     preds = predict(graphs, fix_stereo=False)
-    checked = flagged = 0
+    checked = flagged = flat_flagged = 0
     for graph, pred in zip(graphs, preds):
         spec = stereo_spec(graph)
         if not spec:
             continue
         labels, got = graph_stereo_labels(graph), stereo_labels(pred)
-        fast = set(spec.mismatches(pred.GetConformer().GetPositions()))
+        pos = pred.GetConformer().GetPositions()
+        fast, flat = set(spec.mismatches(pos)), set(spec.too_flat(pos))
         slow = {k for k, v in labels.items() if got.get(k) != v}
-        assert {k for k in fast if labels[k] not in "rs"} == {k for k in slow if labels[k] not in "rs"}
-        assert bool(fast) >= bool(slow)
+        assert {k for k in fast - flat if labels[k] not in "rs"} == {k for k in slow - flat if labels[k] not in "rs"}
+        assert flat <= fast and bool(fast) >= bool(slow)
         checked += 1
         flagged += bool(fast)
-    assert checked > 50 and 0 < flagged < checked
+        flat_flagged += bool(flat)
+    assert checked > 50 and 0 < flagged < checked and flat_flagged < checked / 10
 
 
 def test_worker_processes_give_the_same_molecules_notes_and_failures(tiny_model):

@@ -67,6 +67,53 @@ def test_ring_fusion_centre_is_inverted_locally():
         assert np.linalg.norm(pos1[i] - pos1[j]) == pytest.approx(np.linalg.norm(pos0[i] - pos0[j]), abs=1e-6)
 
 
+def _flattened(mol, centre):
+    """``mol`` with ``centre`` moved into the plane of its three heavy neighbours and its H put
+    in that plane too (opposite the first heavy neighbour, bond length kept): every bond of the
+    centre in one plane, as a network that hedges between two handednesses predicts it."""
+    pos = mol.GetConformer().GetPositions()
+    nbrs = [nb.GetIdx() for nb in mol.GetAtomWithIdx(centre).GetNeighbors()]
+    [h] = [j for j in nbrs if mol.GetAtomWithIdx(j).GetAtomicNum() == 1]
+    heavy = [j for j in nbrs if j != h]
+    normal = np.cross(pos[heavy[1]] - pos[heavy[0]], pos[heavy[2]] - pos[heavy[0]])
+    normal /= np.linalg.norm(normal)
+    bond = np.linalg.norm(pos[h] - pos[centre])
+    pos[centre] -= ((pos[centre] - pos[heavy[0]]) @ normal) * normal
+    away = pos[centre] - pos[heavy[0]]
+    pos[h] = pos[centre] + bond * away / np.linalg.norm(away)
+    return _with_positions(mol, pos)
+
+
+@pytest.mark.parametrize("smiles, centre", [("C[C@H](N)O", 1), ("C[C@@H]1CCC[C@H](O)C1", 1),
+                                            ("O[C@H]1CO1", 1)])
+def test_flat_centre_is_wrong_and_pyramidalised(smiles, centre):
+    """A centre flattened into one plane with its four neighbours has no handedness: RDKit reads
+    no tag from it, so it must not pass the parity check whichever tiny volume sign it kept;
+    the repair lifts it (and its H) to the tagged side and CIP reads the label back."""
+    from molconf.stereo import MIN_CHIRAL_VOLUME, enforce_stereo, stereo_spec
+
+    good = _embedded(smiles)
+    spec = stereo_spec(good)
+    flat = _flattened(good, centre)
+    key = f"atom {centre}"
+    assert key not in stereo_labels(flat)  # RDKit: no tag from a flat centre
+    assert key in spec.mismatches(flat.GetConformer().GetPositions())
+    assert spec.mismatches(good.GetConformer().GetPositions()) == []
+    before = flat.GetConformer().GetPositions()
+    report = enforce_stereo(flat, spec)
+    assert report.consistent and f"pyramidalised {key} (too flat to read)" in report.fixed_by
+    assert stereo_labels(flat) == graph_stereo_labels(good)  # the slow CIP reference agrees
+    after = flat.GetConformer().GetPositions()
+    moved = set(np.where(np.linalg.norm(after - before, axis=1) > 1e-9)[0].tolist())
+    h = [nb.GetIdx() for nb in good.GetAtomWithIdx(centre).GetNeighbors() if nb.GetAtomicNum() == 1]
+    assert moved == {centre, *h}  # the centre and its H, nothing else
+    for nb in good.GetAtomWithIdx(centre).GetNeighbors():  # bonds stay bonds
+        d = np.linalg.norm(after[nb.GetIdx()] - after[centre])
+        assert 0.9 < d < 1.8, (nb.GetIdx(), d)
+    assert np.linalg.norm(after[h[0]] - after[centre]) == pytest.approx(np.linalg.norm(before[h[0]] - before[centre]))
+    assert MIN_CHIRAL_VOLUME < 1.8  # below every reference centre (see its comment)
+
+
 def test_spiro_like_centre_without_acyclic_substituent_is_reported():
     from molconf.stereo import _invert_centre
 
@@ -168,7 +215,8 @@ def _plain_stereo_spec(mol):
         c = atom.GetIdx()
         nbrs = [b.GetOtherAtomIdx(c) for b in atom.GetBonds()]
         if f"atom {c}" in labels and atom.GetChiralTag() in _SPECIFIED_CHIRAL and len(nbrs) in (3, 4):
-            centres.append((c, tuple(nbrs[:3]), atom.GetChiralTag() == Chem.ChiralType.CHI_TETRAHEDRAL_CCW))
+            centres.append((c, tuple(nbrs[:3]), nbrs[3] if len(nbrs) == 4 else -1,
+                            atom.GetChiralTag() == Chem.ChiralType.CHI_TETRAHEDRAL_CCW))
     for bond in m.GetBonds():
         i, j = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
         ref = list(bond.GetStereoAtoms())
@@ -178,7 +226,8 @@ def _plain_stereo_spec(mol):
 
 
 def _spec_as_lists(spec):
-    centres = [(c, tuple(n), s > 0) for c, n, s in zip(spec.centres.tolist(), spec.neighbours.tolist(), spec.signs.tolist())]
+    centres = [(c, tuple(n), f, s > 0) for c, n, f, s in
+               zip(spec.centres.tolist(), spec.neighbours.tolist(), spec.fourth.tolist(), spec.signs.tolist())]
     bonds = [(tuple(b), c) for b, c in zip(spec.bonds.tolist(), spec.cis.tolist())]
     return centres, bonds
 
