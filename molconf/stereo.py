@@ -372,7 +372,8 @@ def _pyramidalise_centre(mol: Chem.Mol, centre: int, side: float) -> bool:
     The centre moves along the plane's normal to ``side`` (+1 or -1) × a third of its mean
     bond length to those neighbours (an ideal tetrahedron's height: cos 109.5° = -1/3); its
     smallest acyclic substituent is translated, unchanged inside, to sit on the same side
-    along the normal at its old bond length. Used only where the network's geometry has no
+    along the normal at its old bond length. Tried after the gentler moves (which keep every
+    bond length): it is what repairs a centre the network put flat, whose geometry has no
     handedness to keep.
     """
     if (move := _umbrella(mol, centre)) is None:
