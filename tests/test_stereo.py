@@ -121,6 +121,116 @@ def test_spiro_like_centre_without_acyclic_substituent_is_reported():
     assert not _invert_centre(mol, 2)
 
 
+def _bond_lengths(mol):
+    pos = mol.GetConformer().GetPositions()
+    return np.array([np.linalg.norm(pos[b.GetBeginAtomIdx()] - pos[b.GetEndAtomIdx()]) for b in mol.GetBonds()])
+
+
+def test_spiro_centre_is_repaired_by_turning_a_ring():
+    """A spiro epoxide carbon has no acyclic substituent to swap or invert with: the epoxide
+    (the smaller ring side) turns 180° about the bisector of its two bonds to the centre,
+    which swaps its CH2 and O, and nothing else moves."""
+    from molconf.stereo import _sides, enforce_stereo, stereo_spec
+
+    good = Chem.AddHs(Chem.MolFromSmiles("C[C@H]1CC(=O)[C@@]12CO2"))
+    spec = stereo_spec(good)
+    mol = _embedded("C[C@H]1CC(=O)[C@]12CO2")  # the epimer at the spiro carbon, same atom order
+    assert spec.keys() == ["atom 1", "atom 5"]
+    assert spec.mismatches(mol.GetConformer().GetPositions()) == ["atom 5"]
+    pos0, bonds0 = mol.GetConformer().GetPositions(), _bond_lengths(mol)
+    report = enforce_stereo(mol, spec)
+    assert report.consistent and report.fixed_by == ["turned a ring side of atom 5 (spiro)"]
+    assert stereo_labels(mol) == graph_stereo_labels(good)  # the slow CIP reference agrees
+    assert _bond_lengths(mol) == pytest.approx(bonds0, abs=1e-9)
+    moved = set(np.where(np.linalg.norm(mol.GetConformer().GetPositions() - pos0, axis=1) > 1e-9)[0].tolist())
+    [epoxide] = [atoms for atoms, nbrs in _sides(mol, 5) if 7 in atoms]
+    assert moved == epoxide and {6, 7} <= epoxide and len(epoxide) == 4  # CH2, O and the two H
+
+
+def test_unlabelled_centre_that_sets_other_labels_is_repaired():
+    """Bicyclo[3.1.1]heptan-3-ol: the OH carbon keeps its tag but has no CIP label of its own;
+    putting the OH on the other face (exo for endo) flips both bridgehead labels while their
+    parities hold. The parity check alone would pass it; CIP judges and the OH goes back."""
+    from molconf.stereo import _swap_substituents, cip_mismatches, enforce_stereo, stereo_spec
+
+    smiles = "O[C@H]1C[C@H]2C[C@@H](C1)C2"
+    graph = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    spec = stereo_spec(graph)
+    assert spec.keys() == ["atom 3", "atom 5"] and spec.unlabelled.keys() == ["atom 1"]
+    mol = _embedded(smiles)
+    assert stereo_labels(mol) == graph_stereo_labels(graph) == {"atom 3": "R", "atom 5": "S"}
+    _swap_substituents(mol, 1)  # the OH and H of atom 1 change places
+    assert spec.mismatches(mol.GetConformer().GetPositions()) == []
+    assert spec.unlabelled.mismatches(mol.GetConformer().GetPositions()) == ["atom 1"]
+    assert cip_mismatches(spec, mol) == ["atom 3: R -> S", "atom 5: S -> R"]
+    for name_remaining in (True, False):  # also when predict defers the naming
+        m = Chem.Mol(mol)
+        report = enforce_stereo(m, spec, name_remaining=name_remaining)
+        assert report.consistent, report
+        assert report.fixed_by == ["swapped two substituents at atom 1 (no CIP label of its own; others' follow it)"]
+        assert stereo_labels(m) == graph_stereo_labels(graph)
+
+
+def test_tag_on_a_cage_bridgehead_asks_for_nothing():
+    """RDKit keeps the tags of bicyclo[1.1.1]pentane's bridgeheads in this atom order, but both
+    handednesses are the same molecule (no CIP label anywhere): the mirror image is left alone."""
+    from molconf.stereo import enforce_stereo, stereo_spec
+
+    params = Chem.SmilesParserParams()
+    params.removeHs = False
+    graph = Chem.MolFromSmiles("[H]C1([H])[C@]2([H])C([H])([H])[C@@]1(C#N)C2([H])[H]", params)
+    spec = stereo_spec(graph)
+    assert len(spec) == 0 and spec.unlabelled.keys() == ["atom 3", "atom 8"]
+    from rdkit.Chem import AllChem
+
+    mol = Chem.Mol(graph)
+    for atom in mol.GetAtoms():  # ETKDG cannot honour the tags of a cage: embed without them
+        atom.SetChiralTag(Chem.ChiralType.CHI_UNSPECIFIED)
+    assert AllChem.EmbedMolecule(mol, randomSeed=0) == 0
+    graph.AddConformer(mol.GetConformer())  # the tagged graph, carrying that geometry
+    off = []
+    for sign in (1, -1):  # the embedding and its mirror image: one of them contradicts the tags
+        m = _with_positions(graph, mol.GetConformer().GetPositions() * [sign, 1, 1])
+        before = m.GetConformer().GetPositions()
+        off += spec.unlabelled.mismatches(before)
+        report = enforce_stereo(m, spec)
+        assert report.consistent and report.fixed_by == []
+        assert np.array_equal(m.GetConformer().GetPositions(), before)
+    assert off == ["atom 3", "atom 8"]
+
+
+def _dihedral(mol, a, i, j, b):
+    from rdkit.Chem import rdMolTransforms
+
+    return rdMolTransforms.GetDihedralDeg(mol.GetConformer(), a, i, j, b)
+
+
+def test_twisted_double_bond_is_wrong_and_set_planar():
+    """A stereo double bond twisted far out of plane reads as neither cis nor trans (RDKit's
+    perception and the parity disagree there), so it counts as wrong; the repair turns the
+    smaller side until the reference substituents are exactly trans."""
+    from molconf.stereo import MAX_DOUBLE_BOND_TWIST, _turn_double_bond, enforce_stereo, stereo_spec
+
+    graph = Chem.AddHs(Chem.MolFromSmiles("CC/C=C/C"))
+    spec = stereo_spec(graph)
+    [(a, i, j, b)] = spec.bonds.tolist()
+    mol = _embedded("CC/C=C/C")
+    assert abs(_dihedral(mol, a, i, j, b)) > 170
+    bonds0 = _bond_lengths(mol)
+    for twist, wrong in ((MAX_DOUBLE_BOND_TWIST - 10, False), (MAX_DOUBLE_BOND_TWIST + 10, True)):
+        m = Chem.Mol(mol)
+        _turn_double_bond(m, i, j, np.radians(180 - twist - abs(_dihedral(m, a, i, j, b))) * np.sign(_dihedral(m, a, i, j, b)))
+        assert min(abs(_dihedral(m, a, i, j, b)), 180 - abs(_dihedral(m, a, i, j, b))) == pytest.approx(twist, abs=1e-6)
+        assert (spec.mismatches(m.GetConformer().GetPositions()) == ["bond 2-3"]) == wrong
+        assert spec.too_twisted(m.GetConformer().GetPositions()) == (["bond 2-3"] if wrong else [])
+        report = enforce_stereo(m, spec)
+        assert report.consistent and report.fixed_by == (["rotated one side of bond 2-3"] if wrong else [])
+        if wrong:
+            assert abs(_dihedral(m, a, i, j, b)) == pytest.approx(180, abs=1e-6)
+            assert stereo_labels(m) == graph_stereo_labels(graph)
+        assert _bond_lengths(m) == pytest.approx(bonds0, abs=1e-9)
+
+
 # --- the geometric check (StereoSpec) against the slow CIP reference ------------------------
 def _slow_mismatch_keys(graph: Chem.Mol, conformer_mol: Chem.Mol) -> set[str]:
     want, got = graph_stereo_labels(graph), stereo_labels(conformer_mol)
@@ -169,7 +279,7 @@ def test_geometric_check_agrees_with_cip_on_random_geometries():
     mirrored, plus random substituent swaps and double-bond flips: judged as CIP judges them."""
     from rdkit.Chem import AllChem
 
-    from molconf.stereo import _flip_double_bond, _swap_substituents, cip_mismatches, stereo_spec
+    from molconf.stereo import _swap_substituents, _turn_double_bond, cip_mismatches, stereo_spec
 
     rng = np.random.default_rng(0)
     judged = wrong = 0
@@ -188,7 +298,7 @@ def test_geometric_check_agrees_with_cip_on_random_geometries():
                     if key.startswith("atom"):
                         _swap_substituents(m, int(key.split()[1]))
                     else:
-                        _flip_double_bond(m, *map(int, key.split()[1].split("-")))
+                        _turn_double_bond(m, *map(int, key.split()[1].split("-")), np.pi)
             fast, slow = set(spec.mismatches(m.GetConformer().GetPositions())), _slow_mismatch_keys(graph, m)
             # identical at true stereocentres and double bonds; at pseudo-asymmetric centres
             # (r/s: labels that follow other centres) the parity check may name another centre
@@ -210,19 +320,20 @@ def _plain_stereo_spec(mol):
     from molconf.stereo import _SPECIFIED_BOND, _SPECIFIED_CHIRAL, _perceived
 
     m, labels = _perceived(mol)
-    centres, bonds = [], []
+    centres, unlabelled, bonds = [], [], []
     for atom in m.GetAtoms():
         c = atom.GetIdx()
         nbrs = [b.GetOtherAtomIdx(c) for b in atom.GetBonds()]
-        if f"atom {c}" in labels and atom.GetChiralTag() in _SPECIFIED_CHIRAL and len(nbrs) in (3, 4):
-            centres.append((c, tuple(nbrs[:3]), nbrs[3] if len(nbrs) == 4 else -1,
-                            atom.GetChiralTag() == Chem.ChiralType.CHI_TETRAHEDRAL_CCW))
+        if atom.GetChiralTag() in _SPECIFIED_CHIRAL and len(nbrs) in (3, 4):
+            (centres if f"atom {c}" in labels else unlabelled).append(
+                (c, tuple(nbrs[:3]), nbrs[3] if len(nbrs) == 4 else -1,
+                 atom.GetChiralTag() == Chem.ChiralType.CHI_TETRAHEDRAL_CCW))
     for bond in m.GetBonds():
         i, j = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
         ref = list(bond.GetStereoAtoms())
         if f"bond {min(i, j)}-{max(i, j)}" in labels and bond.GetStereo() in _SPECIFIED_BOND and len(ref) == 2:
             bonds.append(((ref[0], i, j, ref[1]), bond.GetStereo() in (Chem.BondStereo.STEREOZ, Chem.BondStereo.STEREOCIS)))
-    return centres, bonds
+    return centres, bonds, unlabelled
 
 
 def _spec_as_lists(spec):
@@ -242,9 +353,13 @@ def test_stereo_spec_matches_the_plain_rule_on_smiles_and_qm9(qm9_small):
         g = qm9_small.mol(row)
         g.RemoveAllConformers()
         graphs.append(g)
-    nonempty = 0
+    graphs.append(Chem.AddHs(Chem.MolFromSmiles("O[C@H]1C[C@H]2C[C@@H](C1)C2")))  # an unlabelled centre
+    nonempty = with_unlabelled = 0
     for g in graphs:
         spec = stereo_spec(g)
-        assert _spec_as_lists(spec) == _plain_stereo_spec(g), Chem.MolToSmiles(g)
+        centres, bonds, unlabelled = _plain_stereo_spec(g)
+        assert _spec_as_lists(spec) == (centres, bonds), Chem.MolToSmiles(g)
+        assert (_spec_as_lists(spec.unlabelled)[0] if spec.unlabelled is not None else []) == unlabelled
         nonempty += len(spec) > 0
-    assert nonempty > 20
+        with_unlabelled += bool(unlabelled)
+    assert nonempty > 20 and with_unlabelled >= 1
