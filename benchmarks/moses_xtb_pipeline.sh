@@ -10,6 +10,9 @@
 # missing); PARTIAL=1 merges a stopped build's finished shards; RUNS: training-run folder
 # (default runs/moses_xtb_<molecules>, so a grown data set trains new runs instead of
 # resuming the finished ones); XTB_N: molecules of the relaxation benchmark (default 40).
+# Rerun after a kill without MERGE=1, or the data changes under the half-trained runs. The
+# export stops if the runs' final validation D-MAE now picks the model that is not shipped
+# (model_benchmark.py: switch the shipped model, or --keep-shipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

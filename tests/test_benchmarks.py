@@ -1,0 +1,56 @@
+"""The parts of the benchmark scripts that decide something (not their measurements)."""
+
+import dataclasses
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def model_benchmark():
+    spec = importlib.util.spec_from_file_location("model_benchmark", BENCHMARKS / "model_benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it is executed
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def _run(root: Path, name: str, val_d_mae: list[str]) -> None:
+    """A training run folder with the CSV logger's metrics (train rows without val values)."""
+    folder = root / name / "csv" / "version_0"
+    folder.mkdir(parents=True)
+    rows = ["epoch,step,train/loss,val/d_mae"]
+    for epoch, v in enumerate(val_d_mae):
+        rows += [f"{epoch},{10 * epoch + 5},0.9,", f"{epoch},{10 * epoch + 9},,{v}"]
+    (folder / "metrics.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_shipped_drug_model_must_be_the_validation_choice(model_benchmark, tmp_path):
+    spec = model_benchmark.SPECS["moses_xtb"]
+    runs = {m.run: m for m in spec.models.values()}
+    shipped_run = spec.models[spec.shipped].run
+    other_run = next(r for r in runs if r != shipped_run)
+    # the shipped model ends lower on validation (the other was better earlier: the last value counts)
+    _run(tmp_path, shipped_run, ["0.70", "0.60", "0.55"])
+    _run(tmp_path, other_run, ["0.65", "0.50", "0.56"])
+    assert model_benchmark.final_val_d_mae(tmp_path / other_run) == pytest.approx(0.56)
+    model_benchmark.check_shipped_choice(spec, spec.models, tmp_path)  # no complaint
+    switched = dataclasses.replace(spec, shipped=next(k for k, m in spec.models.items() if m.run == other_run))
+    with pytest.raises(SystemExit, match="validation now picks"):
+        model_benchmark.check_shipped_choice(switched, switched.models, tmp_path)
+
+
+def test_qm9_default_is_chosen_for_speed_not_validation(model_benchmark, tmp_path):
+    spec = model_benchmark.SPECS["qm9"]
+    assert not spec.shipped_on_validation
+    model_benchmark.check_shipped_choice(spec, spec.models, tmp_path)  # reads no run at all
+
+
+def test_missing_metrics_are_named(model_benchmark, tmp_path):
+    with pytest.raises(FileNotFoundError, match="metrics.csv"):
+        model_benchmark.final_val_d_mae(tmp_path / "never_trained")
