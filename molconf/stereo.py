@@ -172,10 +172,9 @@ class StereoSpec:
         span = np.abs(det)  # (C,)
         if self.fourth is not None and (has4 := self.fourth >= 0).any():
             w = pos[self.fourth[has4]] - pos[self.centres[has4]]  # (C4, 3): the fourth bond
-            for k in range(3):  # the triples that replace one of the first three bonds by it
-                u = v[has4].copy()
-                u[:, k] = w
-                span[has4] = np.maximum(span[has4], np.abs(np.linalg.det(u)))
+            u = np.repeat(v[has4][:, None], 3, axis=1)  # (C4, 3, 3, 3): triple k replaces bond k by it
+            u[:, [0, 1, 2], [0, 1, 2]] = w[:, None]
+            span[has4] = np.maximum(span[has4], np.abs(np.linalg.det(u)).max(axis=1))
         return det, span
 
     def too_flat(self, pos: np.ndarray) -> list[str]:
