@@ -312,18 +312,23 @@ def cip_mismatches(spec: StereoSpec, mol: Chem.Mol) -> list[str]:
     return [f"{k}: {v} -> {got.get(k, 'missing')}" for k, v in want.items() if got.get(k) != v]
 
 
+def _reachable(mol: Chem.Mol, start: int, avoiding: int) -> set[int]:
+    """Atoms connected to ``start`` by paths that do not pass through ``avoiding``."""
+    seen, stack = {start}, [start]
+    while stack:
+        for nb in mol.GetAtomWithIdx(stack.pop()).GetNeighbors():
+            j = nb.GetIdx()
+            if j != avoiding and j not in seen:
+                seen.add(j)
+                stack.append(j)
+    return seen
+
+
 def _subtree(mol: Chem.Mol, centre: int, neighbour: int) -> set[int] | None:
     """Atoms on ``neighbour``'s side of the bond centre–neighbour, or None if in a ring."""
     if mol.GetBondBetweenAtoms(centre, neighbour).IsInRing():
         return None
-    seen, stack = {neighbour}, [neighbour]
-    while stack:
-        for nb in mol.GetAtomWithIdx(stack.pop()).GetNeighbors():
-            j = nb.GetIdx()
-            if j != centre and j not in seen:
-                seen.add(j)
-                stack.append(j)
-    return seen
+    return _reachable(mol, neighbour, centre)
 
 
 def _rotate(pos: np.ndarray, atoms: set[int], origin: np.ndarray, axis: np.ndarray, angle: float) -> None:
@@ -363,20 +368,13 @@ def _swap_substituents(mol: Chem.Mol, centre: int) -> bool:
 def _sides(mol: Chem.Mol, centre: int) -> list[tuple[set[int], list[int]]]:
     """The molecule without ``centre``, split into connected parts: each part's atoms and the
     centre's neighbours in it (a spiro centre has two parts with two neighbours each)."""
+    nbrs = [nb.GetIdx() for nb in mol.GetAtomWithIdx(centre).GetNeighbors()]
     sides, placed = [], set()
-    for nb in mol.GetAtomWithIdx(centre).GetNeighbors():
-        start = nb.GetIdx()
-        if start in placed:
-            continue
-        seen, stack = {start}, [start]
-        while stack:
-            for other in mol.GetAtomWithIdx(stack.pop()).GetNeighbors():
-                j = other.GetIdx()
-                if j != centre and j not in seen:
-                    seen.add(j)
-                    stack.append(j)
-        placed |= seen
-        sides.append((seen, [n.GetIdx() for n in mol.GetAtomWithIdx(centre).GetNeighbors() if n.GetIdx() in seen]))
+    for start in nbrs:
+        if start not in placed:
+            atoms = _reachable(mol, start, centre)
+            placed |= atoms
+            sides.append((atoms, [j for j in nbrs if j in atoms]))
     return sides
 
 
