@@ -16,7 +16,8 @@ reference atoms of double bonds, a few numpy operations per conformer); the CIP 
    read (the network put it and its bonds nearly in one plane) is pyramidalised: the centre
    and its smallest acyclic substituent are lifted off the plane of the other three
    neighbours, to the side its tag asks for; a spiro centre (no acyclic substituent) turns
-   its smaller ring side 180°, which swaps the two ring atoms bonded to it;
+   its smaller ring side 180°, which swaps the two ring atoms bonded to it, or 90° either way
+   when the network laid that ring flat into the plane of the other;
 3. per wrong double bond outside a ring, turning the smaller side about the bond until the
    reference substituents are exactly cis or trans (a 180° flip, or less for a bond the
    network left twisted out of plane);
@@ -47,6 +48,9 @@ _DOUBLE_BOND = Chem.MolFromSmarts("*=*")
 # have a handedness: RDKit reads no tag from such a conformer. Reference geometries (QM9
 # test split, 3,542 specified centres) span at least 1.8 Å³, an ideal sp3 carbon ~2.
 MIN_CHIRAL_VOLUME = 0.5
+# RDKit reads no handedness from a bond triple spanning this little (Å³): it then tries one
+# other triple (StereoSpec.read_tags).
+RDKIT_ZERO_VOLUME = 0.1
 # A stereo double bond whose reference substituents are twisted more than this (degrees)
 # out of the plane reads as neither cis nor trans: RDKit's perception and our parity can
 # disagree on it, so it counts as wrong. Of 1,161 stereo double bonds in the QM9 test
@@ -125,9 +129,11 @@ class StereoSpec:
     A tetrahedral centre tagged CCW (RDKit's convention: seen from its first neighbour in
     bond order, the other three turn counter-clockwise) needs a positive signed volume
     ``v0 · (v1 × v2)`` of the bonds to its first three neighbours in bond order, CW a
-    negative one: the rule RDKit applies when it perceives tags from 3D, so a distorted
+    negative one (or, where that volume is too small to read, the fallback of
+    :meth:`read_tags`): the rule RDKit applies when it perceives tags from 3D, so a distorted
     centre is judged as the CIP reference judges it. A centre too flat to read (no triple
-    of its bonds spans :data:`MIN_CHIRAL_VOLUME`) counts as wrong either way. A stereo
+    of its bonds spans :data:`MIN_CHIRAL_VOLUME`, or RDKit reads no tag) counts as wrong
+    either way. A stereo
     double bond ``i=j`` with reference atoms ``a`` (on ``i``) and ``b`` (on ``j``) needs
     the dihedral a-i-j-b within :data:`MAX_DOUBLE_BOND_TWIST` of 0 (cis/Z) or of 180°
     (trans/E).
@@ -165,8 +171,9 @@ class StereoSpec:
                [f"bond {min(i, j)}-{max(i, j)}" for _, i, j, _ in self.bonds.tolist()]
 
     def _volumes(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per centre: the signed volume of its first three bonds, and the largest volume any
-        triple of its bonds spans (small: the centre is flat)."""
+        """Per centre: the signed volume RDKit reads its handedness from (0 where it reads
+        none, see :meth:`read_tags`), and the largest volume any triple of its bonds spans
+        (small: the centre is flat)."""
         v = pos[self.neighbours] - pos[self.centres][:, None]  # (C, 3, 3): bonds to three neighbours
         det = np.linalg.det(v)  # (C,) v0 · (v1 × v2)
         span = np.abs(det)  # (C,)
@@ -174,16 +181,37 @@ class StereoSpec:
             w = pos[self.fourth[has4]] - pos[self.centres[has4]]  # (C4, 3): the fourth bond
             u = np.repeat(v[has4][:, None], 3, axis=1)  # (C4, 3, 3, 3): triple k replaces bond k by it
             u[:, [0, 1, 2], [0, 1, 2]] = w[:, None]
-            span[has4] = np.maximum(span[has4], np.abs(np.linalg.det(u)).max(axis=1))
-        return det, span
+            triples = np.linalg.det(u)  # (C4, 3)
+            span[has4] = np.maximum(span[has4], np.abs(triples).max(axis=1))
+            # v0, v1, v3 stands in for a too-flat v0, v1, v2; around a tetrahedron its volume
+            # has the opposite sign
+            fallback = np.zeros_like(det)
+            fallback[has4] = -triples[:, 2]
+            det = np.where(np.abs(det) > RDKIT_ZERO_VOLUME, det, fallback)
+        return np.where(np.abs(det) > RDKIT_ZERO_VOLUME, det, 0.0), span
+
+    def read_tags(self, pos: np.ndarray) -> np.ndarray:
+        """(C,) the tag RDKit's ``AssignStereochemistryFrom3D`` reads at each centre from the
+        coordinates ``pos`` (N, 3): +1 CCW, -1 CW, 0 none. Its rule, checked against it in
+        the tests: the sign of v0 · (v1 × v2) over the bonds to the first three neighbours in
+        bond order; where that is within :data:`RDKIT_ZERO_VOLUME` of 0, minus the same with
+        the fourth bond for the third; where that is small too (or there is no fourth), none.
+        Exact for four-coordinate centres; at a three-coordinate one (a sulfoxide S) RDKit
+        sometimes reads no tag from a distorted centre where this reads one, never the other
+        tag."""
+        if not len(self.centres):
+            return np.zeros(0)
+        read, _ = self._volumes(np.asarray(pos, dtype=np.float64))
+        return np.sign(read)
 
     def too_flat(self, pos: np.ndarray) -> list[str]:
         """Keys of the centres too flat in ``pos`` (N, 3) to have a handedness (no triple of
-        their bonds spans :data:`MIN_CHIRAL_VOLUME`); :meth:`mismatches` counts them wrong."""
+        their bonds spans :data:`MIN_CHIRAL_VOLUME`, or RDKit reads no tag from them);
+        :meth:`mismatches` counts them wrong."""
         if not len(self.centres):
             return []
-        _, span = self._volumes(np.asarray(pos, dtype=np.float64))
-        return [f"atom {c}" for c in self.centres[span < MIN_CHIRAL_VOLUME].tolist()]
+        read, span = self._volumes(np.asarray(pos, dtype=np.float64))
+        return [f"atom {c}" for c in self.centres[(span < MIN_CHIRAL_VOLUME) | (read == 0)].tolist()]
 
     def _bond_cosines(self, pos: np.ndarray) -> np.ndarray:
         """(D,) cosine of each stereo bond's dihedral a-i-j-b (1: cis, -1: trans)."""
@@ -207,8 +235,8 @@ class StereoSpec:
         """(len(self),) bool: whether each element holds in the coordinates ``pos`` (N, 3)."""
         ok = []
         if len(self.centres):
-            det, span = self._volumes(pos)
-            ok.append((det * self.signs > 0) & (span >= MIN_CHIRAL_VOLUME))
+            read, span = self._volumes(pos)
+            ok.append((read * self.signs > 0) & (span >= MIN_CHIRAL_VOLUME))
         if len(self.bonds):
             cos = self._bond_cosines(pos)  # (D,)
             ok.append(np.where(self.cis, cos, -cos) > _MIN_PLANAR_COS)
@@ -378,12 +406,13 @@ def _sides(mol: Chem.Mol, centre: int) -> list[tuple[set[int], list[int]]]:
     return sides
 
 
-def _turn_ring_side(mol: Chem.Mol, centre: int) -> bool:
+def _turn_ring_side(mol: Chem.Mol, centre: int, angle: float = np.pi) -> bool:
     """Invert a spiro-like centre (its bonds in rings, no acyclic substituent to move) by
     turning a ring side: the smallest part of the molecule that holds exactly two of the
-    centre's neighbours is rotated 180° about the bisector of the centre's two bonds into it,
-    which swaps those two neighbours. A rotation, not a reflection: the turned side keeps its
-    own geometry and handedness, and every bond length stays."""
+    centre's neighbours is rotated by ``angle`` about the bisector of the centre's two bonds
+    into it; 180° swaps those two neighbours, ±90° stands up a ring the network laid flat
+    into the plane of the other. A rotation, not a reflection: the turned side keeps its own
+    geometry and handedness, and every bond length stays."""
     rings = [(len(atoms), nbrs, atoms) for atoms, nbrs in _sides(mol, centre) if len(nbrs) == 2]
     if not rings or mol.GetAtomWithIdx(centre).GetDegree() != 4:
         return False
@@ -393,7 +422,7 @@ def _turn_ring_side(mol: Chem.Mol, centre: int) -> bool:
     axis = ua / np.linalg.norm(ua) + ub / np.linalg.norm(ub)
     if np.linalg.norm(axis) < 1e-6:
         return False
-    _rotate(pos, atoms, pos[centre], axis, np.pi)
+    _rotate(pos, atoms, pos[centre], axis, angle)
     _set_positions(mol, pos)
     return True
 
@@ -504,6 +533,9 @@ def _local_moves(mol: Chem.Mol, spec: StereoSpec, key: str):
         yield f"swapped two substituents at {key}", lambda: _swap_substituents(mol, c)
         yield f"inverted {key} through the plane of its neighbours", lambda: _invert_centre(mol, c)
         yield f"turned a ring side of {key} (spiro)", lambda: _turn_ring_side(mol, c)
+        for angle in (np.pi / 2, -np.pi / 2):  # a spiro centre laid flat: one way is the tag's
+            yield f"stood up a ring side of {key} (spiro, too flat to read)", \
+                lambda angle=angle: _turn_ring_side(mol, c, angle)
         for side in (1.0, -1.0):  # a flat centre: one of the two sides has the tag's handedness
             yield f"pyramidalised {key} (too flat to read)", lambda side=side: _pyramidalise_centre(mol, c, side)
     else:

@@ -147,6 +147,24 @@ def test_spiro_centre_is_repaired_by_turning_a_ring():
     assert moved == epoxide and {6, 7} <= epoxide and len(epoxide) == 4  # CH2, O and the two H
 
 
+def test_spiro_ring_laid_flat_is_stood_up():
+    """The network can lay a spiro epoxide into the plane of the other ring (a hedge between
+    both handednesses): too flat to read, and a 180° turn leaves it flat. Turning it 90° one
+    way or the other stands it up; the way that gives the tag is kept."""
+    from molconf.stereo import _turn_ring_side, enforce_stereo, stereo_spec
+
+    good = _embedded("C[C@H]1CC(=O)[C@@]12CO2")
+    spec = stereo_spec(good)
+    flat = Chem.Mol(good)
+    assert _turn_ring_side(flat, 5, np.pi / 2)
+    assert "atom 5" in spec.too_flat(flat.GetConformer().GetPositions())
+    bonds0 = _bond_lengths(flat)
+    report = enforce_stereo(flat, spec)
+    assert report.consistent and report.fixed_by == ["stood up a ring side of atom 5 (spiro, too flat to read)"]
+    assert stereo_labels(flat) == graph_stereo_labels(good)
+    assert _bond_lengths(flat) == pytest.approx(bonds0, abs=1e-9)
+
+
 def test_unlabelled_centre_that_sets_other_labels_is_repaired():
     """Bicyclo[3.1.1]heptan-3-ol: the OH carbon keeps its tag but has no CIP label of its own;
     putting the OH on the other face (exo for endo) flips both bridgehead labels while their
@@ -268,6 +286,42 @@ def test_geometric_check_agrees_with_cip_on_qm9_and_its_mirror_images(qm9_small)
         disagree += not (slow <= fast and all(labels[k] in "rs" for k in fast - slow))  # r/s survive reflection
         pseudo += bool(fast - slow)
     assert compared > 20 and disagree == 0 and pseudo < compared / 10
+
+
+def test_read_tags_is_rdkits_reading_of_distorted_centres():
+    """StereoSpec.read_tags against RDKit's AssignStereochemistryFrom3D itself, centre by centre,
+    on embeddings whose stereocentres are shaken by 0.35 Å: enough to make the first bond
+    triple too flat to read (RDKit then falls back to another) and, now and then, every triple.
+    At a three-coordinate centre (the sulfoxide) RDKit sometimes reads no tag where we read one."""
+    from rdkit.Chem import AllChem
+
+    from molconf.stereo import RDKIT_ZERO_VOLUME, stereo_spec
+
+    rng = np.random.default_rng(0)
+    compared = fell_back = unread = 0
+    for smiles in ["C[C@H](N)O", "C[C@@H](CO)[C@H]1OCC1=O", "CC[C@H]1N[C@H]1[C@H]1CCO1", "C[S@](=O)CC",
+                   "C[C@@]12CCC[C@H]1CC2", "O[C@H]1CO1", "F[C@](Cl)(Br)I"]:
+        graph = Chem.AddHs(Chem.MolFromSmiles(smiles))
+        spec = stereo_spec(graph)
+        m = Chem.Mol(graph)
+        assert AllChem.EmbedMolecule(m, randomSeed=1) == 0
+        base = m.GetConformer().GetPositions()
+        for _ in range(150):
+            pos = base.copy()
+            pos[spec.centres] += rng.normal(0, 0.35, (len(spec.centres), 3))
+            shaken = _with_positions(m, pos)
+            Chem.AssignStereochemistryFrom3D(shaken)
+            rdkit = [{Chem.ChiralType.CHI_TETRAHEDRAL_CCW: 1, Chem.ChiralType.CHI_TETRAHEDRAL_CW: -1}.get(
+                shaken.GetAtomWithIdx(c).GetChiralTag(), 0) for c in spec.centres.tolist()]
+            ours = spec.read_tags(pos).tolist()
+            for four, a, b in zip((spec.fourth >= 0).tolist(), ours, rdkit):
+                # exact at four-coordinate centres; at three-coordinate ones RDKit may read none
+                assert a == b if four else b in (0, a), smiles
+            first = np.abs(np.linalg.det(pos[spec.neighbours] - pos[spec.centres][:, None]))
+            fell_back += int(((first <= RDKIT_ZERO_VOLUME) & (np.array(rdkit) != 0)).sum())
+            unread += rdkit.count(0)
+            compared += len(rdkit)
+    assert compared > 1000 and fell_back > 10 and unread > 0
 
 
 RANDOM_SMILES = SMILES + ["C[S@](=O)CC", "F/C=C(/Cl)Br", "C[C@@]12CCC[C@H]1CC2", "C/C=C/[C@@H](O)[C@H](N)C(=O)O",
