@@ -17,7 +17,8 @@ reference atoms of double bonds, a few numpy operations per conformer); the CIP 
    and its smallest acyclic substituent are lifted off the plane of the other three
    neighbours, to the side its tag asks for; a spiro centre (no acyclic substituent) turns
    its smaller ring side 180°, which swaps the two ring atoms bonded to it, or 90° either way
-   when the network laid that ring flat into the plane of the other;
+   when the network laid that ring flat into the plane of the other (other angles of a 30°
+   grid after that);
 3. per wrong double bond outside a ring, turning the smaller side about the bond until the
    reference substituents are exactly cis or trans (a 180° flip, or less for a bond the
    network left twisted out of plane);
@@ -57,6 +58,10 @@ RDKIT_ZERO_VOLUME = 0.1
 # references one is twisted by 55°, the next by 18°.
 MAX_DOUBLE_BOND_TWIST = 70.0
 _MIN_PLANAR_COS = float(np.cos(np.radians(MAX_DOUBLE_BOND_TWIST)))
+# Turns (degrees) tried at a wrong spiro centre, in order: 180° swaps the two ring atoms
+# bonded to it; ±90° stands up a ring laid flat into the other's plane; the rest of a 30°
+# grid serves centres the network distorted so that neither does.
+SPIRO_TURNS = (180, 90, 270, 120, 240, 60, 300, 150, 210, 30, 330)
 
 
 def specifies_stereo(mol: Chem.Mol) -> bool:
@@ -532,10 +537,9 @@ def _local_moves(mol: Chem.Mol, spec: StereoSpec, key: str):
         c = int(key.split()[1])
         yield f"swapped two substituents at {key}", lambda: _swap_substituents(mol, c)
         yield f"inverted {key} through the plane of its neighbours", lambda: _invert_centre(mol, c)
-        yield f"turned a ring side of {key} (spiro)", lambda: _turn_ring_side(mol, c)
-        for angle in (np.pi / 2, -np.pi / 2):  # a spiro centre laid flat: one way is the tag's
-            yield f"stood up a ring side of {key} (spiro, too flat to read)", \
-                lambda angle=angle: _turn_ring_side(mol, c, angle)
+        for deg in SPIRO_TURNS:
+            yield f"turned a ring side of {key} by {deg}° (spiro)", \
+                lambda deg=deg: _turn_ring_side(mol, c, np.radians(deg))
         for side in (1.0, -1.0):  # a flat centre: one of the two sides has the tag's handedness
             yield f"pyramidalised {key} (too flat to read)", lambda side=side: _pyramidalise_centre(mol, c, side)
     else:
