@@ -413,14 +413,15 @@ def _sides(mol: Chem.Mol, centre: int) -> list[tuple[set[int], list[int]]]:
 
 def _turn_ring_side(mol: Chem.Mol, centre: int, angle: float = np.pi) -> bool:
     """Invert a spiro-like centre (its bonds in rings, no acyclic substituent to move) by
-    turning a ring side: the smallest part of the molecule that holds exactly two of the
-    centre's neighbours is rotated by ``angle`` about the bisector of the centre's two bonds
-    into it; 180° swaps those two neighbours, ±90° stands up a ring the network laid flat
+    turning a ring side: removing a spiro centre leaves two parts holding two of its
+    neighbours each; the smaller is rotated by ``angle`` about the bisector of the centre's
+    two bonds into it; 180° swaps those two neighbours, ±90° stands up a ring the network laid flat
     into the plane of the other. A rotation, not a reflection: the turned side keeps its own
     geometry and handedness, and every bond length stays."""
-    rings = [(len(atoms), nbrs, atoms) for atoms, nbrs in _sides(mol, centre) if len(nbrs) == 2]
-    if not rings or mol.GetAtomWithIdx(centre).GetDegree() != 4:
-        return False
+    sides = _sides(mol, centre)
+    if len(sides) != 2 or any(len(nbrs) != 2 for _, nbrs in sides):
+        return False  # not spiro: a centre with an acyclic substituent has gentler moves
+    rings = [(len(atoms), nbrs, atoms) for atoms, nbrs in sides]
     _, (a, b), atoms = min(rings, key=lambda t: (t[0], t[1]))
     pos = mol.GetConformer().GetPositions()
     ua, ub = pos[a] - pos[centre], pos[b] - pos[centre]

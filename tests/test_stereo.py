@@ -145,6 +145,10 @@ def test_spiro_centre_is_repaired_by_turning_a_ring():
     moved = set(np.where(np.linalg.norm(mol.GetConformer().GetPositions() - pos0, axis=1) > 1e-9)[0].tolist())
     [epoxide] = [atoms for atoms, nbrs in _sides(mol, 5) if 7 in atoms]
     assert moved == epoxide and {6, 7} <= epoxide and len(epoxide) == 4  # CH2, O and the two H
+    from molconf.stereo import _turn_ring_side
+
+    ring_centre = _embedded("C[C@H]1CCc2ccccc2N1")  # a ring centre with acyclic substituents:
+    assert not _turn_ring_side(ring_centre, 1)  # never turns the rest of the molecule
 
 
 def test_spiro_ring_laid_flat_is_stood_up():
