@@ -411,18 +411,23 @@ def _sides(mol: Chem.Mol, centre: int) -> list[tuple[set[int], list[int]]]:
     return sides
 
 
-def _turn_ring_side(mol: Chem.Mol, centre: int, angle: float = np.pi) -> bool:
-    """Invert a spiro-like centre (its bonds in rings, no acyclic substituent to move) by
-    turning a ring side: removing a spiro centre leaves two parts holding two of its
-    neighbours each; the smaller is rotated by ``angle`` about the bisector of the centre's
-    two bonds into it; 180° swaps those two neighbours, ±90° stands up a ring the network laid flat
-    into the plane of the other. A rotation, not a reflection: the turned side keeps its own
-    geometry and handedness, and every bond length stays."""
+def _spiro_ring(mol: Chem.Mol, centre: int) -> tuple[set[int], int, int] | None:
+    """For a spiro centre (removing it leaves two parts holding two of its neighbours each):
+    the smaller part's atoms and its two neighbours of the centre; else None."""
     sides = _sides(mol, centre)
     if len(sides) != 2 or any(len(nbrs) != 2 for _, nbrs in sides):
-        return False  # not spiro: a centre with an acyclic substituent has gentler moves
-    rings = [(len(atoms), nbrs, atoms) for atoms, nbrs in sides]
-    _, (a, b), atoms = min(rings, key=lambda t: (t[0], t[1]))
+        return None  # not spiro: a centre with an acyclic substituent has gentler moves
+    atoms, (a, b) = min(sides, key=lambda side: (len(side[0]), side[1]))
+    return atoms, a, b
+
+
+def _turn_ring_side(mol: Chem.Mol, centre: int, ring: tuple[set[int], int, int], angle: float = np.pi) -> bool:
+    """Invert a spiro centre (no acyclic substituent to move) by turning its smaller ring side
+    (``ring``, from :func:`_spiro_ring`) by ``angle`` about the bisector of the centre's two
+    bonds into it: 180° swaps those two neighbours, ±90° stands up a ring the network laid
+    flat into the plane of the other. A rotation, not a reflection: the turned side keeps its
+    own geometry and handedness, and every bond length stays."""
+    atoms, a, b = ring
     pos = mol.GetConformer().GetPositions()
     ua, ub = pos[a] - pos[centre], pos[b] - pos[centre]
     axis = ua / np.linalg.norm(ua) + ub / np.linalg.norm(ub)
@@ -538,9 +543,10 @@ def _local_moves(mol: Chem.Mol, spec: StereoSpec, key: str):
         c = int(key.split()[1])
         yield f"swapped two substituents at {key}", lambda: _swap_substituents(mol, c)
         yield f"inverted {key} through the plane of its neighbours", lambda: _invert_centre(mol, c)
-        for deg in SPIRO_TURNS:
-            yield f"turned a ring side of {key} by {deg}° (spiro)", \
-                lambda deg=deg: _turn_ring_side(mol, c, np.radians(deg))
+        if (ring := _spiro_ring(mol, c)) is not None:  # reached only when the moves above failed
+            for deg in SPIRO_TURNS:
+                yield f"turned a ring side of {key} by {deg}° (spiro)", \
+                    lambda deg=deg: _turn_ring_side(mol, c, ring, np.radians(deg))
         for side in (1.0, -1.0):  # a flat centre: one of the two sides has the tag's handedness
             yield f"pyramidalised {key} (too flat to read)", lambda side=side: _pyramidalise_centre(mol, c, side)
     else:
@@ -610,12 +616,13 @@ def _repair_unlabelled(mol: Chem.Mol, spec: StereoSpec, wrong: list[str], report
         if not named:
             break
         c = int(key.split()[1])
+        ring = _spiro_ring(mol, c)
         for action, move in ((f"swapped two substituents at {key} (no CIP label of its own; others' follow it)",
                               lambda: _swap_substituents(mol, c)),
                              (f"inverted {key} through the plane of its neighbours (no CIP label of its own; others' follow it)",
                               lambda: _invert_centre(mol, c)),
                              (f"turned a ring side of {key} (spiro; no CIP label of its own; others' follow it)",
-                              lambda: _turn_ring_side(mol, c))):
+                              lambda: ring is not None and _turn_ring_side(mol, c, ring))):
             before = mol.GetConformer().GetPositions()
             if not move():
                 continue

@@ -145,22 +145,22 @@ def test_spiro_centre_is_repaired_by_turning_a_ring():
     moved = set(np.where(np.linalg.norm(mol.GetConformer().GetPositions() - pos0, axis=1) > 1e-9)[0].tolist())
     [epoxide] = [atoms for atoms, nbrs in _sides(mol, 5) if 7 in atoms]
     assert moved == epoxide and {6, 7} <= epoxide and len(epoxide) == 4  # CH2, O and the two H
-    from molconf.stereo import _turn_ring_side
+    from molconf.stereo import _spiro_ring
 
     ring_centre = _embedded("C[C@H]1CCc2ccccc2N1")  # a ring centre with acyclic substituents:
-    assert not _turn_ring_side(ring_centre, 1)  # never turns the rest of the molecule
+    assert _spiro_ring(ring_centre, 1) is None  # never turns the rest of the molecule
 
 
 def test_spiro_ring_laid_flat_is_stood_up():
     """The network can lay a spiro epoxide into the plane of the other ring (a hedge between
     both handednesses): too flat to read, and a 180° turn leaves it flat. Turning it 90° one
     way or the other stands it up; the way that gives the tag is kept."""
-    from molconf.stereo import _turn_ring_side, enforce_stereo, stereo_spec
+    from molconf.stereo import _spiro_ring, _turn_ring_side, enforce_stereo, stereo_spec
 
     good = _embedded("C[C@H]1CC(=O)[C@@]12CO2")
     spec = stereo_spec(good)
     flat = Chem.Mol(good)
-    assert _turn_ring_side(flat, 5, np.pi / 2)
+    assert _turn_ring_side(flat, 5, _spiro_ring(flat, 5), np.pi / 2)
     assert "atom 5" in spec.too_flat(flat.GetConformer().GetPositions())
     bonds0 = _bond_lengths(flat)
     report = enforce_stereo(flat, spec)
