@@ -563,8 +563,10 @@ def enforce_stereo(mol: Chem.Mol, spec: StereoSpec, name_remaining: bool = True)
     if wrong:
         wrong = _repair_labelled(mol, spec, wrong, report)
     leftover = _repair_unlabelled(mol, spec, wrong, report)
-    if wrong or leftover:
-        report.remaining = cip_mismatches(spec, mol) if name_remaining else wrong + leftover
+    if leftover:  # CIP mismatches of the conformer as it now is: no need to label it again
+        report.remaining = leftover
+    elif wrong:
+        report.remaining = cip_mismatches(spec, mol) if name_remaining else wrong
     return report
 
 
