@@ -557,7 +557,8 @@ def enforce_stereo(mol: Chem.Mol, spec: StereoSpec, name_remaining: bool = True)
     """Repair ``mol``'s conformer (in place) towards what ``spec`` (:func:`stereo_spec` of the
     input graph) asks for; ``remaining`` names what is still wrong by CIP labels, or, with
     ``name_remaining=False`` (for a caller that will move the conformer and check again), by
-    the parity check's keys without the slower CIP labelling."""
+    the parity check's keys without the slower CIP labelling, unless the repair of centres
+    without a label of their own had to label the conformer anyway."""
     report = StereoReport(checked=len(spec))
     wrong = _wrong(spec, mol)
     if wrong:
