@@ -454,9 +454,12 @@ def _finish(mol, coords, i, loaded, relax_with, fix_stereo, report) -> Chem.Mol:
                 if note:
                     report.note(i, "after stereo repair: " + note)
                 remaining = enforce_stereo(out, target).remaining
-            else:  # nothing moved since the check: name what it found by CIP
-                remaining = cip_mismatches(target, out) if after.remaining else []
-            report.stereo[i] = StereoReport(len(target), report.stereo[i].fixed_by + after.fixed_by, remaining)
+            elif after.remaining and not after.named_by_cip:  # nothing moved since the check: name it by CIP
+                remaining = cip_mismatches(target, out)
+            else:
+                remaining = after.remaining
+            report.stereo[i] = StereoReport(len(target), report.stereo[i].fixed_by + after.fixed_by, remaining,
+                                         named_by_cip=True)
     if target and report.stereo[i].remaining:
         report.note(i, "stereo not matched: " + "; ".join(report.stereo[i].remaining))
     # perceive the conformer's own stereo so the returned Mol's tags agree with its geometry

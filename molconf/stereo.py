@@ -323,6 +323,7 @@ class StereoReport:
     checked: int = 0  # stereo elements the input specifies
     fixed_by: list[str] = field(default_factory=list)  # actions that were applied
     remaining: list[str] = field(default_factory=list)  # mismatches left, e.g. "atom 3: R -> S"
+    named_by_cip: bool = False  # remaining holds CIP mismatches (else the parity check's keys)
 
     @property
     def consistent(self) -> bool:
@@ -558,16 +559,18 @@ def enforce_stereo(mol: Chem.Mol, spec: StereoSpec, name_remaining: bool = True)
     input graph) asks for; ``remaining`` names what is still wrong by CIP labels, or, with
     ``name_remaining=False`` (for a caller that will move the conformer and check again), by
     the parity check's keys without the slower CIP labelling, unless the repair of centres
-    without a label of their own had to label the conformer anyway."""
+    without a label of their own had to label the conformer anyway (``named_by_cip`` says
+    which)."""
     report = StereoReport(checked=len(spec))
     wrong = _wrong(spec, mol)
     if wrong:
         wrong = _repair_labelled(mol, spec, wrong, report)
     leftover = _repair_unlabelled(mol, spec, wrong, report)
     if leftover:  # CIP mismatches of the conformer as it now is: no need to label it again
-        report.remaining = leftover
+        report.remaining, report.named_by_cip = leftover, True
     elif wrong:
         report.remaining = cip_mismatches(spec, mol) if name_remaining else wrong
+        report.named_by_cip = name_remaining
     return report
 
 

@@ -154,8 +154,10 @@ def test_stereo_left_unfixable_is_reported():
     spec = StereoSpec(np.array([1, 6]), np.array([n1[:3], n6[:3]]), np.array([s1, -s6]), np.zeros((0, 4), int),
                       np.zeros(0, bool))
     report = enforce_stereo(m, spec)
-    assert not report.consistent and report.remaining == ["atom 6: not as specified"]
+    assert not report.consistent and report.remaining == ["atom 6: not as specified"] and report.named_by_cip
     assert np.allclose(m.GetConformer().GetPositions(), pos)  # failed moves were undone
+    deferred = enforce_stereo(m, spec, name_remaining=False)  # predict names it after relaxing
+    assert deferred.remaining == ["atom 6"] and not deferred.named_by_cip
 
 
 
