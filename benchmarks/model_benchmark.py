@@ -202,8 +202,10 @@ def moses_xtb_card(*, row, via_predict, weights, n_test, meta, model, spec, run,
     kind = split.get("kind", "Bemis-Murcko scaffold").replace("-", "–")
     init_from = meta.get("init_from")
     start = f"fine-tuned from `{init_from}`" if init_from else "trained from random initialisation"
-    hours = f"{(meta.get('train_seconds') or 0) / 3600:.2f} h of wall time on 2 CPU cores" + (
-        " (this run only)" if init_from else "")
+    # the wall time of this run alone (not its QM9 pre-training), on a 2-core machine that may
+    # have been training the other architecture beside it (train_cpu_models.sh JOBS=2)
+    hours = f"{(meta.get('train_seconds') or 0) / 3600:.2f} h of wall time on a 2-core machine" + (
+        " (this run only; the README says what shared the cores)" if init_from else "")
     size = size_line(meta.get("max_atoms"), meta.get("max_heavy_atoms"))
     vp = via_predict
     return f"""# Model card: `{weights.stem}` (molconf's drug-like model)
@@ -250,7 +252,8 @@ def moses_xtb_card(*, row, via_predict, weights, n_test, meta, model, spec, run,
 # Which moses_xtb model is shipped in the package (molconf/weights/moses_xtb_<key>.pt); the
 # other one's weights stay in benchmarks/results/weights (molconf.predict.DEFAULT_MODELS names
 # the shipped file too). Chosen on validation, not test: the lower val/d_mae at the end of the
-# equal-budget schedule (30 epochs: GTMGC 0.561 Å, ReBind 0.569 Å; metrics.csv of each run).
+# equal-budget schedule (30 epochs on the 9,999-molecule set: GTMGC 0.546 Å, ReBind 0.550 Å;
+# metrics.csv of each run).
 MOSES_XTB_SHIPPED = "gtmgc"
 
 

@@ -301,9 +301,9 @@ def relax(mol: Chem.Mol, method: str, max_iters: int = 2000) -> str | None:
     elif method == "xtb":
         from molconf.data.xtb_build import XtbProtocol, preoptimize, xtb_relax_note  # tblite loads only when asked for
 
-        # A raw prediction is a poor GFN2-xTB start: on 40 moses_xtb test molecules it took a
+        # A raw prediction is a poor GFN2-xTB start: on 100 moses_xtb test molecules it took a
         # median 108 optimiser steps against 24 after MMFF94, and GFN2-xTB changed the bond
-        # graph of 7 of them against none (benchmarks/results/xtb_relax.md). A force field
+        # graph of 20 of them against none (benchmarks/results/xtb_relax.md). A force field
         # fixes bond lengths and angles for a few ms, so it goes first.
         # (the data protocol's own pre-optimisation: MMFF94, else UFF, else none)
         _, field = preoptimize(mol, XtbProtocol(ff_max_iters=max_iters))
