@@ -54,3 +54,28 @@ def test_qm9_default_is_chosen_for_speed_not_validation(model_benchmark, tmp_pat
 def test_missing_metrics_are_named(model_benchmark, tmp_path):
     with pytest.raises(FileNotFoundError, match="metrics.csv"):
         model_benchmark.final_val_d_mae(tmp_path / "never_trained")
+
+
+def test_train_cpu_models_runs_jobs_side_by_side_and_names_failures(tmp_path):
+    """JOBS=2: each run gets nproc/2 threads and its own log; a run that fails gets no
+    FINISHED marker, the others do, and the script exits non-zero naming it."""
+    import os
+    import subprocess
+
+    fake = tmp_path / "fake_molconf"  # stands in for `molconf fit`: logs its threads, fails on "bad"
+    fake.write_text('#!/usr/bin/env bash\necho "threads=$OMP_NUM_THREADS $*"\n'
+                    '[[ "$*" == *configs/bad.yaml* ]] && exit 3\nexit 0\n')
+    fake.chmod(0o755)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "train_cpu_models.sh"
+    runs = tmp_path / "runs"
+    env = dict(os.environ, MOLCONF=str(fake), JOBS="2", MODELS="first bad last", RUNS=str(runs))
+    result = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "bad: did not finish" in result.stdout and "first: did not finish" not in result.stdout
+    assert (runs / "first" / "FINISHED").is_file() and (runs / "last" / "FINISHED").is_file()
+    assert not (runs / "bad" / "FINISHED").exists()
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)  # what nproc counts
+    assert f"threads={threads} fit --config configs/first.yaml" in (runs / "first.log").read_text()
+    again = subprocess.run(["bash", str(script)], env=dict(env, MODELS="first last"), capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode == 0 and "finished earlier" in (runs / "first.log").read_text()
