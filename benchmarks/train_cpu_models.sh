@@ -6,7 +6,7 @@
 # JOBS=N trains N models at a time, each on nproc/N threads (default 1: one after the other on
 # all cores). These models use small matrices, so threads scale poorly: on 2 cores the
 # moses_xtb ReBind and GTMGC trained side by side (JOBS=2, one thread each) both finished their
-# 4,600 steps in 82 min (2026-12-03), where ReBind alone on both threads had taken 70 min
+# 4,673 steps in 82 min (2026-12-03), where ReBind alone on both threads had taken 70 min
 # (2026-11-30): 1.7x the throughput of training them one after the other.
 # Each job's output goes to $RUNS/<name>.log when JOBS > 1.
 set -euo pipefail
