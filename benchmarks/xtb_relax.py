@@ -33,6 +33,7 @@ from molconf import constants as K
 from molconf.baselines import embed, mmff_optimize
 from molconf.data.geom import HARTREE_KCAL
 from molconf.data.xtb_build import XtbProtocol, xtb_relax
+from molconf.gfn2_prerelax import DEFAULT_CORRECTION, load_correction, prerelax
 
 
 def etkdg_mmff(mol: Chem.Mol) -> tuple[Chem.Mol | None, float]:
@@ -81,8 +82,12 @@ def test_molecules(args) -> tuple[list[Chem.Mol], list[Chem.Mol | None]]:
     return mols, refs
 
 
-STARTS = {"model": "molconf prediction", "model_mmff": "molconf prediction + MMFF (= relax_with=\"xtb\")",
-          "rdkit": "RDKit ETKDG + MMFF", "reference_mmff": "control: data-set minimum + MMFF"}
+STARTS = {"model": "molconf prediction", "model_mmff": "molconf prediction + MMFF",
+          "model_corrected": "molconf prediction + MMFF + GFN2 correction (= relax_with=\"xtb\")",
+          "rdkit": "RDKit ETKDG + MMFF", "rdkit_corrected": "RDKit ETKDG + MMFF + GFN2 correction",
+          "reference_mmff": "control: data-set minimum + MMFF",
+          "reference_corrected": "control: data-set minimum + MMFF + GFN2 correction"}
+PAIRS = (("model_corrected", "rdkit_corrected"),)  # compared head to head besides "each against rdkit"
 
 
 def mmff_start(mol: Chem.Mol | None) -> tuple[Chem.Mol | None, float]:
@@ -96,6 +101,28 @@ def mmff_start(mol: Chem.Mol | None) -> tuple[Chem.Mol | None, float]:
     return out, time.perf_counter() - t
 
 
+def corrected_start(mol: Chem.Mol | None, correction) -> tuple[Chem.Mol | None, float, str]:
+    """An MMFF94 start after the learned GFN2-xTB correction: (start, seconds, why unchanged)."""
+    if mol is None:
+        return None, 0.0, ""
+    out = Chem.Mol(mol)
+    t = time.perf_counter()
+    result = prerelax(out, correction)
+    return out, time.perf_counter() - t, result.reason
+
+
+def compare(rows: list[dict], ours: str, theirs: str, tie_kcal: float) -> dict:
+    """Molecule by molecule, two starts relaxed from both: steps and final energies."""
+    both = [r for r in rows if r[ours]["ok"] and r[theirs]["ok"]]
+    diff = [(r[ours]["energy_hartree"] - r[theirs]["energy_hartree"]) * HARTREE_KCAL for r in both]
+    return {"both_relaxed": len(both), "lower": sum(d < -tie_kcal for d in diff),
+            "higher": sum(d > tie_kcal for d in diff), "same_minimum": sum(abs(d) <= tie_kcal for d in diff),
+            "fewer_steps": sum(r[ours]["steps"] < r[theirs]["steps"] for r in both),
+            "more_steps": sum(r[ours]["steps"] > r[theirs]["steps"] for r in both),
+            "median_step_difference": statistics.median(r[ours]["steps"] - r[theirs]["steps"] for r in both)
+            if both else None}
+
+
 def summarise(rows: list[dict], tie_kcal: float) -> dict:
     out: dict = {"molecules": len(rows), "starts": [k for k in STARTS if any(k in r for r in rows)]}
     for start in out["starts"]:
@@ -105,15 +132,10 @@ def summarise(rows: list[dict], tie_kcal: float) -> dict:
                       "mean_steps": statistics.fmean(o["steps"] for o in ok) if ok else None,
                       "median_seconds": statistics.median(o["seconds"] for o in ok) if ok else None,
                       "median_start_seconds": statistics.median(r[f"{start}_start_seconds"] for r in rows)}
-    for ours in [k for k in out["starts"] if k != "rdkit"]:  # each start against ETKDG + MMFF, molecule by molecule
-        both = [r for r in rows if r[ours]["ok"] and r["rdkit"]["ok"]]
-        diff = [(r[ours]["energy_hartree"] - r["rdkit"]["energy_hartree"]) * HARTREE_KCAL for r in both]
-        fewer = sum(r[ours]["steps"] < r["rdkit"]["steps"] for r in both)
-        more = sum(r[ours]["steps"] > r["rdkit"]["steps"] for r in both)
-        out[f"{ours}_vs_rdkit"] = {"both_relaxed": len(both), "lower": sum(d < -tie_kcal for d in diff),
-                                   "higher": sum(d > tie_kcal for d in diff),
-                                   "same_minimum": sum(abs(d) <= tie_kcal for d in diff), "fewer_steps": fewer,
-                                   "more_steps": more}
+    out["pairs"] = [(k, "rdkit") for k in out["starts"] if k != "rdkit"]  # each start against ETKDG + MMFF
+    out["pairs"] += [p for p in PAIRS if p[0] in out["starts"] and p[1] in out["starts"]]
+    for ours, theirs in out["pairs"]:
+        out[f"{ours}_vs_{theirs}"] = compare(rows, ours, theirs, tie_kcal)
     # against the data set's own ground state (the lowest of its 3 relaxed ETKDG conformers)
     for start in out["starts"]:
         ref = [r for r in rows if r[start]["ok"] and r.get("reference_energy_hartree") is not None]
@@ -131,11 +153,14 @@ def main(argv=None) -> None:
     src.add_argument("--smiles-file", help="molecules from a .smi / .csv file instead")
     p.add_argument("--model", default="default", help="molconf model for the predicted start")
     p.add_argument("--n", type=int, default=200)
+    p.add_argument("--correction", default=DEFAULT_CORRECTION,
+                   help="learned GFN2-xTB correction of MMFF94 (name, weights file or checkpoint; 'none': skip its rows)")
     p.add_argument("--tie-kcal", type=float, default=0.1, help="energies closer than this: the same minimum")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     protocol = XtbProtocol()
     mols, refs = test_molecules(args)
+    correction = None if args.correction == "none" else load_correction(args.correction)
     molconf.predict.predict(mols[:1], model=args.model)  # loads the model and the compiled ops: not per-molecule cost
     t = time.perf_counter()
     preds, report = molconf.predict.predict(mols, model=args.model, return_report=True)
@@ -154,6 +179,16 @@ def main(argv=None) -> None:
         if ref is not None:
             ref_mmff, ref_seconds = mmff_start(ref)
             row.update(reference_mmff=relax_start(ref_mmff, protocol), reference_mmff_start_seconds=ref_seconds)
+        if correction is not None:
+            for key, base, seconds in (("model_corrected", pred_mmff, predict_seconds + mmff_seconds),
+                                       ("rdkit_corrected", start_rdkit, rd_seconds),
+                                       ("reference_corrected", ref_mmff if ref is not None else None,
+                                        ref_seconds if ref is not None else 0.0)):
+                if key == "reference_corrected" and ref is None:
+                    continue
+                start, extra, why = corrected_start(base, correction)
+                row.update({key: relax_start(start, protocol), f"{key}_start_seconds": seconds + extra,
+                            f"{key}_unchanged": why})
         rows.append(row)
         print(i, *(row[k].get("steps") for k in STARTS if k in row), flush=True)
     summary = summarise(rows, args.tie_kcal)
@@ -190,16 +225,22 @@ def markdown(s: dict, rows: list[dict]) -> str:
                      f"{r['at_or_below_reference'] if r['with_reference'] else '–'} | "
                      f"{fmt(r['median_kcal_above_reference'], '.2f')} |")
     lines.append("")
-    for ours in [k for k in s["starts"] if k != "rdkit"]:
-        c = s[f"{ours}_vs_rdkit"]
-        lines.append(f"- {STARTS[ours]} vs ETKDG + MMFF, {c['both_relaxed']} molecules relaxed from both: fewer steps "
-                     f"{c['fewer_steps']} times, more {c['more_steps']}; lower final energy {c['lower']} times, higher {c['higher']}, the same "
-                     f"minimum (within {s['tie_kcal']} kcal/mol) {c['same_minimum']}.")
+    for ours, theirs in s["pairs"]:
+        c = s[f"{ours}_vs_{theirs}"]
+        lines.append(f"- {STARTS[ours]} vs {STARTS[theirs]}, {c['both_relaxed']} molecules relaxed from both: fewer steps "
+                     f"{c['fewer_steps']} times, more {c['more_steps']} (median difference "
+                     f"{fmt(c['median_step_difference'], '+.1f')}); lower final energy {c['lower']} times, higher "
+                     f"{c['higher']}, the same minimum (within {s['tie_kcal']} kcal/mol) {c['same_minimum']}.")
     failed = {}
     for row in rows:
         for key in s["starts"]:
             if not row[key]["ok"]:
                 failed.setdefault(key, []).append(row[key]["reason"])
+    for key in s["starts"]:  # the correction leaves a start unchanged rather than make it worse
+        kept = [row[f"{key}_unchanged"] for row in rows if row.get(f"{key}_unchanged")]
+        if kept:
+            counts = ", ".join(f"{why}: {kept.count(why)}" for why in sorted(set(kept)))
+            lines.append(f"- {STARTS[key]}: correction not applied {len(kept)} times ({counts}).")
     for key, reasons in failed.items():
         counts = ", ".join(f"{reason}: {reasons.count(reason)}" for reason in sorted(set(reasons)))
         lines.append(f"- {STARTS[key]}: not relaxed {len(reasons)} times ({counts}).")

@@ -4,7 +4,8 @@
 ``molconf predict`` when given ``--config``; without it, ``molconf predict`` predicts
 conformers for SMILES or files (:mod:`molconf.predict_cli`). Other subcommands have their own parsers:
 ``molconf baselines`` (RDKit ETKDG / MMFF on a split), ``molconf prepare`` (build a
-data-set cache) and ``molconf build-xtb`` (GFN2-xTB ground states from SMILES).
+data-set cache), ``molconf build-xtb`` (GFN2-xTB ground states from SMILES) and
+``molconf gfn2-forces`` (training data of the learned GFN2-xTB correction of MMFF94).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ commands:
   baselines                         RDKit ETKDG and ETKDG+MMFF on a split, with metrics
   prepare                           build a data-set cache (python -m molconf.data.prepare)
   build-xtb                         GFN2-xTB ground states from SMILES / MOSES (molconf build-xtb --help)
+  gfn2-forces                       GFN2-xTB and MMFF94 forces around a data set's minima (trains the GFN2 correction)
   generate | diffusion              sample conformers with a denoiser; generalisation / Jacobian studies
 """
 
@@ -50,6 +52,10 @@ def main(argv: list[str] | None = None) -> None:
         from molconf.data.xtb_build import main as build_xtb_main
 
         sys.exit(build_xtb_main(rest))
+    elif command == "gfn2-forces":
+        from molconf.data.gfn2_forces import main as gfn2_forces_main
+
+        gfn2_forces_main(rest)
     elif command in ("generate", "diffusion"):
         from molconf.diffusion.cli import main as diffusion_main
 

@@ -256,6 +256,23 @@ def load_initial_weights(model: nn.Module, path: str | Path) -> None:
     model.load_state_dict(state)  # float16-stored weights are cast to the parameters' float32
 
 
+def adamw_warmup_linear(module: L.LightningModule, betas: tuple[float, float] = (0.9, 0.999)) -> dict:
+    """AdamW (``hparams.lr``, ``hparams.weight_decay``) with a linear warm-up over
+    ``hparams.warmup_fraction`` of all steps, then linear decay to 0."""
+    hp = module.hparams
+    opt = torch.optim.AdamW(module.parameters(), lr=hp.lr, betas=betas, weight_decay=hp.weight_decay)
+    total = max(total_training_steps(module.trainer), 1)
+    warmup = max(int(hp.warmup_fraction * total), 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(total - warmup, 1))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
 class ConformerModule(TrainingStateMixin, L.LightningModule):
     """Trains a :class:`ConformerTransformer` on the distance loss of DESIGN §4–5.
 
@@ -358,18 +375,97 @@ class ConformerModule(TrainingStateMixin, L.LightningModule):
         return {K.MOL_INDEX: batch[K.MOL_INDEX], K.POS_PRED: out[K.POS_PRED], K.MASK: batch[K.MASK]}
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, betas=tuple(self.hparams.betas),
-                                weight_decay=self.hparams.weight_decay)
-        total = max(total_training_steps(self.trainer), 1)
-        warmup = max(int(self.hparams.warmup_fraction * total), 1)
+        return adamw_warmup_linear(self, betas=tuple(self.hparams.betas))
 
-        def factor(step: int) -> float:  # linear warm-up, then linear decay to 0
-            if step < warmup:
-                return (step + 1) / warmup
-            return max(0.0, (total - step) / max(total - warmup, 1))
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+class ForceDataModule(L.LightningDataModule):
+    """Force samples of :mod:`molconf.data.gfn2_forces` for :class:`Gfn2CorrectionModule`.
+
+    Parameters
+    ----------
+    data_dir : str
+        Output folder of ``molconf gfn2-forces``.
+    val_every : int
+        Molecules whose data-set row is a multiple of this are held out for validation
+        (every sample of a molecule on the same side).
+    batch_size, num_workers, seed : loader settings (shuffled with ``seed``).
+    """
+
+    def __init__(self, data_dir: str, val_every: int = 20, batch_size: int = 32, num_workers: int = 0,
+                 seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+
+    def setup(self, stage: str | None = None) -> None:
+        if getattr(self, "train_set", None) is not None:
+            return
+        import json
+
+        from molconf.data.gfn2_forces import ForceSampleDataset, load_force_data
+        from molconf.models.gfn2_correction import pair_graph
+
+        meta = json.loads((Path(self.hparams.data_dir) / "meta.json").read_text())
+        data, _ = load_force_data(self.hparams.data_dir)
+        store = load_dataset(meta["dataset"])
+        rows = np.unique(data["row"])
+        graphs = {int(r): pair_graph(store.mol(int(r))) for r in rows}
+        val_rows = rows[rows % self.hparams.val_every == 0]
+        self.train_set = ForceSampleDataset(data, graphs, rows[rows % self.hparams.val_every != 0])
+        self.val_set = ForceSampleDataset(data, graphs, val_rows)
+
+    def _loader(self, dataset, shuffle: bool) -> DataLoader:
+        from molconf.data.gfn2_forces import collate_force_samples
+
+        gen = torch.Generator().manual_seed(self.hparams.seed)
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, generator=gen,
+                          collate_fn=collate_force_samples, num_workers=self.hparams.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, False)
+
+
+class Gfn2CorrectionModule(TrainingStateMixin, L.LightningModule):
+    """Fits :class:`~molconf.models.gfn2_correction.Gfn2Correction` to F(GFN2-xTB) − F(MMFF94).
+
+    Loss: mean squared error of the correction's forces (eV/Å)². Logged: ``val/force_mae``
+    and ``val/force_mae_uncorrected`` (MMFF94's own error, the correction's baseline).
+    """
+
+    def __init__(self, model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.0, warmup_fraction: float = 0.05):
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+        self.val_mae = torchmetrics.MeanMetric()
+        self.val_mae_uncorrected = torchmetrics.MeanMetric()
+
+    def training_step(self, batch, batch_idx):
+        graph, pos, target = batch
+        _, forces = self.model(pos, graph)  # (N, 3)
+        loss = ((forces - target) ** 2).mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite force loss at global step {self.global_step}, batch {batch_idx}")
+        self.log("train/loss", loss, prog_bar=True, batch_size=int(graph["num_molecules"]))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        graph, pos, target = batch
+        with torch.enable_grad():  # forces are gradients
+            _, forces = self.model.energy_and_forces(pos, self.model.coefficients(graph), graph)
+        err = (forces - target).abs()
+        self.val_mae.update(err.mean(), weight=err.numel())
+        self.val_mae_uncorrected.update(target.abs().mean(), weight=err.numel())
+
+    def on_validation_epoch_end(self):
+        self.log("val/force_mae", self.val_mae.compute(), prog_bar=True)
+        self.log("val/force_mae_uncorrected", self.val_mae_uncorrected.compute())
+        self.val_mae.reset()
+        self.val_mae_uncorrected.reset()
+
+    def configure_optimizers(self):
+        return adamw_warmup_linear(self)
 
 
 # Shared trainer defaults; experiment configs under configs/ override what they change.
