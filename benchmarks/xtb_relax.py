@@ -4,14 +4,15 @@ For each test molecule, three starting geometries: the model's prediction (``mol
 no relaxation), the prediction after MMFF94 (the start ``predict(relax_with="xtb")`` uses), and
 ETKDGv3 (seed 42) + MMFF94; with ``--dataset``, a control as well: the data set's own GFN2-xTB
 minimum after MMFF94, i.e. the best conformer any start could find, put through the same force
-field (it shows how many steps the MMFF → GFN2-xTB relaxation alone costs). Each is optimised
-with GFN2-xTB by
-``molconf.data.xtb_build.xtb_relax`` (the data protocol's optimiser, fmax and step limit).
+field (it shows how many steps the MMFF → GFN2-xTB relaxation alone costs); with ``--correction``,
+each MMFF94 start also after the learned GFN2-xTB correction of MMFF94 (:mod:`molconf.gfn2_prerelax`).
+Each is optimised with GFN2-xTB by ``molconf.data.xtb_build.xtb_relax`` (the data protocol's optimiser, fmax and step limit).
 Reported: optimiser steps and wall time of each start, how often each converges, keeps its
 bond graph, and reaches the lower final energy (energies within ``--tie-kcal`` count as the
 same minimum), per molecule against ETKDG + MMFF. Time to make the start is reported separately.
 
-    nice python benchmarks/xtb_relax.py --dataset moses_xtb --n 60 --out benchmarks/results
+    nice python benchmarks/xtb_relax.py --dataset moses_xtb --n 100 --out benchmarks/results \
+        --correction benchmarks/results/weights/moses_xtb_gfn2_correction.pt
     python benchmarks/xtb_relax.py --smiles-file my.smi --model default --n 20
 """
 
@@ -33,7 +34,7 @@ from molconf import constants as K
 from molconf.baselines import embed, mmff_optimize
 from molconf.data.geom import HARTREE_KCAL
 from molconf.data.xtb_build import XtbProtocol, xtb_relax
-from molconf.gfn2_prerelax import DEFAULT_CORRECTION, load_correction, prerelax
+from molconf.gfn2_prerelax import load_correction, prerelax
 
 
 def etkdg_mmff(mol: Chem.Mol) -> tuple[Chem.Mol | None, float]:
@@ -82,8 +83,8 @@ def test_molecules(args) -> tuple[list[Chem.Mol], list[Chem.Mol | None]]:
     return mols, refs
 
 
-STARTS = {"model": "molconf prediction", "model_mmff": "molconf prediction + MMFF",
-          "model_corrected": "molconf prediction + MMFF + GFN2 correction (= relax_with=\"xtb\")",
+STARTS = {"model": "molconf prediction", "model_mmff": "molconf prediction + MMFF (= relax_with=\"xtb\")",
+          "model_corrected": "molconf prediction + MMFF + GFN2 correction",
           "rdkit": "RDKit ETKDG + MMFF", "rdkit_corrected": "RDKit ETKDG + MMFF + GFN2 correction",
           "reference_mmff": "control: data-set minimum + MMFF",
           "reference_corrected": "control: data-set minimum + MMFF + GFN2 correction"}
@@ -153,8 +154,9 @@ def main(argv=None) -> None:
     src.add_argument("--smiles-file", help="molecules from a .smi / .csv file instead")
     p.add_argument("--model", default="default", help="molconf model for the predicted start")
     p.add_argument("--n", type=int, default=200)
-    p.add_argument("--correction", default=DEFAULT_CORRECTION,
-                   help="learned GFN2-xTB correction of MMFF94 (name, weights file or checkpoint; 'none': skip its rows)")
+    p.add_argument("--correction", default="none",
+                   help="also start from the MMFF94 starts after the learned GFN2-xTB correction of MMFF94 "
+                        "(weights file or checkpoint, e.g. benchmarks/results/weights/moses_xtb_gfn2_correction.pt)")
     p.add_argument("--tie-kcal", type=float, default=0.1, help="energies closer than this: the same minimum")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
@@ -193,6 +195,7 @@ def main(argv=None) -> None:
         print(i, *(row[k].get("steps") for k in STARTS if k in row), flush=True)
     summary = summarise(rows, args.tie_kcal)
     summary.update(model_name=report.model, precision=report.precision, protocol=protocol.to_dict(),
+                   correction=None if correction is None else args.correction,
                    command="python benchmarks/xtb_relax.py " + " ".join(sys.argv[1:] if argv is None else argv),
                    source=args.smiles_file or f"{args.dataset} test split", tie_kcal=args.tie_kcal,
                    load_average_after=os.getloadavg()[0])
@@ -252,6 +255,10 @@ def markdown(s: dict, rows: list[dict]) -> str:
                       "from the best conformer any method could predict, so the steps it needs are what the "
                       "MMFF → GFN2-xTB relaxation costs by itself; a start that goes through MMFF cannot be expected "
                       "to need fewer."]
+    if any(k.endswith("_corrected") for k in s["starts"]):
+        lines += ["", "GFN2 correction: the MMFF94 start, then MMFF94 + the learned GFN2-xTB correction "
+                      f"(`{s.get('correction')}`, `molconf.gfn2_prerelax.prerelax`) minimised from it; its time is "
+                      "included in the median start seconds."]
     return "\n".join(lines) + "\n"
 
 

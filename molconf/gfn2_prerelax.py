@@ -1,9 +1,12 @@
-"""Move an MMFF94 geometry towards GFN2-xTB's minimum with the learned correction, cheaply.
+"""Move an MMFF94 geometry towards GFN2-xTB's minimum with a learned correction.
 
-``predict(relax_with="xtb")`` runs MMFF94, then this pre-relaxation, then GFN2-xTB: it
-minimises E(MMFF94) + ΔE(:class:`~molconf.models.gfn2_correction.Gfn2Correction`) with
-SciPy's L-BFGS-B, a few milliseconds per molecule, so that GFN2-xTB starts with bond lengths
-and angles near its own (``benchmarks/xtb_relax.py`` measures the steps this saves).
+:func:`prerelax` minimises E(MMFF94) + ΔE(:class:`~molconf.models.gfn2_correction.Gfn2Correction`)
+with SciPy's L-BFGS-B (~0.1 s per drug-sized molecule). With the correction trained on the
+moses_xtb training split (``benchmarks/results/weights/moses_xtb_gfn2_correction.pt``) it takes
+the bonds and angles of an MMFF94 minimum about a third of the way to GFN2-xTB's, yet GFN2-xTB
+then needs no fewer optimisation steps (``benchmarks/xtb_relax.py --correction …``;
+README, "GFN2-xTB from a prediction"), so ``predict(relax_with="xtb")`` does not use it: it is
+here to be measured and improved on, not a default.
 
 If the pre-relaxation changes the bond graph, fails, or raises the energy, the conformer is
 left where it was and the returned :class:`PrerelaxResult` says why.
@@ -23,8 +26,6 @@ from rdkit import Chem
 from molconf.data.gfn2_forces import KCAL_TO_EV, mmff_forcefield
 from molconf.models.gfn2_correction import Gfn2Correction, batch_pair_graphs, pair_graph
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-DEFAULT_CORRECTION = "moses_xtb_gfn2_correction"
 
 
 @dataclass
@@ -44,14 +45,11 @@ def save_correction(model: Gfn2Correction, path: str | Path, meta: dict | None =
 
 
 @functools.lru_cache(maxsize=4)
-def load_correction(name_or_path: str = DEFAULT_CORRECTION) -> Gfn2Correction:
-    """A shipped correction by name (``molconf/weights/<name>.pt``), a weights file or a Lightning
-    checkpoint; returned in float64 and eval mode (shared: do not modify)."""
-    path = Path(name_or_path)
-    if not path.exists():
-        path = WEIGHTS_DIR / f"{name_or_path}.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"no GFN2-xTB correction {name_or_path!r} (looked for {path})")
+def load_correction(path: str) -> Gfn2Correction:
+    """A correction weights file or Lightning checkpoint, in float64 and eval mode (cached and
+    shared: do not modify)."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no GFN2-xTB correction file {path!r}")
     blob = torch.load(path, map_location="cpu", weights_only=False)
     if "state_dict" in blob and "config" in blob:
         config, state = blob["config"], blob["state_dict"]
@@ -62,13 +60,15 @@ def load_correction(name_or_path: str = DEFAULT_CORRECTION) -> Gfn2Correction:
         raise ValueError(f"{path}: neither a correction weights file nor a Gfn2CorrectionModule checkpoint")
     model = Gfn2Correction(**config)
     model.load_state_dict(state)
+    # elements of its training molecules (weights files record them): others are refused
+    model.trained_elements = tuple(blob.get("meta", {}).get("elements", ()))
     return model.double().eval()
 
 
 class CorrectedMMFF:
     """E(MMFF94) + ΔE and its gradient for one conformer, in eV and eV/Å, for an optimiser."""
 
-    def __init__(self, mol: Chem.Mol, model: Gfn2Correction, conf_id: int = -1):
+    def __init__(self, mol: Chem.Mol, model: Gfn2Correction, conf_id: int = -1, max_hops: int | None = None):
         self.ff = mmff_forcefield(mol, conf_id)
         if self.ff is None:
             raise ValueError("no MMFF94 parameters")
@@ -76,6 +76,8 @@ class CorrectedMMFF:
         self.batch = batch_pair_graphs([pair_graph(mol, model.max_hops)])
         with torch.no_grad():
             self.coefficients = model.coefficients(self.batch)  # (P, K), computed once: graph only
+        if max_hops is not None:  # terms of pairs further apart are left out
+            self.coefficients = self.coefficients * (self.batch["hops"] <= max_hops)[:, None]
 
     def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         flat = x.tolist()
@@ -87,8 +89,9 @@ class CorrectedMMFF:
         return e + float(de.detach()), g + dg.numpy().reshape(-1)
 
 
-def prerelax(mol: Chem.Mol, model: Gfn2Correction | str = DEFAULT_CORRECTION, conf_id: int = -1,
-             gtol: float = 1e-3, max_iters: int = 2000, bond_factor: float = 1.3) -> PrerelaxResult:
+def prerelax(mol: Chem.Mol, model: Gfn2Correction | str, conf_id: int = -1,
+             gtol: float = 1e-3, max_iters: int = 2000, bond_factor: float = 1.3,
+             max_hops: int | None = None) -> PrerelaxResult:
     """Minimise MMFF94 + ΔE from the conformer, in place (see the module docstring).
 
     ``gtol``: stop when no gradient component exceeds this (eV/Å); GFN2-xTB's own threshold is
@@ -100,8 +103,12 @@ def prerelax(mol: Chem.Mol, model: Gfn2Correction | str = DEFAULT_CORRECTION, co
 
     if isinstance(model, str):
         model = load_correction(model)
+    known = getattr(model, "trained_elements", ())
+    unseen = sorted({a.GetSymbol() for a in mol.GetAtoms() if known and a.GetAtomicNum() not in known})
+    if unseen:
+        return PrerelaxResult(False, reason=f"{', '.join(unseen)} not in the correction's training data")
     try:
-        objective = CorrectedMMFF(mol, model, conf_id)
+        objective = CorrectedMMFF(mol, model, conf_id, max_hops)
     except ValueError as err:
         return PrerelaxResult(False, reason=str(err))
     conf = mol.GetConformer(conf_id)
@@ -121,7 +128,44 @@ def prerelax(mol: Chem.Mol, model: Gfn2Correction | str = DEFAULT_CORRECTION, co
     return PrerelaxResult(True, int(res.nit), float(res.fun - e0), shift)
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path, meta: dict | None = None) -> None:
-    """Weights file (float32) of a trained Gfn2CorrectionModule checkpoint."""
+def export_checkpoint(checkpoint: str | Path, out: str | Path, data_dir: str | Path) -> dict:
+    """Weights file (float32) of a trained Gfn2CorrectionModule checkpoint, with a card: the
+    elements of its training molecules (:func:`prerelax` refuses others), the force data's
+    summary and the checkpoint's validation force error."""
+    import json
+
+    from molconf.data.gfn2_forces import load_force_data
+    from molconf.data.load import load_dataset
+
+    data_dir = Path(data_dir)
+    info = json.loads((data_dir / "meta.json").read_text())
+    data, _ = load_force_data(data_dir)
+    store = load_dataset(info["dataset"])
+    elements = sorted({a.GetAtomicNum() for r in np.unique(data["row"]).tolist() for a in store.mol(int(r)).GetAtoms()})
+    blob = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    scores = {k: v.get("best_model_score") for k, v in blob.get("callbacks", {}).items() if "ModelCheckpoint" in k}
+    best = next((float(v) for v in scores.values() if v is not None), None)
+    meta = {"elements": elements, "dataset": info["dataset"], "split": info["split"],
+            "force_data": json.loads((data_dir / "summary.json").read_text()),
+            "epochs": blob.get("epoch"), "global_step": blob.get("global_step"),
+            "best_val_force_mae_ev_per_a": best, "train_seconds": blob.get("molconf_train_seconds")}
     model = copy.deepcopy(load_correction.__wrapped__(str(checkpoint))).float()
     save_correction(model, out, meta)
+    return meta
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m molconf.gfn2_prerelax",
+                                description="Export a trained GFN2-xTB correction checkpoint as a weights file.")
+    p.add_argument("checkpoint")
+    p.add_argument("--data-dir", required=True, help="the force data it was trained on (molconf gfn2-forces --out)")
+    p.add_argument("--out", required=True, help="e.g. benchmarks/results/weights/moses_xtb_gfn2_correction.pt")
+    args = p.parse_args(argv)
+    print(json.dumps(export_checkpoint(args.checkpoint, args.out, args.data_dir), indent=1))
+
+
+if __name__ == "__main__":
+    main()

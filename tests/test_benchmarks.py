@@ -79,3 +79,40 @@ def test_train_cpu_models_runs_jobs_side_by_side_and_names_failures(tmp_path):
     again = subprocess.run(["bash", str(script)], env=dict(env, MODELS="first last"), capture_output=True,
                            text=True, timeout=60)
     assert again.returncode == 0 and "finished earlier" in (runs / "first.log").read_text()
+
+
+def test_xtb_relax_summary_counts_each_start_against_etkdg_and_the_pairs():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location("xtb_relax", BENCHMARKS / "xtb_relax.py")
+        xr = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(xr)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+    def ok(steps, hartree):
+        return {"ok": True, "steps": steps, "converged": True, "seconds": 1.0, "energy_hartree": hartree}
+
+    rows = []
+    for i, (m, mc, r, rc) in enumerate([(20, 10, 22, 12), (30, 15, 25, 30), (24, 24, 24, 20)]):
+        rows.append({"model_mmff": ok(m, -1.0), "model_corrected": ok(mc, -1.0 - 0.001 * i), "rdkit": ok(r, -1.0),
+                     "rdkit_corrected": ok(rc, -1.0), "model_mmff_start_seconds": 0.1,
+                     "model_corrected_start_seconds": 0.2, "rdkit_start_seconds": 0.1,
+                     "rdkit_corrected_start_seconds": 0.2, "reference_energy_hartree": -1.0,
+                     "model_corrected_unchanged": "bond graph changed (C1-C2)" if i == 2 else ""})
+    rows.append({**rows[0], "rdkit": {"ok": False, "reason": "no starting geometry"}})  # not in comparisons
+    s = xr.summarise(rows, tie_kcal=0.1)
+    assert s["starts"] == ["model_mmff", "model_corrected", "rdkit", "rdkit_corrected"]
+    assert ("model_corrected", "rdkit_corrected") in s["pairs"] and ("model_corrected", "rdkit") in s["pairs"]
+    c = s["model_corrected_vs_rdkit"]
+    assert (c["both_relaxed"], c["fewer_steps"], c["more_steps"], c["median_step_difference"]) == (3, 2, 0, -10)
+    # -1.001 and -1.002 Eh are 0.63 and 1.26 kcal/mol below ETKDG + MMFF's -1.0: lower twice, same once
+    assert (c["lower"], c["higher"], c["same_minimum"]) == (2, 0, 1)
+    h = s["model_corrected_vs_rdkit_corrected"]
+    assert (h["both_relaxed"], h["fewer_steps"], h["more_steps"]) == (4, 3, 1)  # the 4th row has both of these
+    assert s["model_corrected"]["median_steps"] == 12.5 and s["rdkit"]["relaxed"] == 3
+    s.update(source="test", model_name="m", precision="float32", protocol={"optimizer": "LBFGS", "fmax": 0.05,
+             "max_steps": 500}, command="python benchmarks/xtb_relax.py", load_average_after=1.0, tie_kcal=0.1,
+             correction="c.pt")
+    md = xr.markdown(s, rows)
+    assert "correction not applied 1 times (bond graph changed (C1-C2): 1)" in md and "`c.pt`" in md

@@ -209,3 +209,51 @@ def test_init_from_starts_from_saved_weights_and_refuses_another_network(tmp_pat
                                  n_decoder_layers=1, pe_dim=16)
     with pytest.raises(ValueError, match=r"w.pt: its network differs .*d_model"):
         ConformerModule(wider, init_from=str(tmp_path / "w.pt"))
+
+
+def test_gfn2_correction_learns_a_known_force_difference(tmp_path, monkeypatch):
+    """ForceDataModule + Gfn2CorrectionModule on force data made by a known 'teacher' correction."""
+    import io as _io
+
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    import molconf.lightning as ml
+    from molconf.lightning import ForceDataModule, Gfn2CorrectionModule
+    from molconf.models.gfn2_correction import Gfn2Correction, batch_pair_graphs, pair_graph
+
+    torch.manual_seed(0)
+    teacher = Gfn2Correction(hidden=16, layers=1).double()
+    torch.nn.init.normal_(teacher.pair_mlp[-1].weight, std=0.2)
+    smiles = ["CCO", "CCN", "CC(=O)O", "c1ccccc1", "CCCl", "OCCO", "CNC=O", "CCS"]
+    mols, fields = [], {k: [] for k in ("row", "kind", "num_atoms", "pos", "f_gfn2", "f_mmff", "e_gfn2", "e_mmff")}
+    rng = np.random.default_rng(0)
+    for row, s in enumerate(smiles):
+        m = Chem.AddHs(Chem.MolFromSmiles(s))
+        AllChem.EmbedMolecule(m, randomSeed=row)
+        mols.append(m)
+        batch = batch_pair_graphs([pair_graph(m)])
+        for kind in range(6):
+            pos = m.GetConformer().GetPositions() + rng.normal(0, 0.03, (m.GetNumAtoms(), 3))
+            e, f = teacher.energy_and_forces(torch.tensor(pos), teacher.coefficients(batch).detach(), batch)
+            for k, v in zip(fields, (row, kind, len(pos), pos, f.detach().numpy(), np.zeros_like(pos), e.item(), 0.0)):
+                fields[k].append(v)
+    arrays = {k: (np.concatenate(v) if k in ("pos", "f_gfn2", "f_mmff") else np.asarray(v)) for k, v in fields.items()}
+    buf = _io.BytesIO()
+    np.savez(buf, **arrays, failed_rows=np.zeros(0, np.int64), failed_reasons=np.zeros(0, str))
+    (tmp_path / "shard_00000.npz").write_bytes(buf.getvalue())
+    (tmp_path / "meta.json").write_text(json.dumps({"dataset": "fake", "split": "train"}))
+
+    class Store:
+        def mol(self, i):
+            return Chem.Mol(mols[i])
+
+    monkeypatch.setattr(ml, "load_dataset", lambda name: Store())
+    data = ForceDataModule(str(tmp_path), val_every=4, batch_size=8)  # rows 0 and 4 held out
+    module = Gfn2CorrectionModule(Gfn2Correction(hidden=32, layers=2), lr=3e-3)
+    trainer = L.Trainer(max_epochs=40, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1)
+    trainer.fit(module, data)
+    assert len(data.train_set) == 36 and len(data.val_set) == 12
+    metrics = trainer.callback_metrics
+    assert metrics["val/force_mae"] < 0.5 * metrics["val/force_mae_uncorrected"]

@@ -1,7 +1,7 @@
 """GFN2-xTB and MMFF94 forces on geometries around MMFF94 and GFN2-xTB minima.
 
 The training data of :class:`molconf.models.gfn2_correction.Gfn2Correction`, the learned
-correction that moves an MMFF94 minimum towards the GFN2-xTB one before GFN2-xTB runs.
+correction that moves an MMFF94 minimum towards the GFN2-xTB one (:mod:`molconf.gfn2_prerelax`).
 GFN2-xTB's optimiser spends most of its steps from an MMFF94 start on bond lengths and angles
 (``benchmarks/xtb_start_probe.py``), so the samples cover exactly that region, per molecule:
 

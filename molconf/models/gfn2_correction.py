@@ -12,8 +12,9 @@ the 2D graph only:
 with h a message-passing embedding of the molecular graph and φ two polynomial terms in the
 distance from a per-hop centre plus Gaussian radial functions. It is fitted to the difference
 of GFN2-xTB and MMFF94 forces (:mod:`molconf.data.gfn2_forces`). Minimising
-MMFF94 + ΔE from an MMFF94 minimum (:func:`molconf.gfn2_prerelax.prerelax`) gives a start
-that GFN2-xTB finishes in fewer steps.
+MMFF94 + ΔE from an MMFF94 minimum (:func:`molconf.gfn2_prerelax.prerelax`) brings its bonds
+and angles closer to GFN2-xTB's; whether that saves GFN2-xTB steps is measured by
+``benchmarks/xtb_relax.py --correction`` (so far it does not: see the README).
 
 Shapes: N atoms, E bonds, P pairs, K basis functions, B molecules, d width (flat batches).
 """
