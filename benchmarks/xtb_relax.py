@@ -182,12 +182,11 @@ def main(argv=None) -> None:
             ref_mmff, ref_seconds = mmff_start(ref)
             row.update(reference_mmff=relax_start(ref_mmff, protocol), reference_mmff_start_seconds=ref_seconds)
         if correction is not None:
-            for key, base, seconds in (("model_corrected", pred_mmff, predict_seconds + mmff_seconds),
-                                       ("rdkit_corrected", start_rdkit, rd_seconds),
-                                       ("reference_corrected", ref_mmff if ref is not None else None,
-                                        ref_seconds if ref is not None else 0.0)):
-                if key == "reference_corrected" and ref is None:
-                    continue
+            bases = [("model_corrected", pred_mmff, predict_seconds + mmff_seconds),
+                     ("rdkit_corrected", start_rdkit, rd_seconds)]
+            if ref is not None:
+                bases.append(("reference_corrected", ref_mmff, ref_seconds))
+            for key, base, seconds in bases:
                 start, extra, why = corrected_start(base, correction)
                 row.update({key: relax_start(start, protocol), f"{key}_start_seconds": seconds + extra,
                             f"{key}_unchanged": why})

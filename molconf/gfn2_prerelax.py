@@ -14,7 +14,6 @@ left where it was and the returned :class:`PrerelaxResult` says why.
 
 from __future__ import annotations
 
-import copy
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,7 +148,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, data_dir: str | P
             "force_data": json.loads((data_dir / "summary.json").read_text()),
             "epochs": blob.get("epoch"), "global_step": blob.get("global_step"),
             "best_val_force_mae_ev_per_a": best, "train_seconds": blob.get("molconf_train_seconds")}
-    model = copy.deepcopy(load_correction.__wrapped__(str(checkpoint))).float()
+    model = load_correction.__wrapped__(str(checkpoint)).float()  # uncached: a fresh copy to convert
     save_correction(model, out, meta)
     return meta
 
