@@ -42,6 +42,7 @@ from molconf.data.load import load_dataset, load_dataset_split
 from molconf.data.xtb_build import XtbProtocol, xtb_relax
 from molconf.gfn2_prerelax import load_correction, prerelax
 from molconf.metrics import mol_with_coords
+from molconf.models.gfn2_correction import pairs_within_hops
 from xtb_relax import mmff_start
 
 STARTS = ("control", "oracle 1-2/1-3", "oracle 1-2/1-3 × 0.75", "oracle 1-2/1-3 × 0.5", "oracle 1-2/1-3/1-4",
@@ -72,10 +73,8 @@ def local_pairs(mol: Chem.Mol) -> list[tuple[int, int, tuple]]:
 
 
 def pairs_within(mol: Chem.Mol, hops: int) -> tuple[np.ndarray, np.ndarray]:
-    topo = Chem.GetDistanceMatrix(mol)
-    i, j = np.where((topo > 0) & (topo <= hops))
-    keep = i < j
-    return i[keep], j[keep]
+    pairs, _ = pairs_within_hops(mol, hops)
+    return pairs[:, 0], pairs[:, 1]
 
 
 def fit_distances(start: np.ndarray, i: np.ndarray, j: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -133,9 +132,8 @@ def probe_molecule(ref: Chem.Mol, lookup: dict, protocol: XtbProtocol, correctio
     shift = np.array([lookup.get(p[2], 0.0) for p in local])
     starts["lookup 1-2/1-3"] = fit_distances(x, i, j, distances(x, i, j) + shift)
     # the same targets, with every 1-4 distance held where MMFF94 put it (torsions, ring planarity)
-    i4, j4 = pairs_within(ref, 3)
-    torsion = Chem.GetDistanceMatrix(ref)[i4, j4] == 3
-    i4, j4 = i4[torsion], j4[torsion]
+    pairs, hops = pairs_within_hops(ref, 3)
+    i4, j4 = pairs[hops == 3, 0], pairs[hops == 3, 1]
     starts["lookup 1-2/1-3, 1-4 kept"] = fit_distances(
         x, np.concatenate([i, i4]), np.concatenate([j, j4]),
         np.concatenate([distances(x, i, j) + shift, distances(x, i4, j4)]))

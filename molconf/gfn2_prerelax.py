@@ -1,7 +1,8 @@
 """Move an MMFF94 geometry towards GFN2-xTB's minimum with a learned correction.
 
 :func:`prerelax` minimises E(MMFF94) + ΔE(:class:`~molconf.models.gfn2_correction.Gfn2Correction`)
-with SciPy's L-BFGS-B (~0.1 s per drug-sized molecule). With the correction trained on the
+with SciPy's L-BFGS-B (a few hundred iterations: a median ~2 s per molecule in the 100-molecule
+``benchmarks/xtb_relax.py`` run, more than the GFN2-xTB optimisation after it). With the correction trained on the
 moses_xtb training split (``benchmarks/results/weights/moses_xtb_gfn2_correction.pt``) it takes
 the bonds and angles of an MMFF94 minimum about a third of the way to GFN2-xTB's, yet GFN2-xTB
 then needs no fewer optimisation steps (``benchmarks/xtb_relax.py --correction …``;
@@ -24,7 +25,6 @@ from rdkit import Chem
 
 from molconf.data.gfn2_forces import KCAL_TO_EV, mmff_forcefield
 from molconf.models.gfn2_correction import Gfn2Correction, batch_pair_graphs, pair_graph
-
 
 
 @dataclass
@@ -67,7 +67,7 @@ def load_correction(path: str) -> Gfn2Correction:
 class CorrectedMMFF:
     """E(MMFF94) + ΔE and its gradient for one conformer, in eV and eV/Å, for an optimiser."""
 
-    def __init__(self, mol: Chem.Mol, model: Gfn2Correction, conf_id: int = -1, max_hops: int | None = None):
+    def __init__(self, mol: Chem.Mol, model: Gfn2Correction, conf_id: int = -1):
         self.ff = mmff_forcefield(mol, conf_id)
         if self.ff is None:
             raise ValueError("no MMFF94 parameters")
@@ -75,8 +75,6 @@ class CorrectedMMFF:
         self.batch = batch_pair_graphs([pair_graph(mol, model.max_hops)])
         with torch.no_grad():
             self.coefficients = model.coefficients(self.batch)  # (P, K), computed once: graph only
-        if max_hops is not None:  # terms of pairs further apart are left out
-            self.coefficients = self.coefficients * (self.batch["hops"] <= max_hops)[:, None]
 
     def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         flat = x.tolist()
@@ -89,8 +87,7 @@ class CorrectedMMFF:
 
 
 def prerelax(mol: Chem.Mol, model: Gfn2Correction | str, conf_id: int = -1,
-             gtol: float = 1e-3, max_iters: int = 2000, bond_factor: float = 1.3,
-             max_hops: int | None = None) -> PrerelaxResult:
+             gtol: float = 1e-3, max_iters: int = 2000, bond_factor: float = 1.3) -> PrerelaxResult:
     """Minimise MMFF94 + ΔE from the conformer, in place (see the module docstring).
 
     ``gtol``: stop when no gradient component exceeds this (eV/Å); GFN2-xTB's own threshold is
@@ -107,7 +104,7 @@ def prerelax(mol: Chem.Mol, model: Gfn2Correction | str, conf_id: int = -1,
     if unseen:
         return PrerelaxResult(False, reason=f"{', '.join(unseen)} not in the correction's training data")
     try:
-        objective = CorrectedMMFF(mol, model, conf_id, max_hops)
+        objective = CorrectedMMFF(mol, model, conf_id)
     except ValueError as err:
         return PrerelaxResult(False, reason=str(err))
     conf = mol.GetConformer(conf_id)

@@ -74,18 +74,13 @@ def gfn2_energy_forces(mol: Chem.Mol, pos: np.ndarray, protocol: XtbProtocol) ->
     return energy, forces
 
 
-def _mmff_minimise(mol: Chem.Mol, conf_id: int, max_iters: int = 2000) -> None:
-    props = AllChem.MMFFGetMoleculeProperties(mol)
-    AllChem.MMFFGetMoleculeForceField(mol, props, confId=conf_id).Minimize(maxIts=max_iters)
-
-
 def sample_geometries(mol: Chem.Mol, seed: int) -> list[tuple[int, np.ndarray]]:
     """``(kind, positions)`` of the geometries of the module's table (kinds 4-5 dropped when
     ETKDG finds no conformer). ``mol`` carries the GFN2-xTB minimum as its conformer."""
     rng = np.random.default_rng(seed)
     g = mol.GetConformer().GetPositions()
     work = Chem.Mol(mol)
-    _mmff_minimise(work, -1)
+    AllChem.MMFFOptimizeMolecule(work, maxIters=2000)
     m = work.GetConformer().GetPositions()
     out = [(0, g), (1, m)]
     for kind in (2, 3):
@@ -97,7 +92,7 @@ def sample_geometries(mol: Chem.Mol, seed: int) -> list[tuple[int, np.ndarray]]:
     embedded = Chem.Mol(mol)
     embedded.RemoveAllConformers()
     if AllChem.EmbedMolecule(embedded, params) == 0:
-        _mmff_minimise(embedded, -1)
+        AllChem.MMFFOptimizeMolecule(embedded, maxIters=2000)
         e = embedded.GetConformer().GetPositions()
         out += [(4, e), (5, e + rng.normal(0.0, NOISE, e.shape))]
     return out

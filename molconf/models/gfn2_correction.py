@@ -50,6 +50,15 @@ class PairGraph:
         return len(self.atom_features)
 
 
+def pairs_within_hops(mol: Chem.Mol, max_hops: int) -> tuple[np.ndarray, np.ndarray]:
+    """Atom pairs (P, 2), i < j in row order, at most ``max_hops`` bonds apart, and their bond counts (P,)."""
+    topo = Chem.GetDistanceMatrix(mol)
+    i, j = np.where((topo > 0) & (topo <= max_hops))
+    keep = i < j
+    i, j = i[keep], j[keep]
+    return np.stack([i, j], 1).astype(np.int64), topo[i, j].astype(np.int64)
+
+
 def pair_graph(mol: Chem.Mol, max_hops: int = 3) -> PairGraph:
     """The graph and every atom pair at most ``max_hops`` bonds apart (explicit-H ``mol``).
 
@@ -60,12 +69,8 @@ def pair_graph(mol: Chem.Mol, max_hops: int = 3) -> PairGraph:
     (6, 5, [0, 5, 7, 3])
     """
     bonds, types = bond_list(mol)
-    topo = Chem.GetDistanceMatrix(mol)
-    i, j = np.where((topo > 0) & (topo <= max_hops))
-    keep = i < j
-    i, j = i[keep], j[keep]
-    return PairGraph(atom_features(mol), bonds.astype(np.int64), types.astype(np.int64),
-                     np.stack([i, j], 1).astype(np.int64), topo[i, j].astype(np.int64))
+    pairs, hops = pairs_within_hops(mol, max_hops)
+    return PairGraph(atom_features(mol), bonds.astype(np.int64), types.astype(np.int64), pairs, hops)
 
 
 def batch_pair_graphs(graphs: list[PairGraph]) -> dict[str, torch.Tensor]:
