@@ -18,11 +18,13 @@ GFN2-xTB steps again (same protocol as the data):
   bond types, ring), learned on ``--train`` molecules of the training split: the simplest
   learned correction; and the same with every 1-4 distance held where MMFF94 put it (so the
   fit cannot twist torsions or bend rings out of plane);
-- ``learned correction`` (with ``--correction``): MMFF94 + the learned GFN2-xTB correction
-  minimised from the control start (:func:`molconf.gfn2_prerelax.prerelax`).
+- ``learned: <weights>`` (per ``--correction`` file): MMFF94 + that learned GFN2-xTB
+  correction minimised from the control start (:func:`molconf.gfn2_prerelax.prerelax`, its
+  torsions held near the start), and the same with the torsions free (``hold_torsions=0``).
 
     nice python benchmarks/xtb_start_probe.py --n 40 --train 2000 --out benchmarks/results \
-        --correction benchmarks/results/weights/moses_xtb_gfn2_correction.pt
+        --correction benchmarks/results/weights/moses_xtb_gfn2_correction.pt \
+        benchmarks/results/weights/moses_xtb_gfn2_correction_dihedral.pt
 """
 
 from __future__ import annotations
@@ -46,7 +48,14 @@ from molconf.models.gfn2_correction import pairs_within_hops
 from xtb_relax import mmff_start
 
 STARTS = ("control", "oracle 1-2/1-3", "oracle 1-2/1-3 × 0.75", "oracle 1-2/1-3 × 0.5", "oracle 1-2/1-3/1-4",
-          "lookup 1-2/1-3", "lookup 1-2/1-3, 1-4 kept", "learned correction")
+          "lookup 1-2/1-3", "lookup 1-2/1-3, 1-4 kept")
+
+
+FREE = ", torsions free"
+
+
+def learned_rows(path: str) -> tuple[str, str]:
+    return f"learned: {Path(path).stem}", f"learned: {Path(path).stem}{FREE}"
 
 
 def atom_type(atom: Chem.Atom) -> tuple:
@@ -111,7 +120,9 @@ def learn_lookup(store, rows) -> dict[tuple, float]:
     return {k: float(np.mean(v)) for k, v in seen.items() if len(v) >= 3}
 
 
-def probe_molecule(ref: Chem.Mol, lookup: dict, protocol: XtbProtocol, correction=None) -> dict | None:
+def probe_molecule(ref: Chem.Mol, lookup: dict, protocol: XtbProtocol, corrections: dict) -> dict | None:
+    """Steps from each start of the module's list for one test molecule; ``corrections``:
+    row name → learned correction."""
     control, _ = mmff_start(ref)
     if control is None:
         return None
@@ -123,10 +134,10 @@ def probe_molecule(ref: Chem.Mol, lookup: dict, protocol: XtbProtocol, correctio
     i, j = pairs_within(ref, 2)
     for lam in (0.75, 0.5):
         starts[f"oracle 1-2/1-3 × {lam}"] = fit_distances(x, i, j, distances(x, i, j) + lam * (distances(g, i, j) - distances(x, i, j)))
-    if correction is not None:
+    for name, correction in corrections.items():
         corrected = Chem.Mol(control)
-        prerelax(corrected, correction)
-        starts["learned correction"] = corrected.GetConformer().GetPositions()
+        prerelax(corrected, correction, hold_torsions=0.0 if name.endswith(FREE) else 0.5)
+        starts[name] = corrected.GetConformer().GetPositions()
     local = local_pairs(ref)
     i, j = np.array([p[0] for p in local]), np.array([p[1] for p in local])
     shift = np.array([lookup.get(p[2], 0.0) for p in local])
@@ -139,9 +150,8 @@ def probe_molecule(ref: Chem.Mol, lookup: dict, protocol: XtbProtocol, correctio
         np.concatenate([distances(x, i, j) + shift, distances(x, i4, j4)]))
     row = {"local_error_mmff": float(np.abs(distances(g, i, j) - distances(x, i, j)).mean()),
            "local_error_lookup": float(np.abs(distances(g, i, j) - distances(x, i, j) - shift).mean())}
-    if correction is not None:
-        y = starts["learned correction"]
-        row["local_error_learned"] = float(np.abs(distances(g, i, j) - distances(y, i, j)).mean())
+    for name in corrections:
+        row[f"local_error {name}"] = float(np.abs(distances(g, i, j) - distances(starts[name], i, j)).mean())
     for name, pos in starts.items():
         relaxed = xtb_relax(mol_with_coords(control, pos), protocol)
         row[name] = relaxed.steps if not relaxed.bond_changes and relaxed.converged else None
@@ -153,10 +163,11 @@ def main(argv=None) -> None:
     p.add_argument("--dataset", default="moses_xtb")
     p.add_argument("--n", type=int, default=40, help="test molecules")
     p.add_argument("--train", type=int, default=2000, help="training molecules the lookup is learned on")
-    p.add_argument("--correction", help="learned GFN2-xTB correction (weights file) for its row")
+    p.add_argument("--correction", nargs="*", default=[], help="learned GFN2-xTB corrections (weights files): a row each")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
-    correction = load_correction(args.correction) if args.correction else None
+    corrections = {name: load_correction(path) for path in args.correction for name in learned_rows(path)}
+    starts = STARTS + tuple(corrections)
     torch.set_num_threads(1)
     store = load_dataset(args.dataset)
     train, _ = store.positions_of(load_dataset_split(args.dataset, "train"))
@@ -165,10 +176,10 @@ def main(argv=None) -> None:
     protocol = XtbProtocol()
     rows = []
     for r in test[: args.n].tolist():
-        row = probe_molecule(store.mol(int(r)), lookup, protocol, correction)
+        row = probe_molecule(store.mol(int(r)), lookup, protocol, corrections)
         if row is not None:
             rows.append(row)
-            print(r, *(row.get(s) for s in STARTS), flush=True)
+            print(r, *(row.get(s) for s in starts), flush=True)
     command = "python benchmarks/xtb_start_probe.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [f"$ nice {command}",
              f"{len(rows)} {args.dataset} test molecules (of {args.n}); lookup learned on {args.train} training "
@@ -176,12 +187,13 @@ def main(argv=None) -> None:
              f"load average after: {os.getloadavg()[0]:.2f}",
              f"mean |GFN2-xTB - MMFF94| of 1-2/1-3 distances: {statistics.fmean(r['local_error_mmff'] for r in rows):.4f} Å, "
              f"after the lookup {statistics.fmean(r['local_error_lookup'] for r in rows):.4f} Å"
-             + (f", after the learned correction {statistics.fmean(r['local_error_learned'] for r in rows):.4f} Å"
-                if correction is not None else "")]
-    for s in [s for s in STARTS if any(s in r for r in rows)]:
+             + "".join(f", after {name} {statistics.fmean(r[f'local_error {name}'] for r in rows):.4f} Å"
+                       for name in corrections)]
+    width = max(map(len, starts))
+    for s in [s for s in starts if any(s in r for r in rows)]:
         ok = [r[s] for r in rows if r[s] is not None]
         both = [r for r in rows if r[s] is not None and r["control"] is not None]
-        lines.append(f"{s:>24}: converged {len(ok)}, median steps {statistics.median(ok):.1f}, mean {statistics.fmean(ok):.1f}; "
+        lines.append(f"{s:>{width}}: converged {len(ok)}, median steps {statistics.median(ok):.1f}, mean {statistics.fmean(ok):.1f}; "
                      f"fewer than control {sum(r[s] < r['control'] for r in both)}, more {sum(r[s] > r['control'] for r in both)}")
     text = "\n".join(lines) + "\n"
     print(text)

@@ -24,7 +24,7 @@ import torch
 from rdkit import Chem
 
 from molconf.data.gfn2_forces import KCAL_TO_EV, mmff_forcefield
-from molconf.models.gfn2_correction import Gfn2Correction, batch_pair_graphs, pair_graph
+from molconf.models.gfn2_correction import Gfn2Correction, batch_pair_graphs, torsion_cos_sin
 
 
 @dataclass
@@ -65,16 +65,26 @@ def load_correction(path: str) -> Gfn2Correction:
 
 
 class CorrectedMMFF:
-    """E(MMFF94) + ΔE and its gradient for one conformer, in eV and eV/Å, for an optimiser."""
+    """E(MMFF94) + ΔE (+ the torsion restraint) and its gradient for one conformer, in eV and
+    eV/Å, for an optimiser.
 
-    def __init__(self, mol: Chem.Mol, model: Gfn2Correction, conf_id: int = -1):
+    ``hold_torsions``: k (eV) of a restraint k · (1 − cos(φ − φ₀)) on every proper torsion φ,
+    φ₀ its value in the conformer given; 0 for none.
+    """
+
+    def __init__(self, mol: Chem.Mol, model: Gfn2Correction, conf_id: int = -1, hold_torsions: float = 0.0):
         self.ff = mmff_forcefield(mol, conf_id)
         if self.ff is None:
             raise ValueError("no MMFF94 parameters")
         self.model = model
-        self.batch = batch_pair_graphs([pair_graph(mol, model.max_hops)])
+        graph = model.graph(mol)
+        self.batch = batch_pair_graphs([graph])
         with torch.no_grad():
-            self.coefficients = model.coefficients(self.batch)  # (P, K), computed once: graph only
+            self.coefficients = model.coefficients(self.batch)  # computed once: they depend on the graph only
+        self.hold_torsions = hold_torsions
+        self.torsions = torch.from_numpy(graph.torsions)  # (T, 4)
+        start = torch.tensor(mol.GetConformer(conf_id).GetPositions(), dtype=torch.float64)
+        self.start_cos_sin = torsion_cos_sin(start[self.torsions])  # cos φ₀, sin φ₀: (T,) each
 
     def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         flat = x.tolist()
@@ -82,18 +92,27 @@ class CorrectedMMFF:
         g = np.asarray(self.ff.CalcGrad(flat)) * KCAL_TO_EV
         pos = torch.tensor(x.reshape(-1, 3), dtype=torch.float64, requires_grad=True)
         de = self.model.energy(pos, self.coefficients, self.batch).sum()
+        if self.hold_torsions and len(self.torsions):
+            (c, s), (c0, s0) = torsion_cos_sin(pos[self.torsions]), self.start_cos_sin
+            de = de + self.hold_torsions * (1 - c * c0 - s * s0).sum()  # cos(φ − φ₀) = cos φ cos φ₀ + sin φ sin φ₀
         (dg,) = torch.autograd.grad(de, pos)
         return e + float(de.detach()), g + dg.numpy().reshape(-1)
 
 
-def prerelax(mol: Chem.Mol, model: Gfn2Correction | str, conf_id: int = -1,
+def prerelax(mol: Chem.Mol, model: Gfn2Correction | str, conf_id: int = -1, hold_torsions: float = 0.5,
              gtol: float = 1e-3, max_iters: int = 2000, bond_factor: float = 1.3) -> PrerelaxResult:
     """Minimise MMFF94 + ΔE from the conformer, in place (see the module docstring).
 
+    ``hold_torsions``: k (eV) of a restraint k · (1 − cos(φ − φ₀)) that keeps every proper
+    torsion near its start; 0 lets them go. The correction's errors are largest, relative to
+    the stiffness, along torsions: unrestrained, it turned phenyl rings by 10–20° the wrong way
+    and GFN2-xTB then needed up to 3× the steps to turn them back (``benchmarks/xtb_start_probe.py``
+    compares the two).
     ``gtol``: stop when no gradient component exceeds this (eV/Å); GFN2-xTB's own threshold is
     50 times larger, so the result is a converged minimum of the corrected force field.
     """
     from scipy.optimize import minimize
+    from threadpoolctl import threadpool_limits
 
     from molconf.data.xtb_build import bond_changes
 
@@ -104,14 +123,17 @@ def prerelax(mol: Chem.Mol, model: Gfn2Correction | str, conf_id: int = -1,
     if unseen:
         return PrerelaxResult(False, reason=f"{', '.join(unseen)} not in the correction's training data")
     try:
-        objective = CorrectedMMFF(mol, model, conf_id)
+        objective = CorrectedMMFF(mol, model, conf_id, hold_torsions)
     except ValueError as err:
         return PrerelaxResult(False, reason=str(err))
     conf = mol.GetConformer(conf_id)
     start = conf.GetPositions().reshape(-1)
     e0, _ = objective(start)
-    res = minimize(objective, start, jac=True, method="L-BFGS-B",
-                   options={"gtol": gtol, "maxiter": max_iters, "maxcor": 30})
+    # L-BFGS-B's vector operations are tiny: with OpenBLAS's thread pool they took ~5x longer
+    # (0.4 vs 2 s per molecule, measured on 5 test molecules)
+    with threadpool_limits(1, user_api="blas"):
+        res = minimize(objective, start, jac=True, method="L-BFGS-B",
+                       options={"gtol": gtol, "maxiter": max_iters, "maxcor": 30})
     pos = res.x.reshape(-1, 3)
     if not (np.isfinite(res.fun) and np.isfinite(pos).all()) or res.fun > e0:
         return PrerelaxResult(False, int(res.nit), reason="corrected force field did not lower the energy")

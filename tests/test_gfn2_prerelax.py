@@ -48,12 +48,13 @@ def test_mmff_forces_are_minus_the_gradient_in_ev():
     assert f[2, 1] == pytest.approx(-fd, rel=1e-4, abs=1e-6)
 
 
-def test_corrected_objective_gradient_matches_finite_differences():
-    mol = _mmff_minimum("c1ccccc1O")
+@pytest.mark.parametrize("hold_torsions", [0.0, 0.7])
+def test_corrected_objective_gradient_matches_finite_differences(hold_torsions):
+    mol = _mmff_minimum("c1ccccc1OCC")
     model = _constant_model(-0.3)
     with torch.no_grad():
         torch.nn.init.normal_(model.pair_mlp[-1].weight, std=0.05, generator=torch.Generator().manual_seed(0))
-    objective = CorrectedMMFF(mol, model)
+    objective = CorrectedMMFF(mol, model, hold_torsions=hold_torsions)
     x = mol.GetConformer().GetPositions().reshape(-1) + np.random.default_rng(1).normal(0, 0.02, 3 * mol.GetNumAtoms())
     _, grad = objective(x)
     h = 1e-6
@@ -137,3 +138,27 @@ def test_committed_correction_brings_mmff_bonds_and_angles_towards_gfn2():
         err_corrected.append(np.abs(dist(start) - dist(ref)).mean())
     # mean 0.016 -> 0.006 Å on 40 test molecules (benchmarks/results/xtb_start_probe.txt)
     assert np.mean(err_corrected) < 0.6 * np.mean(err_mmff)
+
+
+def test_held_torsions_stay_near_their_start_while_bonds_still_move():
+    from rdkit.Chem import rdMolTransforms
+
+    from molconf.models.gfn2_correction import torsion_quadruples
+
+    ref = _shipped_test_minima(8)[-1]
+    start = Chem.Mol(ref)
+    AllChem.MMFFOptimizeMolecule(start, maxIters=2000)
+    quads = torsion_quadruples(start)
+
+    def torsions(m):
+        return np.array([rdMolTransforms.GetDihedralDeg(m.GetConformer(), *map(int, q)) for q in quads])
+
+    moved = {}
+    for k in (0.0, 0.5):
+        m = Chem.Mol(start)
+        assert prerelax(m, str(CORRECTION), hold_torsions=k).applied
+        moved[k] = np.abs((torsions(m) - torsions(start) + 180) % 360 - 180)
+        bonds = np.array([(b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in m.GetBonds()])
+        length = lambda x: np.linalg.norm(x[bonds[:, 0]] - x[bonds[:, 1]], axis=1)  # noqa: E731
+        assert np.abs(length(m.GetConformer().GetPositions()) - length(start.GetConformer().GetPositions())).max() > 2e-3
+    assert moved[0.5].max() < 0.5 * moved[0.0].max() and moved[0.5].mean() < moved[0.0].mean()

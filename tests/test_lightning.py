@@ -190,7 +190,12 @@ def test_ddp_two_cpu_processes_agree(tmp_path, qm9_small):
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
 def test_every_config_parses(config, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "molconf.cli", "fit", "--config", str(REPO / "configs" / config),
+    path = REPO / "configs" / config
+    # an override file names the config it changes on its first line ("# Override of base.yaml: …")
+    first = path.read_text().splitlines()[0]
+    base = [str(REPO / "configs" / first.split()[3].rstrip(":"))] if first.startswith("# Override of ") else []
+    configs = [arg for c in base + [str(path)] for arg in ("--config", c)]
+    proc = subprocess.run([sys.executable, "-m", "molconf.cli", "fit", *configs,
                            "--print_config"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "class_path" in proc.stdout
@@ -211,15 +216,15 @@ def test_init_from_starts_from_saved_weights_and_refuses_another_network(tmp_pat
         ConformerModule(wider, init_from=str(tmp_path / "w.pt"))
 
 
-def test_gfn2_correction_learns_a_known_force_difference(tmp_path, monkeypatch):
-    """ForceDataModule + Gfn2CorrectionModule on force data made by a known 'teacher' correction."""
+def _teacher_force_data(tmp_path, monkeypatch) -> None:
+    """A force-data folder in ``tmp_path`` made by a known 'teacher' correction (8 molecules,
+    6 samples each), with ``load_dataset`` patched to return its molecules."""
     import io as _io
 
     from rdkit import Chem
     from rdkit.Chem import AllChem
 
     import molconf.lightning as ml
-    from molconf.lightning import ForceDataModule, Gfn2CorrectionModule
     from molconf.models.gfn2_correction import Gfn2Correction, batch_pair_graphs, pair_graph
 
     torch.manual_seed(0)
@@ -235,7 +240,7 @@ def test_gfn2_correction_learns_a_known_force_difference(tmp_path, monkeypatch):
         batch = batch_pair_graphs([pair_graph(m)])
         for kind in range(6):
             pos = m.GetConformer().GetPositions() + rng.normal(0, 0.03, (m.GetNumAtoms(), 3))
-            e, f = teacher.energy_and_forces(torch.tensor(pos), teacher.coefficients(batch).detach(), batch)
+            e, f = teacher.energy_and_forces(torch.tensor(pos), {k: v.detach() for k, v in teacher.coefficients(batch).items()}, batch)
             for k, v in zip(fields, (row, kind, len(pos), pos, f.detach().numpy(), np.zeros_like(pos), e.item(), 0.0)):
                 fields[k].append(v)
     arrays = {k: (np.concatenate(v) if k in ("pos", "f_gfn2", "f_mmff") else np.asarray(v)) for k, v in fields.items()}
@@ -249,6 +254,14 @@ def test_gfn2_correction_learns_a_known_force_difference(tmp_path, monkeypatch):
             return Chem.Mol(mols[i])
 
     monkeypatch.setattr(ml, "load_dataset", lambda name: Store())
+
+
+def test_gfn2_correction_learns_a_known_force_difference(tmp_path, monkeypatch):
+    """ForceDataModule + Gfn2CorrectionModule on force data made by a known 'teacher' correction."""
+    from molconf.lightning import ForceDataModule, Gfn2CorrectionModule
+    from molconf.models.gfn2_correction import Gfn2Correction
+
+    _teacher_force_data(tmp_path, monkeypatch)
     data = ForceDataModule(str(tmp_path), val_every=4, batch_size=8)  # rows 0 and 4 held out
     module = Gfn2CorrectionModule(Gfn2Correction(hidden=32, layers=2), lr=3e-3)
     trainer = L.Trainer(max_epochs=40, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -257,3 +270,16 @@ def test_gfn2_correction_learns_a_known_force_difference(tmp_path, monkeypatch):
     assert len(data.train_set) == 36 and len(data.val_set) == 12
     metrics = trainer.callback_metrics
     assert metrics["val/force_mae"] < 0.5 * metrics["val/force_mae_uncorrected"]
+
+
+def test_gfn2_correction_refuses_graphs_listing_other_pairs_than_the_model_needs(tmp_path, monkeypatch):
+    from molconf.lightning import ForceDataModule, Gfn2CorrectionModule
+    from molconf.models.gfn2_correction import Gfn2Correction
+
+    _teacher_force_data(tmp_path, monkeypatch)
+    data = ForceDataModule(str(tmp_path), val_every=4, batch_size=8)  # bonded pairs only
+    module = Gfn2CorrectionModule(Gfn2Correction(hidden=16, layers=1, nonbonded=True))
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ValueError, match=r"\(max_hops, nonbonded\) = \(3, False\).*needs \(3, True\)"):
+        trainer.fit(module, data)

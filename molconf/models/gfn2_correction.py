@@ -10,13 +10,17 @@ the 2D graph only:
     ΔE(x) = Σ_pairs Σ_k c_pk · φ_k(r_p),   c_p = MLP(h_i + h_j, h_i ⊙ h_j, hop)
 
 with h a message-passing embedding of the molecular graph and φ two polynomial terms in the
-distance from a per-hop centre plus Gaussian radial functions. It is fitted to the difference
-of GFN2-xTB and MMFF94 forces (:mod:`molconf.data.gfn2_forces`). Minimising
+distance from a per-hop centre plus Gaussian radial functions. Two options add terms:
+``dihedrals`` (cos nφ of every proper torsion, n = 1…3, and h², h⁴ of the out-of-plane height
+of every atom with three neighbours, coefficients again from the graph) and ``nonbonded``
+(Gaussian pair terms for every pair farther apart, so ΔE depends on the conformation).
+It is fitted to the difference of GFN2-xTB and MMFF94 forces (:mod:`molconf.data.gfn2_forces`). Minimising
 MMFF94 + ΔE from an MMFF94 minimum (:func:`molconf.gfn2_prerelax.prerelax`) brings its bonds
 and angles closer to GFN2-xTB's; whether that saves GFN2-xTB steps is measured by
 ``benchmarks/xtb_relax.py --correction`` (so far it does not: see the README).
 
-Shapes: N atoms, E bonds, P pairs, K basis functions, B molecules, d width (flat batches).
+Shapes: N atoms, E bonds, P pairs, K basis functions, T torsions, I out-of-plane centres,
+B molecules, d width (flat batches).
 """
 
 from __future__ import annotations
@@ -43,7 +47,9 @@ class PairGraph:
     bonds: np.ndarray  # (E, 2) int64
     bond_types: np.ndarray  # (E,) int64
     pairs: np.ndarray  # (P, 2) int64, i < j
-    hops: np.ndarray  # (P,) int64, bonds between i and j (1 … max_hops)
+    hops: np.ndarray  # (P,) int64, bonds between i and j (1 … max_hops; max_hops + 1: non-bonded, any farther pair)
+    torsions: np.ndarray  # (T, 4) int64, i-j-k-l bonded in a chain, i != l, j and k not sp (linear)
+    impropers: np.ndarray  # (I, 4) int64, an atom with exactly three neighbours, then them
 
     @property
     def num_atoms(self) -> int:
@@ -59,18 +65,61 @@ def pairs_within_hops(mol: Chem.Mol, max_hops: int) -> tuple[np.ndarray, np.ndar
     return np.stack([i, j], 1).astype(np.int64), topo[i, j].astype(np.int64)
 
 
-def pair_graph(mol: Chem.Mol, max_hops: int = 3) -> PairGraph:
-    """The graph and every atom pair at most ``max_hops`` bonds apart (explicit-H ``mol``).
+def torsion_quadruples(mol: Chem.Mol) -> np.ndarray:
+    """(T, 4) proper torsions i-j-k-l, each once (i-j-k-l, not also l-k-j-i), i != l. Torsions
+    about a bond to an sp atom are left out: their angle is undefined where the chain is linear.
+
+    >>> torsion_quadruples(Chem.AddHs(Chem.MolFromSmiles("CO"))).shape  # 3 H-C-O-H
+    (3, 4)
+    >>> len(torsion_quadruples(Chem.AddHs(Chem.MolFromSmiles("CC#C"))))  # only through sp carbons
+    0
+    """
+    out = []
+    for bond in mol.GetBonds():
+        j, k = bond.GetBeginAtom(), bond.GetEndAtom()
+        if Chem.HybridizationType.SP in (j.GetHybridization(), k.GetHybridization()):
+            continue
+        for i in j.GetNeighbors():
+            for ll in k.GetNeighbors():
+                if i.GetIdx() not in (k.GetIdx(), ll.GetIdx()) and ll.GetIdx() != j.GetIdx():
+                    out.append((i.GetIdx(), j.GetIdx(), k.GetIdx(), ll.GetIdx()))
+    return np.asarray(out, np.int64).reshape(-1, 4)
+
+
+def improper_quadruples(mol: Chem.Mol) -> np.ndarray:
+    """(I, 4): every atom with exactly three neighbours, then those neighbours.
+
+    >>> improper_quadruples(Chem.AddHs(Chem.MolFromSmiles("NC=O"))).tolist()  # the N and the C
+    [[0, 1, 3, 4], [1, 0, 2, 5]]
+    """
+    out = [(a.GetIdx(), *sorted(n.GetIdx() for n in a.GetNeighbors())) for a in mol.GetAtoms() if a.GetDegree() == 3]
+    return np.asarray(out, np.int64).reshape(-1, 4)
+
+
+def pair_graph(mol: Chem.Mol, max_hops: int = 3, nonbonded: bool = False) -> PairGraph:
+    """The graph and every atom pair at most ``max_hops`` bonds apart (explicit-H ``mol``);
+    with ``nonbonded``, every other pair too (also across fragments), labelled ``max_hops + 1``.
+    Its torsions and out-of-plane centres are always listed (a model uses them if it has
+    ``dihedrals``).
 
     Examples
     --------
     >>> g = pair_graph(Chem.AddHs(Chem.MolFromSmiles("CO")))
     >>> g.num_atoms, len(g.bonds), np.bincount(g.hops).tolist()  # 5 bonds, 7 angles, 3 torsions
     (6, 5, [0, 5, 7, 3])
+    >>> np.bincount(pair_graph(Chem.AddHs(Chem.MolFromSmiles("CCO")), 2, nonbonded=True).hops).tolist()
+    [0, 8, 13, 15]
     """
     bonds, types = bond_list(mol)
     pairs, hops = pairs_within_hops(mol, max_hops)
-    return PairGraph(atom_features(mol), bonds.astype(np.int64), types.astype(np.int64), pairs, hops)
+    if nonbonded:
+        i, j = np.triu_indices(mol.GetNumAtoms(), 1)
+        far = Chem.GetDistanceMatrix(mol)[i, j] > max_hops  # disconnected pairs are 1e8 apart
+        rest = np.stack([i[far], j[far]], 1).astype(np.int64)
+        pairs = np.concatenate([pairs, rest])
+        hops = np.concatenate([hops, np.full(len(rest), max_hops + 1, np.int64)])
+    return PairGraph(atom_features(mol), bonds.astype(np.int64), types.astype(np.int64), pairs, hops,
+                     torsion_quadruples(mol), improper_quadruples(mol))
 
 
 def batch_pair_graphs(graphs: list[PairGraph]) -> dict[str, torch.Tensor]:
@@ -84,8 +133,38 @@ def batch_pair_graphs(graphs: list[PairGraph]) -> dict[str, torch.Tensor]:
         "pairs": torch.from_numpy(cat([g.pairs + o for g, o in zip(graphs, offsets)])),  # (P, 2)
         "hops": torch.from_numpy(cat([g.hops for g in graphs])),  # (P,)
         "pair_batch": torch.from_numpy(cat([np.full(len(g.pairs), b) for b, g in enumerate(graphs)])),  # (P,)
+        "torsions": torch.from_numpy(cat([g.torsions + o for g, o in zip(graphs, offsets)])),  # (T, 4)
+        "torsion_batch": torch.from_numpy(cat([np.full(len(g.torsions), b) for b, g in enumerate(graphs)])),  # (T,)
+        "impropers": torch.from_numpy(cat([g.impropers + o for g, o in zip(graphs, offsets)])),  # (I, 4)
+        "improper_batch": torch.from_numpy(cat([np.full(len(g.impropers), b) for b, g in enumerate(graphs)])),  # (I,)
         "num_molecules": torch.tensor(len(graphs)),
     }
+
+
+def torsion_cos_sin(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos φ and sin φ (T,) of torsions given as positions (T, 4, 3) of i, j, k, l (RDKit's sign).
+
+    >>> x = torch.tensor([[[1.0, 0, 0], [0, 0, 0], [0, 0, 1], [0, 1, 1]]])  # 90°
+    >>> [round(v.item(), 6) for v in torsion_cos_sin(x)]
+    [0.0, 1.0]
+    """
+    b1, b2, b3 = x[:, 1] - x[:, 0], x[:, 2] - x[:, 1], x[:, 3] - x[:, 2]  # (T, 3)
+    n1, n2 = torch.linalg.cross(b1, b2), torch.linalg.cross(b2, b3)  # normals of the two planes
+    # |n1| |n2|; the small constant keeps the gradient finite for a chain that is nearly straight
+    norm = torch.sqrt((n1 * n1).sum(-1) * (n2 * n2).sum(-1) + 1e-6)
+    return (n1 * n2).sum(-1) / norm, b2.norm(dim=-1) * (b1 * n2).sum(-1) / norm
+
+
+def out_of_plane_height(x: torch.Tensor) -> torch.Tensor:
+    """Signed distance (I,) of each centre ``x[:, 0]`` from the plane of its three neighbours
+    ``x[:, 1:]`` (I, 4, 3): 0 for a planar centre.
+
+    >>> x = torch.tensor([[[0, 0, 0.3], [1.0, 0, 0], [0, 1, 0], [-1, -1, 0]]])
+    >>> round(out_of_plane_height(x).item(), 6)
+    0.3
+    """
+    n = torch.linalg.cross(x[:, 2] - x[:, 1], x[:, 3] - x[:, 1])  # (I, 3)
+    return ((x[:, 0] - x[:, 1]) * n).sum(-1) / n.norm(dim=-1)
 
 
 class Gfn2Correction(nn.Module):
@@ -101,6 +180,14 @@ class Gfn2Correction(nn.Module):
         Pairs up to this many bonds apart get a term (3: bonds, angles, torsions).
     num_rbf : int
         Gaussian radial functions between 0.9 and 5 Å, beside the two polynomial terms.
+    nonbonded : bool
+        Also a term for every pair farther apart (Gaussians only, so it fades beyond ~5.5 Å):
+        makes ΔE depend on the conformation, not only on bonds, angles and torsions. Its
+        graphs must come from ``pair_graph(mol, max_hops, nonbonded=True)`` (:meth:`graph`).
+    dihedrals : bool
+        Also terms in the torsion angle φ of every proper torsion (cos φ, cos 2φ, cos 3φ) and
+        in the out-of-plane height h of every atom with three neighbours (h², h⁴): what pair
+        distances express only indirectly (the pyramidalisation of an amide or aniline N).
 
     Examples
     --------
@@ -114,30 +201,43 @@ class Gfn2Correction(nn.Module):
     (torch.Size([1]), torch.Size([9, 3]))
     """
 
-    def __init__(self, hidden: int = 128, layers: int = 3, max_hops: int = 3, num_rbf: int = 16):
+    def __init__(self, hidden: int = 128, layers: int = 3, max_hops: int = 3, num_rbf: int = 16,
+                 nonbonded: bool = False, dihedrals: bool = False):
         super().__init__()
         if not 1 <= max_hops <= len(HOP_CENTRES):
             raise ValueError(f"max_hops must be within 1 … {len(HOP_CENTRES)}, got {max_hops}")
         self.config = {"hidden": hidden, "layers": layers, "max_hops": max_hops, "num_rbf": num_rbf}
-        self.max_hops = max_hops
+        # options enter the config only when set, so weights files written before them still load
+        self.config.update({k: True for k, v in (("nonbonded", nonbonded), ("dihedrals", dihedrals)) if v})
+        self.max_hops, self.nonbonded, self.dihedrals = max_hops, nonbonded, dihedrals
         self.atoms = AtomEncoder(hidden)
         self.bond_embedding = nn.Embedding(5, hidden)
         self.convs = nn.ModuleList(
             GINEConv(nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden)), train_eps=True)
             for _ in range(layers))
         self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers))
-        self.hop_embedding = nn.Embedding(max_hops + 1, hidden)
+        self.hop_embedding = nn.Embedding(max_hops + 1 + nonbonded, hidden)
         self.pair_mlp = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
                                       nn.Linear(hidden, 2 + num_rbf))
         nn.init.zeros_(self.pair_mlp[-1].weight)  # start as "no correction": MMFF94 unchanged
         nn.init.zeros_(self.pair_mlp[-1].bias)
+        if dihedrals:
+            self.torsion_mlp = nn.Sequential(nn.Linear(4 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, 3))
+            self.improper_mlp = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, 2))
+            for mlp in (self.torsion_mlp, self.improper_mlp):
+                nn.init.zeros_(mlp[-1].weight)
+                nn.init.zeros_(mlp[-1].bias)
         self.register_buffer("centres", torch.tensor(HOP_CENTRES[:max_hops]))
         self.register_buffer("rbf_means", torch.linspace(0.9, 5.0, num_rbf))
         self.rbf_width = (5.0 - 0.9) / max(num_rbf - 1, 1)
 
-    def coefficients(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The pair terms' coefficients, (P, K): they depend on the graph only, so a relaxation
-        computes them once."""
+    def graph(self, mol: Chem.Mol) -> PairGraph:
+        """The :class:`PairGraph` this model's settings need."""
+        return pair_graph(mol, self.max_hops, self.nonbonded)
+
+    def coefficients(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The terms' coefficients: ``pairs`` (P, K), with ``dihedrals`` also ``torsions`` (T, 3)
+        and ``impropers`` (I, 2). They depend on the graph only, so a relaxation computes them once."""
         h = self.atoms(batch["atom_features"])  # (N, d)
         e = self.bond_embedding(batch["bond_types"])  # (E, d)
         edge_index = torch.cat([batch["edge_index"], batch["edge_index"].flip(0)], 1)  # (2, 2E) both directions
@@ -146,21 +246,42 @@ class Gfn2Correction(nn.Module):
             h = h + conv(norm(h), edge_index, e)  # (N, d)
         hi, hj = h[batch["pairs"][:, 0]], h[batch["pairs"][:, 1]]  # (P, d)
         pair = torch.cat([hi + hj + self.hop_embedding(batch["hops"]), hi * hj], -1)  # (P, 2d) symmetric in i, j
-        return self.pair_mlp(pair)  # (P, K)
+        out = {"pairs": self.pair_mlp(pair)}  # (P, K)
+        if self.dihedrals:
+            t = h[batch["torsions"]]  # (T, 4, d)
+            # symmetric under reading the torsion backwards (l-k-j-i)
+            out["torsions"] = self.torsion_mlp(torch.cat([t[:, 1] + t[:, 2], t[:, 1] * t[:, 2], t[:, 0] + t[:, 3],
+                                                          t[:, 0] * t[:, 3]], -1))  # (T, 3)
+            q = h[batch["impropers"]]  # (I, 4, d)
+            out["impropers"] = self.improper_mlp(torch.cat([q[:, 0], q[:, 1:].sum(1)], -1))  # (I, 2)
+        return out
 
     def basis(self, r: torch.Tensor, hops: torch.Tensor) -> torch.Tensor:
-        """(P, K): x, x² with x = r − centre(hop), then Gaussians of r."""
-        x = r - self.centres[hops - 1]  # (P,)
+        """(P, K): x, x² with x = r − centre(hop), then Gaussians of r. Non-bonded pairs get
+        x = 0: a polynomial would grow without bound over their range of distances."""
+        if self.nonbonded:
+            x = torch.where(hops > self.max_hops, 0.0, r - self.centres[(hops - 1).clamp(max=self.max_hops - 1)])  # (P,)
+        else:
+            x = r - self.centres[hops - 1]  # (P,)
         rbf = torch.exp(-(((r[:, None] - self.rbf_means) / self.rbf_width) ** 2))  # (P, num_rbf)
         return torch.cat([x[:, None], x[:, None] ** 2, rbf], -1)
 
-    def energy(self, pos: torch.Tensor, coefficients: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def energy(self, pos: torch.Tensor, coefficients: dict[str, torch.Tensor],
+               batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """ΔE per molecule (B,) at positions ``pos`` (N, 3)."""
         i, j = batch["pairs"][:, 0], batch["pairs"][:, 1]
         r = (pos[i] - pos[j]).norm(dim=-1)  # (P,)
-        terms = (coefficients * self.basis(r, batch["hops"])).sum(-1)  # (P,)
+        terms = (coefficients["pairs"] * self.basis(r, batch["hops"])).sum(-1)  # (P,)
         out = torch.zeros(int(batch["num_molecules"]), dtype=pos.dtype, device=pos.device)
-        return out.index_add(0, batch["pair_batch"], terms)
+        out = out.index_add(0, batch["pair_batch"], terms)
+        if self.dihedrals:
+            c, _ = torsion_cos_sin(pos[batch["torsions"]])  # (T,)
+            basis = torch.stack([c, 2 * c**2 - 1, 4 * c**3 - 3 * c], -1)  # cos φ, cos 2φ, cos 3φ
+            out = out.index_add(0, batch["torsion_batch"], (coefficients["torsions"] * basis).sum(-1))
+            h2 = out_of_plane_height(pos[batch["impropers"]]) ** 2  # (I,)
+            basis = torch.stack([h2, h2**2], -1)
+            out = out.index_add(0, batch["improper_batch"], (coefficients["impropers"] * basis).sum(-1))
+        return out
 
     def energy_and_forces(self, pos: torch.Tensor, coefficients: torch.Tensor, batch: dict[str, torch.Tensor],
                           create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -60,12 +60,34 @@ def test_pairs_match_a_breadth_first_reference(max_hops):
         assert got == _pairs_by_walking(mol, max_hops), smiles
 
 
+@pytest.mark.parametrize("max_hops", [2, 3])
+def test_nonbonded_pairs_are_every_other_pair_once(max_hops):
+    for smiles in REAL[:3] + _random_smiles(10, seed=7) + ["CCO.O"]:
+        mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+        g = pair_graph(mol, max_hops, nonbonded=True)
+        got = {(int(i), int(j)): int(h) for (i, j), h in zip(g.pairs, g.hops)}
+        assert len(got) == len(g.pairs)  # no pair twice
+        near = _pairs_by_walking(mol, max_hops)
+        n = mol.GetNumAtoms()
+        want = {(i, j): near.get((i, j), max_hops + 1) for i in range(n) for j in range(i + 1, n)}
+        assert got == want, smiles
+
+
+OPTIONS = [{}, {"nonbonded": True}, {"dihedrals": True}]
+
+
 def _model(seed=0, **kw) -> Gfn2Correction:
     torch.manual_seed(seed)
     model = Gfn2Correction(hidden=16, layers=2, **kw).double()
-    for p in model.pair_mlp[-1].parameters():  # the output layer starts at zero: give it something to say
-        torch.nn.init.normal_(p, std=0.05)
+    heads = [model.pair_mlp] + ([model.torsion_mlp, model.improper_mlp] if model.dihedrals else [])
+    for head in heads:  # the output layers start at zero: give them something to say
+        for p in head[-1].parameters():
+            torch.nn.init.normal_(p, std=0.05)
     return model.eval()
+
+
+def _detached(coefficients: dict) -> dict:
+    return {k: v.detach() for k, v in coefficients.items()}
 
 
 def test_zero_initialised_correction_changes_nothing():
@@ -77,12 +99,13 @@ def test_zero_initialised_correction_changes_nothing():
     assert energy.abs().max() == 0 and forces.abs().max() == 0
 
 
-def test_forces_are_minus_the_finite_difference_gradient():
-    model = _model()
+@pytest.mark.parametrize("options", OPTIONS)
+def test_forces_are_minus_the_finite_difference_gradient(options):
+    model = _model(**options)
     for smiles in REAL[:3]:
         mol = _embedded(smiles)
-        batch = batch_pair_graphs([pair_graph(mol)])
-        coef = model.coefficients(batch).detach()
+        batch = batch_pair_graphs([model.graph(mol)])
+        coef = _detached(model.coefficients(batch))
         pos = torch.tensor(mol.GetConformer().GetPositions())
         _, forces = model.energy_and_forces(pos, coef, batch)
         h = 1e-5
@@ -94,11 +117,12 @@ def test_forces_are_minus_the_finite_difference_gradient():
             assert forces[atom, axis].item() == pytest.approx(-fd, abs=1e-6)
 
 
-def test_energy_is_invariant_and_forces_rotate_with_the_molecule():
-    model = _model(1)
+@pytest.mark.parametrize("options", OPTIONS)
+def test_energy_is_invariant_and_forces_rotate_with_the_molecule(options):
+    model = _model(1, **options)
     mol = _embedded(REAL[0])
-    batch = batch_pair_graphs([pair_graph(mol)])
-    coef = model.coefficients(batch).detach()
+    batch = batch_pair_graphs([model.graph(mol)])
+    coef = _detached(model.coefficients(batch))
     pos = torch.tensor(mol.GetConformer().GetPositions())
     q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
     e1, f1 = model.energy_and_forces(pos, coef, batch)
@@ -108,20 +132,21 @@ def test_energy_is_invariant_and_forces_rotate_with_the_molecule():
     # atom order does not matter either: the same molecule renumbered gives the same energy
     order = list(range(mol.GetNumAtoms()))[::-1]
     renumbered = Chem.RenumberAtoms(mol, order)
-    b2 = batch_pair_graphs([pair_graph(renumbered)])
+    b2 = batch_pair_graphs([model.graph(renumbered)])
     e3 = model.energy(torch.tensor(renumbered.GetConformer().GetPositions()), model.coefficients(b2), b2)
     assert torch.allclose(e1, e3, atol=1e-9)
 
 
-def test_a_batch_gives_each_molecule_what_it_gets_alone():
-    model = _model(2)
+@pytest.mark.parametrize("options", OPTIONS)
+def test_a_batch_gives_each_molecule_what_it_gets_alone(options):
+    model = _model(2, **options)
     mols = [_embedded(s) for s in REAL]
-    batch = batch_pair_graphs([pair_graph(m) for m in mols])
+    batch = batch_pair_graphs([model.graph(m) for m in mols])
     pos = torch.tensor(np.concatenate([m.GetConformer().GetPositions() for m in mols]))
     energy, forces = model.energy_and_forces(pos, model.coefficients(batch), batch)
     start = 0
     for b, m in enumerate(mols):
-        one = batch_pair_graphs([pair_graph(m)])
+        one = batch_pair_graphs([model.graph(m)])
         p = torch.tensor(m.GetConformer().GetPositions())
         e, f = model.energy_and_forces(p, model.coefficients(one), one)
         n = m.GetNumAtoms()
@@ -132,3 +157,79 @@ def test_a_batch_gives_each_molecule_what_it_gets_alone():
 def test_bad_max_hops_is_refused():
     with pytest.raises(ValueError, match="max_hops"):
         Gfn2Correction(max_hops=0)
+
+
+def _two_molecules(distance: float) -> tuple[Chem.Mol, torch.Tensor]:
+    """Water and methane as one two-fragment molecule, ``distance`` Å apart."""
+    mol = _embedded("O.C")
+    pos = torch.tensor(mol.GetConformer().GetPositions())
+    shift = torch.zeros_like(pos)
+    shift[[a.GetIdx() for a in mol.GetAtoms() if a.GetSymbol() == "C" or
+           (a.GetSymbol() == "H" and a.GetNeighbors()[0].GetSymbol() == "C")]] = torch.tensor([distance, 0.0, 0.0],
+                                                                                             dtype=torch.float64)
+    return mol, pos + shift
+
+
+def test_nonbonded_terms_make_the_energy_depend_on_the_conformation_and_fade_with_distance():
+    bonded, nonbonded = _model(3), _model(3, nonbonded=True)
+    mol, _ = _two_molecules(0.0)
+
+    def energy(model, distance):
+        _, pos = _two_molecules(distance)
+        batch = batch_pair_graphs([model.graph(mol)])
+        return model.energy(pos, model.coefficients(batch), batch).item()
+
+    # bonded terms only: the fragments do not see each other at any distance
+    assert energy(bonded, 4.0) == pytest.approx(energy(bonded, 30.0), abs=1e-12)
+    # non-bonded terms: they do when close, and no longer once beyond the Gaussians' reach
+    assert abs(energy(nonbonded, 4.0) - energy(nonbonded, 30.0)) > 1e-4
+    assert energy(nonbonded, 20.0) == pytest.approx(energy(nonbonded, 30.0), abs=1e-12)
+
+
+def test_torsion_cosines_and_sines_match_rdkit_on_real_and_random_molecules():
+    from rdkit.Chem import rdMolTransforms
+
+    from molconf.models.gfn2_correction import torsion_cos_sin, torsion_quadruples
+
+    for seed, smiles in enumerate(REAL + _random_smiles(10, seed=11)):
+        mol = _embedded(smiles, seed)
+        quads = torsion_quadruples(mol)
+        if not len(quads):
+            continue
+        conf = mol.GetConformer()
+        phi = np.array([rdMolTransforms.GetDihedralRad(conf, *map(int, q)) for q in quads])
+        cos, sin = torsion_cos_sin(torch.tensor(conf.GetPositions())[torch.from_numpy(quads)])
+        np.testing.assert_allclose(cos.numpy(), np.cos(phi), atol=1e-5, err_msg=smiles)
+        np.testing.assert_allclose(sin.numpy(), np.sin(phi), atol=1e-5, err_msg=smiles)
+
+
+def test_out_of_plane_heights_match_an_svd_plane_normal():
+    from molconf.models.gfn2_correction import improper_quadruples, out_of_plane_height
+
+    for seed, smiles in enumerate(REAL + ["CN(C)C", "Nc1ccccc1", "CC(C)C"]):
+        mol = _embedded(smiles, seed)
+        pos = mol.GetConformer().GetPositions()
+        quads = improper_quadruples(mol)
+        got = out_of_plane_height(torch.tensor(pos)[torch.from_numpy(quads)]).abs().numpy()
+        for q, h in zip(quads, got):
+            a, b, c = pos[q[1:]]
+            # the plane's normal: the direction orthogonal to both in-plane edges
+            normal = np.linalg.svd(np.stack([b - a, c - a]))[2][-1]
+            assert h == pytest.approx(abs(np.dot(pos[q[0]] - a, normal)), abs=1e-9), smiles
+
+
+def test_dihedral_terms_change_the_energy_but_not_of_the_mirror_image():
+    bonded, dihedral = _model(4), _model(4, dihedrals=True)
+    mol = _embedded("CN(C)c1ccccc1")
+    pos = torch.tensor(mol.GetConformer().GetPositions())
+    for model in (bonded, dihedral):
+        batch = batch_pair_graphs([model.graph(mol)])
+        coef = _detached(model.coefficients(batch))
+        mirror = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64))
+        assert torch.allclose(model.energy(pos, coef, batch), model.energy(pos @ mirror, coef, batch), atol=1e-10)
+    assert len(dihedral.graph(mol).impropers) == 1 + 6  # the N and the six ring carbons
+    # the extra terms are there: the same coefficients of the pair terms, a different energy
+    dihedral.load_state_dict(bonded.state_dict(), strict=False)
+    batch = batch_pair_graphs([dihedral.graph(mol)])
+    assert not torch.allclose(dihedral.energy(pos, _detached(dihedral.coefficients(batch)), batch),
+                              bonded.energy(pos, _detached(bonded.coefficients(batch)), batch))
