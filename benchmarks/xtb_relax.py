@@ -1,18 +1,19 @@
 """GFN2-xTB optimisation started from a molconf prediction vs from RDKit ETKDG + MMFF.
 
 For each test molecule, three starting geometries: the model's prediction (``molconf.predict``,
-no relaxation), the prediction after MMFF94 (the start ``predict(relax_with="xtb")`` uses), and
-ETKDGv3 (seed 42) + MMFF94; with ``--dataset``, a control as well: the data set's own GFN2-xTB
+no relaxation), the prediction after MMFF94, and
+ETKDGv3 (seed 42) + MMFF94; with ``--correction`` (the shipped one: what ``relax_with="xtb"``
+does), each MMFF94 start also after the learned GFN2-xTB correction of MMFF94
+(:mod:`molconf.gfn2_prerelax`); with ``--dataset``, a control as well: the data set's own GFN2-xTB
 minimum after MMFF94, i.e. the best conformer any start could find, put through the same force
-field (it shows how many steps the MMFF → GFN2-xTB relaxation alone costs); with ``--correction``,
-each MMFF94 start also after the learned GFN2-xTB correction of MMFF94 (:mod:`molconf.gfn2_prerelax`).
+field (it shows how many steps the MMFF → GFN2-xTB relaxation alone costs).
 Each is optimised with GFN2-xTB by ``molconf.data.xtb_build.xtb_relax`` (the data protocol's optimiser, fmax and step limit).
 Reported: optimiser steps and wall time of each start, how often each converges, keeps its
 bond graph, and reaches the lower final energy (energies within ``--tie-kcal`` count as the
 same minimum), per molecule against ETKDG + MMFF. Time to make the start is reported separately.
 
     nice python benchmarks/xtb_relax.py --dataset moses_xtb --n 100 --out benchmarks/results \
-        --correction benchmarks/results/weights/moses_xtb_gfn2_correction_dihedral.pt
+        --correction molconf/weights/moses_xtb_gfn2_correction_dihedral.pt
     python benchmarks/xtb_relax.py --smiles-file my.smi --model default --n 20
 """
 
@@ -83,8 +84,8 @@ def test_molecules(args) -> tuple[list[Chem.Mol], list[Chem.Mol | None]]:
     return mols, refs
 
 
-STARTS = {"model": "molconf prediction", "model_mmff": "molconf prediction + MMFF (= relax_with=\"xtb\")",
-          "model_corrected": "molconf prediction + MMFF + GFN2 correction",
+STARTS = {"model": "molconf prediction", "model_mmff": "molconf prediction + MMFF",
+          "model_corrected": "molconf prediction + MMFF + GFN2 correction (= relax_with=\"xtb\")",
           "rdkit": "RDKit ETKDG + MMFF", "rdkit_corrected": "RDKit ETKDG + MMFF + GFN2 correction",
           "reference_mmff": "control: data-set minimum + MMFF",
           "reference_corrected": "control: data-set minimum + MMFF + GFN2 correction"}

@@ -24,7 +24,7 @@ GFN2-xTB steps again (same protocol as the data):
 
     nice python benchmarks/xtb_start_probe.py --n 40 --train 2000 --out benchmarks/results \
         --correction benchmarks/results/weights/moses_xtb_gfn2_correction.pt \
-        benchmarks/results/weights/moses_xtb_gfn2_correction_dihedral.pt
+        molconf/weights/moses_xtb_gfn2_correction_dihedral.pt
 """
 
 from __future__ import annotations

@@ -388,13 +388,13 @@ class ForceDataModule(L.LightningDataModule):
     val_every : int
         Molecules whose data-set row is a multiple of this are held out for validation
         (every sample of a molecule on the same side).
-    max_hops, nonbonded : the pairs each graph lists (:func:`~molconf.models.gfn2_correction.pair_graph`);
+    max_hops : the pairs each graph lists (:func:`~molconf.models.gfn2_correction.pair_graph`);
         must match the model's (checked when fitting starts).
     batch_size, num_workers, seed : loader settings (shuffled with ``seed``).
     """
 
-    def __init__(self, data_dir: str, val_every: int = 20, max_hops: int = 3, nonbonded: bool = False,
-                 batch_size: int = 32, num_workers: int = 0, seed: int = 0):
+    def __init__(self, data_dir: str, val_every: int = 20, max_hops: int = 3, batch_size: int = 32,
+                 num_workers: int = 0, seed: int = 0):
         super().__init__()
         self.save_hyperparameters()
 
@@ -410,7 +410,7 @@ class ForceDataModule(L.LightningDataModule):
         data, _ = load_force_data(self.hparams.data_dir)
         store = load_dataset(meta["dataset"])
         rows = np.unique(data["row"])
-        graphs = {int(r): pair_graph(store.mol(int(r)), self.hparams.max_hops, self.hparams.nonbonded) for r in rows}
+        graphs = {int(r): pair_graph(store.mol(int(r)), self.hparams.max_hops) for r in rows}
         val_rows = rows[rows % self.hparams.val_every == 0]
         self.train_set = ForceSampleDataset(data, graphs, rows[rows % self.hparams.val_every != 0])
         self.val_set = ForceSampleDataset(data, graphs, val_rows)
@@ -445,13 +445,11 @@ class Gfn2CorrectionModule(TrainingStateMixin, L.LightningModule):
 
     def setup(self, stage: str) -> None:
         data = getattr(self.trainer, "datamodule", None)
-        if data is None or not hasattr(data.hparams, "nonbonded"):
+        if data is None or not hasattr(data.hparams, "max_hops"):
             return
-        want = (self.model.max_hops, self.model.nonbonded)
-        got = (data.hparams.max_hops, data.hparams.nonbonded)
-        if got != want:
-            raise ValueError(f"the force data module lists pairs with (max_hops, nonbonded) = {got}, "
-                             f"the model needs {want}: set them alike in the config")
+        if data.hparams.max_hops != self.model.max_hops:
+            raise ValueError(f"the force data module lists pairs up to max_hops = {data.hparams.max_hops}, "
+                             f"the model needs {self.model.max_hops}: set them alike in the config")
 
     def training_step(self, batch, batch_idx):
         graph, pos, target = batch

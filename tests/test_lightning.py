@@ -277,9 +277,9 @@ def test_gfn2_correction_refuses_graphs_listing_other_pairs_than_the_model_needs
     from molconf.models.gfn2_correction import Gfn2Correction
 
     _teacher_force_data(tmp_path, monkeypatch)
-    data = ForceDataModule(str(tmp_path), val_every=4, batch_size=8)  # bonded pairs only
-    module = Gfn2CorrectionModule(Gfn2Correction(hidden=16, layers=1, nonbonded=True))
+    data = ForceDataModule(str(tmp_path), val_every=4, batch_size=8)  # pairs up to 1-4
+    module = Gfn2CorrectionModule(Gfn2Correction(hidden=16, layers=1, max_hops=2))
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
-    with pytest.raises(ValueError, match=r"\(max_hops, nonbonded\) = \(3, False\).*needs \(3, True\)"):
+    with pytest.raises(ValueError, match=r"max_hops = 3, the model needs 2"):
         trainer.fit(module, data)

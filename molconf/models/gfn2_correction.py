@@ -10,11 +10,9 @@ the 2D graph only:
     ΔE(x) = Σ_pairs Σ_k c_pk · φ_k(r_p),   c_p = MLP(h_i + h_j, h_i ⊙ h_j, hop)
 
 with h a message-passing embedding of the molecular graph and φ two polynomial terms in the
-distance from a per-hop centre plus Gaussian radial functions. Two options add terms:
-``dihedrals`` (cos nφ of every proper torsion, n = 1…3, and h², h⁴ of the out-of-plane height
-of every atom with three neighbours, coefficients again from the graph) and ``nonbonded``
-(Gaussian pair terms for every pair farther apart, so ΔE depends on the conformation).
-It is fitted to the difference of GFN2-xTB and MMFF94 forces (:mod:`molconf.data.gfn2_forces`). Minimising
+distance from a per-hop centre plus Gaussian radial functions. With ``dihedrals``, terms in
+cos nφ of every proper torsion (n = 1…3) and in h², h⁴ of the out-of-plane height of every atom
+with three neighbours are added, their coefficients again from the graph. It is fitted to the difference of GFN2-xTB and MMFF94 forces (:mod:`molconf.data.gfn2_forces`). Minimising
 MMFF94 + ΔE from an MMFF94 minimum (:func:`molconf.gfn2_prerelax.prerelax`) brings its bonds
 and angles closer to GFN2-xTB's; whether that saves GFN2-xTB steps is measured by
 ``benchmarks/xtb_relax.py --correction`` (so far it does not: see the README).
@@ -47,7 +45,7 @@ class PairGraph:
     bonds: np.ndarray  # (E, 2) int64
     bond_types: np.ndarray  # (E,) int64
     pairs: np.ndarray  # (P, 2) int64, i < j
-    hops: np.ndarray  # (P,) int64, bonds between i and j (1 … max_hops; max_hops + 1: non-bonded, any farther pair)
+    hops: np.ndarray  # (P,) int64, bonds between i and j (1 … max_hops)
     torsions: np.ndarray  # (T, 4) int64, i-j-k-l bonded in a chain, i != l, j and k not sp (linear)
     impropers: np.ndarray  # (I, 4) int64, an atom with exactly three neighbours, then them
 
@@ -96,28 +94,18 @@ def improper_quadruples(mol: Chem.Mol) -> np.ndarray:
     return np.asarray(out, np.int64).reshape(-1, 4)
 
 
-def pair_graph(mol: Chem.Mol, max_hops: int = 3, nonbonded: bool = False) -> PairGraph:
-    """The graph and every atom pair at most ``max_hops`` bonds apart (explicit-H ``mol``);
-    with ``nonbonded``, every other pair too (also across fragments), labelled ``max_hops + 1``.
-    Its torsions and out-of-plane centres are always listed (a model uses them if it has
-    ``dihedrals``).
+def pair_graph(mol: Chem.Mol, max_hops: int = 3) -> PairGraph:
+    """The graph, every atom pair at most ``max_hops`` bonds apart (explicit-H ``mol``), and
+    its torsions and out-of-plane centres (a model uses them if it has ``dihedrals``).
 
     Examples
     --------
     >>> g = pair_graph(Chem.AddHs(Chem.MolFromSmiles("CO")))
     >>> g.num_atoms, len(g.bonds), np.bincount(g.hops).tolist()  # 5 bonds, 7 angles, 3 torsions
     (6, 5, [0, 5, 7, 3])
-    >>> np.bincount(pair_graph(Chem.AddHs(Chem.MolFromSmiles("CCO")), 2, nonbonded=True).hops).tolist()
-    [0, 8, 13, 15]
     """
     bonds, types = bond_list(mol)
     pairs, hops = pairs_within_hops(mol, max_hops)
-    if nonbonded:
-        i, j = np.triu_indices(mol.GetNumAtoms(), 1)
-        far = Chem.GetDistanceMatrix(mol)[i, j] > max_hops  # disconnected pairs are 1e8 apart
-        rest = np.stack([i[far], j[far]], 1).astype(np.int64)
-        pairs = np.concatenate([pairs, rest])
-        hops = np.concatenate([hops, np.full(len(rest), max_hops + 1, np.int64)])
     return PairGraph(atom_features(mol), bonds.astype(np.int64), types.astype(np.int64), pairs, hops,
                      torsion_quadruples(mol), improper_quadruples(mol))
 
@@ -180,10 +168,6 @@ class Gfn2Correction(nn.Module):
         Pairs up to this many bonds apart get a term (3: bonds, angles, torsions).
     num_rbf : int
         Gaussian radial functions between 0.9 and 5 Å, beside the two polynomial terms.
-    nonbonded : bool
-        Also a term for every pair farther apart (Gaussians only, so it fades beyond ~5.5 Å):
-        makes ΔE depend on the conformation, not only on bonds, angles and torsions. Its
-        graphs must come from ``pair_graph(mol, max_hops, nonbonded=True)`` (:meth:`graph`).
     dihedrals : bool
         Also terms in the torsion angle φ of every proper torsion (cos φ, cos 2φ, cos 3φ) and
         in the out-of-plane height h of every atom with three neighbours (h², h⁴): what pair
@@ -202,21 +186,21 @@ class Gfn2Correction(nn.Module):
     """
 
     def __init__(self, hidden: int = 128, layers: int = 3, max_hops: int = 3, num_rbf: int = 16,
-                 nonbonded: bool = False, dihedrals: bool = False):
+                 dihedrals: bool = False):
         super().__init__()
         if not 1 <= max_hops <= len(HOP_CENTRES):
             raise ValueError(f"max_hops must be within 1 … {len(HOP_CENTRES)}, got {max_hops}")
         self.config = {"hidden": hidden, "layers": layers, "max_hops": max_hops, "num_rbf": num_rbf}
-        # options enter the config only when set, so weights files written before them still load
-        self.config.update({k: True for k, v in (("nonbonded", nonbonded), ("dihedrals", dihedrals)) if v})
-        self.max_hops, self.nonbonded, self.dihedrals = max_hops, nonbonded, dihedrals
+        if dihedrals:  # only when set, so weights files written before the option still load
+            self.config["dihedrals"] = True
+        self.max_hops, self.dihedrals = max_hops, dihedrals
         self.atoms = AtomEncoder(hidden)
         self.bond_embedding = nn.Embedding(5, hidden)
         self.convs = nn.ModuleList(
             GINEConv(nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden)), train_eps=True)
             for _ in range(layers))
         self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers))
-        self.hop_embedding = nn.Embedding(max_hops + 1 + nonbonded, hidden)
+        self.hop_embedding = nn.Embedding(max_hops + 1, hidden)
         self.pair_mlp = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
                                       nn.Linear(hidden, 2 + num_rbf))
         nn.init.zeros_(self.pair_mlp[-1].weight)  # start as "no correction": MMFF94 unchanged
@@ -233,7 +217,7 @@ class Gfn2Correction(nn.Module):
 
     def graph(self, mol: Chem.Mol) -> PairGraph:
         """The :class:`PairGraph` this model's settings need."""
-        return pair_graph(mol, self.max_hops, self.nonbonded)
+        return pair_graph(mol, self.max_hops)
 
     def coefficients(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The terms' coefficients: ``pairs`` (P, K), with ``dihedrals`` also ``torsions`` (T, 3)
@@ -257,12 +241,8 @@ class Gfn2Correction(nn.Module):
         return out
 
     def basis(self, r: torch.Tensor, hops: torch.Tensor) -> torch.Tensor:
-        """(P, K): x, x² with x = r − centre(hop), then Gaussians of r. Non-bonded pairs get
-        x = 0: a polynomial would grow without bound over their range of distances."""
-        if self.nonbonded:
-            x = torch.where(hops > self.max_hops, 0.0, r - self.centres[(hops - 1).clamp(max=self.max_hops - 1)])  # (P,)
-        else:
-            x = r - self.centres[hops - 1]  # (P,)
+        """(P, K): x, x² with x = r − centre(hop), then Gaussians of r."""
+        x = r - self.centres[hops - 1]  # (P,)
         rbf = torch.exp(-(((r[:, None] - self.rbf_means) / self.rbf_width) ** 2))  # (P, num_rbf)
         return torch.cat([x[:, None], x[:, None] ** 2, rbf], -1)
 

@@ -60,20 +60,7 @@ def test_pairs_match_a_breadth_first_reference(max_hops):
         assert got == _pairs_by_walking(mol, max_hops), smiles
 
 
-@pytest.mark.parametrize("max_hops", [2, 3])
-def test_nonbonded_pairs_are_every_other_pair_once(max_hops):
-    for smiles in REAL[:3] + _random_smiles(10, seed=7) + ["CCO.O"]:
-        mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
-        g = pair_graph(mol, max_hops, nonbonded=True)
-        got = {(int(i), int(j)): int(h) for (i, j), h in zip(g.pairs, g.hops)}
-        assert len(got) == len(g.pairs)  # no pair twice
-        near = _pairs_by_walking(mol, max_hops)
-        n = mol.GetNumAtoms()
-        want = {(i, j): near.get((i, j), max_hops + 1) for i in range(n) for j in range(i + 1, n)}
-        assert got == want, smiles
-
-
-OPTIONS = [{}, {"nonbonded": True}, {"dihedrals": True}]
+OPTIONS = [{}, {"dihedrals": True}]
 
 
 def _model(seed=0, **kw) -> Gfn2Correction:
@@ -157,33 +144,6 @@ def test_a_batch_gives_each_molecule_what_it_gets_alone(options):
 def test_bad_max_hops_is_refused():
     with pytest.raises(ValueError, match="max_hops"):
         Gfn2Correction(max_hops=0)
-
-
-def _two_molecules(distance: float) -> tuple[Chem.Mol, torch.Tensor]:
-    """Water and methane as one two-fragment molecule, ``distance`` Å apart."""
-    mol = _embedded("O.C")
-    pos = torch.tensor(mol.GetConformer().GetPositions())
-    shift = torch.zeros_like(pos)
-    shift[[a.GetIdx() for a in mol.GetAtoms() if a.GetSymbol() == "C" or
-           (a.GetSymbol() == "H" and a.GetNeighbors()[0].GetSymbol() == "C")]] = torch.tensor([distance, 0.0, 0.0],
-                                                                                             dtype=torch.float64)
-    return mol, pos + shift
-
-
-def test_nonbonded_terms_make_the_energy_depend_on_the_conformation_and_fade_with_distance():
-    bonded, nonbonded = _model(3), _model(3, nonbonded=True)
-    mol, _ = _two_molecules(0.0)
-
-    def energy(model, distance):
-        _, pos = _two_molecules(distance)
-        batch = batch_pair_graphs([model.graph(mol)])
-        return model.energy(pos, model.coefficients(batch), batch).item()
-
-    # bonded terms only: the fragments do not see each other at any distance
-    assert energy(bonded, 4.0) == pytest.approx(energy(bonded, 30.0), abs=1e-12)
-    # non-bonded terms: they do when close, and no longer once beyond the Gaussians' reach
-    assert abs(energy(nonbonded, 4.0) - energy(nonbonded, 30.0)) > 1e-4
-    assert energy(nonbonded, 20.0) == pytest.approx(energy(nonbonded, 30.0), abs=1e-12)
 
 
 def test_torsion_cosines_and_sines_match_rdkit_on_real_and_random_molecules():
