@@ -353,6 +353,19 @@ def test_relax_xtb_lowers_the_gfn2_energy_and_notes_steps(tmp_path, tiny_model):
     assert (tmp_path / "o.sdf").read_text().count("$$$$") == 1
 
 
+def test_relax_xtb_notes_a_correction_it_could_not_apply(monkeypatch):
+    pytest.importorskip("tblite")
+    import molconf.gfn2_prerelax as gp
+
+    monkeypatch.setattr(gp, "prerelax", lambda mol: gp.PrerelaxResult(False, reason="Si not in the correction's "
+                                                                                   "training data"))
+    [mol], report = predict("CCO", relax_with="xtb", return_report=True)
+    [note] = report.notes[0]
+    assert note.startswith("GFN2-xTB: converged in ")
+    assert note.endswith("vs the MMFF94 geometry (GFN2 correction not applied: Si not in the correction's "
+                         "training data)")
+
+
 def test_relax_xtb_reports_scf_failure_and_missing_tblite(monkeypatch):
     pytest.importorskip("tblite")
     from ase.calculators.calculator import CalculationFailed, Calculator
