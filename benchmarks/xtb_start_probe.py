@@ -136,7 +136,7 @@ def probe_molecule(ref: Chem.Mol, lookup: dict, protocol: XtbProtocol, correctio
         starts[f"oracle 1-2/1-3 × {lam}"] = fit_distances(x, i, j, distances(x, i, j) + lam * (distances(g, i, j) - distances(x, i, j)))
     for name, correction in corrections.items():
         corrected = Chem.Mol(control)
-        prerelax(corrected, correction, hold_torsions=0.0 if name.endswith(FREE) else 0.5)
+        prerelax(corrected, correction, **({"hold_torsions": 0.0} if name.endswith(FREE) else {}))  # held: the default
         starts[name] = corrected.GetConformer().GetPositions()
     local = local_pairs(ref)
     i, j = np.array([p[0] for p in local]), np.array([p[1] for p in local])
