@@ -115,17 +115,24 @@ def batch_pair_graphs(graphs: list[PairGraph]) -> dict[str, torch.Tensor]:
     """Concatenate graphs into one flat batch (indices offset per molecule)."""
     offsets = np.cumsum([0] + [g.num_atoms for g in graphs[:-1]])
     cat = np.concatenate
+
+    def atom_indices(field: str) -> torch.Tensor:  # a per-molecule index array, offset into the batch
+        return torch.from_numpy(cat([getattr(g, field) + o for g, o in zip(graphs, offsets)]))
+
+    def molecule_of(field: str) -> torch.Tensor:  # which molecule each row of that array belongs to
+        return torch.from_numpy(cat([np.full(len(getattr(g, field)), b) for b, g in enumerate(graphs)]))
+
     return {
         "atom_features": torch.from_numpy(cat([g.atom_features for g in graphs]).astype(np.int64)),  # (N, 9)
-        "edge_index": torch.from_numpy(cat([g.bonds + o for g, o in zip(graphs, offsets)]).T.copy()),  # (2, E)
+        "edge_index": atom_indices("bonds").T.contiguous(),  # (2, E)
         "bond_types": torch.from_numpy(cat([g.bond_types for g in graphs])),  # (E,)
-        "pairs": torch.from_numpy(cat([g.pairs + o for g, o in zip(graphs, offsets)])),  # (P, 2)
+        "pairs": atom_indices("pairs"),  # (P, 2)
         "hops": torch.from_numpy(cat([g.hops for g in graphs])),  # (P,)
-        "pair_batch": torch.from_numpy(cat([np.full(len(g.pairs), b) for b, g in enumerate(graphs)])),  # (P,)
-        "torsions": torch.from_numpy(cat([g.torsions + o for g, o in zip(graphs, offsets)])),  # (T, 4)
-        "torsion_batch": torch.from_numpy(cat([np.full(len(g.torsions), b) for b, g in enumerate(graphs)])),  # (T,)
-        "impropers": torch.from_numpy(cat([g.impropers + o for g, o in zip(graphs, offsets)])),  # (I, 4)
-        "improper_batch": torch.from_numpy(cat([np.full(len(g.impropers), b) for b, g in enumerate(graphs)])),  # (I,)
+        "pair_batch": molecule_of("pairs"),  # (P,)
+        "torsions": atom_indices("torsions"),  # (T, 4)
+        "torsion_batch": molecule_of("torsions"),  # (T,)
+        "impropers": atom_indices("impropers"),  # (I, 4)
+        "improper_batch": molecule_of("impropers"),  # (I,)
         "num_molecules": torch.tensor(len(graphs)),
     }
 
