@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from rdkit import Chem
 
-import molconf.predict
+import molconf.prediction
 from molconf import constants as K
 from molconf.data import ConformerDataset, collate_dense
 from molconf.data.load import load_dataset, load_dataset_split
@@ -57,7 +57,7 @@ from molconf.models import load_model, save_model
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
-PACKAGE_WEIGHTS = Path(molconf.predict.__file__).parent / "weights"
+PACKAGE_WEIGHTS = Path(molconf.prediction.__file__).parent / "weights"
 RDKIT_NAMES = {"etkdg": "RDKit ETKDG", "etkdg+mmff": "RDKit ETKDG + MMFF",
                "etkdg_retry": "RDKit ETKDG, retry", "etkdg_retry+mmff": "RDKit ETKDG, retry + MMFF"}
 _PERIODIC = Chem.GetPeriodicTable()
@@ -250,7 +250,7 @@ def moses_xtb_card(*, row, via_predict, weights, n_test, meta, model, spec, run,
 
 # --- data sets -----------------------------------------------------------------------
 # Which moses_xtb model is shipped in the package (molconf/weights/moses_xtb_<key>.pt); the
-# other one's weights stay in benchmarks/results/weights (molconf.predict.DEFAULT_MODELS names
+# other one's weights stay in benchmarks/results/weights (molconf.prediction.DEFAULT_MODELS names
 # the shipped file too). Chosen on validation, not test: the lower val/d_mae at the end of the
 # equal-budget schedule (30 epochs on the 9,999-molecule set: GTMGC 0.546 Å, ReBind 0.550 Å;
 # metrics.csv of each run).
@@ -339,7 +339,7 @@ def final_val_d_mae(run: Path) -> float:
 def check_shipped_choice(spec: DatasetSpec, models: dict[str, ModelSpec], runs: Path) -> None:
     """Stop when validation no longer picks the shipped model: which model ships is chosen on
     the validation split at the end of equal schedules (never on test), and is written in code
-    (``spec.shipped``, ``molconf.predict.DEFAULT_MODELS``), so a retrained pair can disagree."""
+    (``spec.shipped``, ``molconf.prediction.DEFAULT_MODELS``), so a retrained pair can disagree."""
     if not spec.shipped_on_validation or spec.shipped not in models or len(models) < 2:
         return
     val = {k: final_val_d_mae(runs / m.run) for k, m in models.items()}
@@ -349,7 +349,7 @@ def check_shipped_choice(spec: DatasetSpec, models: dict[str, ModelSpec], runs: 
         raise SystemExit(
             f"validation now picks {models[best].name} (val D-MAE {val[best]:.4f} vs {val[spec.shipped]:.4f} Å) "
             f"but {spec.dataset} ships {models[spec.shipped].name}: switch the shipped model (this module's "
-            f"{spec.dataset.upper()}_SHIPPED and molconf.predict.DEFAULT_MODELS), or pass --keep-shipped to "
+            f"{spec.dataset.upper()}_SHIPPED and molconf.prediction.DEFAULT_MODELS), or pass --keep-shipped to "
             "export anyway and say why")
 
 
@@ -419,7 +419,7 @@ def evaluate_model(name, path, store, rows):
 
 
 def evaluate_predict_api(path, store, rows, name="molconf.predict (default model + stereo repair)"):
-    """End to end through :func:`molconf.predict.predict` (graph in, Mol out), as a user runs it:
+    """End to end through :func:`molconf.prediction.predict` (graph in, Mol out), as a user runs it:
     featurisation, network, stereo check and repair included in the time. ``path`` names the
     model explicitly (a benchmark evaluates one model, not ``predict``'s automatic choice)."""
     refs = [store.mol(int(r)) for r in rows.tolist()]
@@ -429,7 +429,7 @@ def evaluate_predict_api(path, store, rows, name="molconf.predict (default model
         m.RemoveAllConformers()
         inputs.append(m)
     t = time.perf_counter()
-    preds, report = molconf.predict.predict(inputs, model=path, batch_size=100, num_threads=2,
+    preds, report = molconf.prediction.predict(inputs, model=path, batch_size=100, num_threads=2,
                                             return_report=True)
     seconds = time.perf_counter() - t
     per_mol = []

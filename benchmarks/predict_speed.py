@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from rdkit import Chem
 
-import molconf.predict
+import molconf.prediction
 from molconf.baselines import embed, mmff_optimize
 from molconf.data import load_qm9
 from molconf.data.splits import load_split
@@ -96,18 +96,18 @@ def main(argv=None) -> None:
         inputs.append(m)
 
     table = []
-    model = molconf.predict.resolve_model(args.model)  # loaded once, outside the timing
+    model = molconf.prediction.resolve_model(args.model)  # loaded once, outside the timing
     runs = [  # (precision, workers, label); the first is the headline: the ratios refer to it
         ("auto", args.workers, f"{args.workers} worker processes"),
         ("auto", 1, f"1 process, {args.threads} threads: the default call"),
         ("float32", args.workers, f"{args.workers} worker processes, reference arithmetic"),
     ]
-    if molconf.predict.resolve_precision("auto") == "float32":  # no native bf16: "auto" already is float32
+    if molconf.prediction.resolve_precision("auto") == "float32":  # no native bf16: "auto" already is float32
         runs.pop()
     for precision, workers, label in runs:
-        molconf.predict.predict(inputs[:10], model=model, num_threads=args.threads, precision=precision)  # warm-up
+        molconf.prediction.predict(inputs[:10], model=model, num_threads=args.threads, precision=precision)  # warm-up
         t = time.perf_counter()
-        preds, report = molconf.predict.predict(inputs, model=model, batch_size=100, num_threads=args.threads,
+        preds, report = molconf.prediction.predict(inputs, model=model, batch_size=100, num_threads=args.threads,
                                                 precision=precision, return_report=True, workers=workers)
         seconds = time.perf_counter() - t
         table.append(score(f"molconf.predict ({model.name}, {report.precision}, {label})", refs, preds, ids,
@@ -127,7 +127,7 @@ def main(argv=None) -> None:
         f"{'' if args.model == 'default' else f' --model {args.model}'}` "
         f"({'whole test split' if args.all else f'seeded sample, seed {SEED}'}); torch {torch.__version__}; "
         f"load average after the run {os.getloadavg()[0]:.2f} (2 cores); CPU: {cpu_name()}, "
-        f"{'native' if molconf.predict.native_bf16() else 'no native'} bfloat16. Throughput = molecules / wall-clock "
+        f"{'native' if molconf.prediction.native_bf16() else 'no native'} bfloat16. Throughput = molecules / wall-clock "
         "second of the whole call, failures included; errors over successful molecules.", "",
         "| method | mol/s | × vs ours | D-MAE (Å) | D-RMSE (Å) | C-RMSD (Å) | stereo | failed |",
         "|---|---|---|---|---|---|---|---|",

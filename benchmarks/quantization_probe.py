@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 import torch
 
-import molconf.predict
+import molconf.prediction
 from molconf import constants as K
 from molconf.data import load_qm9
 from molconf.data.dataset import collate_dense, graph_to_data
@@ -49,7 +49,7 @@ def main(argv=None) -> None:
     rows, _ = store.positions_of(load_split("qm9", "test"))
     rows = np.sort(np.random.default_rng(42).choice(rows, size=min(args.n, len(rows)), replace=False))
     mols = sorted((store.mol(int(r)) for r in rows.tolist()), key=lambda m: m.GetNumAtoms())
-    network = molconf.predict.resolve_model("default").network.eval()
+    network = molconf.prediction.resolve_model("default").network.eval()
     batches = [collate_dense([graph_to_data(featurize(m), network.pe_dim) for m in mols[s : s + 100]])
                for s in range(0, len(mols), 100)]
     with warnings.catch_warnings():

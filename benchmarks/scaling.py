@@ -41,7 +41,7 @@ from rdkit.Chem import AllChem
 
 import _memory  # noqa: E402  (benchmarks/_memory.py, beside this script)
 from _timing import time_interleaved  # noqa: E402  (benchmarks/_timing.py)
-import molconf.predict
+import molconf.prediction
 from molconf.data.dataset import collate_dense, graph_to_data
 from molconf.data.features import featurize
 from molconf.models import ConformerTransformer, conformer_loss, load_model
@@ -109,7 +109,7 @@ def predict_call(model: ConformerTransformer, mol: Chem.Mol, threads: int):
     bare.RemoveAllConformers()
     # the network object itself: the QM9 models' size limit (2x their largest training
     # molecule) would refuse the larger peptides, and this measures cost, not accuracy
-    return lambda: molconf.predict.predict(bare, model=model, num_threads=threads)
+    return lambda: molconf.prediction.predict(bare, model=model, num_threads=threads)
 
 
 # --------------------------------------------------------------------------- memory child

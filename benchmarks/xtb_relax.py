@@ -30,7 +30,7 @@ from pathlib import Path
 from ase.units import Hartree as EV_PER_HARTREE
 from rdkit import Chem
 
-import molconf.predict
+import molconf.prediction
 from molconf import constants as K
 from molconf.baselines import embed, mmff_optimize
 from molconf.data.geom import HARTREE_KCAL
@@ -98,7 +98,7 @@ def mmff_start(mol: Chem.Mol | None) -> tuple[Chem.Mol | None, float]:
     if mol is None:
         return None, 0.0
     out = Chem.Mol(mol)
-    if molconf.predict.relax(out, "mmff") is not None:  # no MMFF parameters
+    if molconf.prediction.relax(out, "mmff") is not None:  # no MMFF parameters
         out = None
     return out, time.perf_counter() - t
 
@@ -167,9 +167,9 @@ def main(argv=None) -> None:
     protocol = XtbProtocol()
     mols, refs = test_molecules(args)
     correction = None if args.correction == "none" else load_correction(args.correction)
-    molconf.predict.predict(mols[:1], model=args.model)  # loads the model and the compiled ops: not per-molecule cost
+    molconf.prediction.predict(mols[:1], model=args.model)  # loads the model and the compiled ops: not per-molecule cost
     t = time.perf_counter()
-    preds, report = molconf.predict.predict(mols, model=args.model, return_report=True)
+    preds, report = molconf.prediction.predict(mols, model=args.model, return_report=True)
     predict_seconds = (time.perf_counter() - t) / max(1, len(mols))
     rows = []
     for i, (mol, pred, ref) in enumerate(zip(mols, preds, refs)):

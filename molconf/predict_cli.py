@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             item.SetProp("_Name", name)
     fmt = args.format or ("xyz" if args.output.lower().endswith((".xyz", ".extxyz")) else "sdf")
 
-    from molconf.predict import predict, write_sdf, write_xyz
+    from molconf.prediction import predict, write_sdf, write_xyz
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # failures are printed below, one per line

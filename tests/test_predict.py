@@ -13,7 +13,7 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 
 from molconf.models import ConformerTransformer, load_model, save_model
-from molconf.predict import choose_model, coverage_problem, predict, resolve_model, resolve_models, to_ase, write_sdf, write_xyz
+from molconf.prediction import choose_model, coverage_problem, predict, resolve_model, resolve_models, to_ase, write_sdf, write_xyz
 from molconf.stereo import (StereoSpec, _turn_double_bond, _swap_substituents, enforce_stereo, graph_stereo_labels,
                             stereo_spec)
 
@@ -164,7 +164,7 @@ def test_stereo_left_unfixable_is_reported():
 def test_stereo_left_after_relaxing_is_named_by_cip(monkeypatch):
     """With relaxation the leftover is named once, after the last move, and as without it
     (CIP labels, not the parity check's bare keys)."""
-    import molconf.predict as P
+    import molconf.prediction as P
     import molconf.stereo as S
 
     smiles = "C[C@H](O)[C@@H](N)[C@H](F)CC"
@@ -276,7 +276,7 @@ def test_cli_inputs_outputs_and_exit_codes(tmp_path, tiny_model):
 
 
 def test_default_model_ships_and_predicts_offline():
-    from molconf.predict import available_models
+    from molconf.prediction import available_models
 
     assert "qm9_rebind" in available_models()
     mols, report = predict(["CCO", "c1ccccc1"], return_report=True)
@@ -311,7 +311,7 @@ def test_bfloat16_matches_float32_on_real_molecules(qm9_small):
 
 @pytest.mark.parametrize("precision", ["bfloat16", "float32"])
 def test_results_are_independent_of_batching(precision):
-    from molconf.predict import native_bf16
+    from molconf.prediction import native_bf16
 
     smiles = ["CCO", "CCCCO", "c1ccncc1", "OCC(N)C=O", "C", "CC(=O)Nc1ccc(O)cc1"]
     a = predict(smiles, precision=precision, batch_size=64)
@@ -325,7 +325,7 @@ def test_results_are_independent_of_batching(precision):
 
 
 def test_precision_auto_follows_the_cpu_and_bad_values_are_refused(tiny_model):
-    from molconf.predict import native_bf16
+    from molconf.prediction import native_bf16
 
     _, report = predict("CCO", model=tiny_model, return_report=True)
     assert report.precision == ("bfloat16" if native_bf16() else "float32")
@@ -455,7 +455,7 @@ def test_shipped_models_record_heavy_atom_coverage():
 def test_default_routes_by_shipped_models(monkeypatch, tmp_path, tiny_model, drug_like_model):
     import shutil
 
-    import molconf.predict as P
+    import molconf.prediction as P
 
     shutil.copy(tiny_model, tmp_path / "small.pt")
     shutil.copy(drug_like_model, tmp_path / "big.pt")

@@ -26,7 +26,7 @@ from molconf.diffusion.model import EquivariantDenoiser
 from molconf.diffusion.sampling import LJGuidance, ddim_sample, ks_sample
 from molconf.errors import MoleculeError
 from molconf.metrics import mol_with_coords
-from molconf.predict import Failure, LoadedModel, _describe, prepare
+from molconf.prediction import Failure, LoadedModel, _describe, prepare
 from molconf.stereo import enforce_stereo, stereo_spec
 
 SAMPLERS = ("auto", "ddim", "ks")
@@ -162,7 +162,7 @@ def generate(mols, n: int = 10, model=None, sampler: str = "auto", seed: int = 0
     ----------
     mols : str, rdkit.Chem.Mol, or a sequence of them
         SMILES and/or molecules (hydrogens added if missing); validated like
-        :func:`molconf.predict.predict` (one neutral, closed-shell fragment, known elements).
+        :func:`molconf.predict` (one neutral, closed-shell fragment, known elements).
     n : int
         Conformers per molecule.
     model : path or EquivariantDenoiser
