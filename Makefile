@@ -22,8 +22,15 @@ test: install
 test-slow: install
 	$(PY) -m pytest -q --runslow $(PYTEST_ARGS)
 
-# The main job: build the QM9 cache (with its conversion report) and the RDKit baselines table.
+# The main job (a few minutes on 2 cores): predict conformers for the shipped example molecules
+# (runs/example/predicted.sdf), then molconf vs RDKit ETKDG / ETKDG + MMFF on the shipped reference
+# samples of the QM9 and moses_xtb test splits. Writes only under runs/ (gitignored).
 run: install
+	$(PY) benchmarks/first_run.py --out runs/example
+
+# The full-split RDKit baselines (~25 min on 2 cores): builds the QM9 cache (with its conversion
+# report) and rewrites benchmarks/results/qm9_test_rdkit.*
+baselines: install
 	$(PY) -m molconf.data.prepare qm9 --report-dir datasets/qm9
 	$(VENV)/bin/molconf baselines --split test --out benchmarks/results
 
