@@ -57,10 +57,35 @@ class ResumableDataLoader(DataLoader):
         if self._progress is not None:
             epoch, done = self._progress()
             self.batch_sampler.set_epoch(epoch)
-            # After a checkpoint written at the end of an epoch the restored count is that of
-            # the finished epoch, not of the one about to start.
-            self.batch_sampler.skip_next = done if done < len(self.batch_sampler) else 0
+            self.batch_sampler.skip_next = done
         return super().__iter__()
+
+
+def epoch_to_train(trainer: L.Trainer, batches_per_epoch: int) -> tuple[int, int]:
+    """``(epoch, batches already done in it)`` of the training epoch a new iterator serves.
+
+    Read from the fit loop's progress counters, which a resume restores from the checkpoint.
+    Lightning creates the first training iterator (and prefetches a batch) *before* it
+    reconciles counters restored from an end-of-epoch checkpoint, so ``trainer.current_epoch``
+    is not the epoch about to run there: a checkpoint written when validation ends has
+    ``processed = e + 1`` but ``completed = e``, one written on the epoch's last batch has
+    every batch processed but the epoch not yet. The counters mean:
+
+    - ``epoch_progress.current.processed``: epochs whose batches all ran (the next epoch's
+      index, except while an epoch is running);
+    - ``epoch_progress.current.started > processed``: an epoch is running (or was, when the
+      checkpoint was written) and ``batch_progress.current.processed`` of its batches ran
+      ("processed", not "completed": a checkpoint written in on_train_batch_end has
+      processed the batch but not yet marked it completed).
+    """
+    epochs = trainer.fit_loop.epoch_progress.current
+    if epochs.started <= epochs.processed:  # between epochs
+        return epochs.processed, 0
+    batches = trainer.fit_loop.epoch_loop.batch_progress
+    done = batches.current.processed
+    if done >= batches_per_epoch or (done and batches.is_last_batch):  # (is_last_batch: limit_train_batches)
+        return epochs.processed + 1, 0  # that epoch's batches all ran: the next one starts at its first
+    return epochs.processed, done
 
 
 class ConformerDataModule(L.LightningDataModule):
@@ -157,10 +182,7 @@ class ConformerDataModule(L.LightningDataModule):
         world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         sampler = self._sampler(part, shuffle, world, rank)
         def training_progress():
-            # Restored from the checkpoint on resume, (epoch, 0) at the start of every epoch.
-            # "processed", not "completed": a checkpoint written in on_train_batch_end has
-            # processed the batch but not yet marked it completed.
-            return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            return epoch_to_train(trainer, len(sampler))
 
         progress = training_progress if shuffle and trainer is not None else None
 

@@ -56,16 +56,16 @@ def test_cli_resume_after_finished_epoch(tmp_path, qm9_small):
     root = ["--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs"]
     run_lightning_cli(["fit", "--config", SMOKE, *root, "1"])
     last = tmp_path / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=False)["global_step"] == 8
+    assert torch.load(last, weights_only=True)["global_step"] == 8
     run_lightning_cli(["fit", "--config", SMOKE, *root, "2", "--ckpt_path", str(last)])
-    assert torch.load(last, weights_only=False)["global_step"] == 16
+    assert torch.load(last, weights_only=True)["global_step"] == 16
 
 
 def test_last_checkpoint_is_the_end_of_the_schedule(tmp_path, qm9_small):
     # 8 steps with a checkpoint every 3: without the end-of-fit save last.ckpt would be step 6
     run_lightning_cli(["fit", "--config", SMOKE, "--trainer.default_root_dir", str(tmp_path),
                        "--trainer.max_epochs", "1", "--checkpoint.every_n_train_steps", "3"])
-    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 8
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
 
 
 class _Crash(Exception):
@@ -98,7 +98,7 @@ def test_resume_from_last_checkpoint_is_exact(tmp_path, qm9_small):
     with pytest.raises(_Crash):
         t.fit(crashed, datamodule())
     last = tmp_path / "b" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=False)["global_step"] == 10
+    assert torch.load(last, weights_only=True)["global_step"] == 10
 
     L.seed_everything(123)  # resuming must not depend on the fresh process's seed
     resumed = ConformerModule(tiny_model(), lr=1e-3)
@@ -106,6 +106,53 @@ def test_resume_from_last_checkpoint_is_exact(tmp_path, qm9_small):
     t2.fit(resumed, datamodule(), ckpt_path=str(last))
     assert t2.global_step == 16
     assert torch.allclose(_params(full), _params(resumed), atol=1e-6)
+
+
+@pytest.mark.parametrize("every_n_train_steps", [None, 8], ids=["validation-end", "last-batch"])
+def test_resume_from_end_of_epoch_last_checkpoint_is_exact(tmp_path, qm9_small, every_n_train_steps):
+    """2 epochs uninterrupted == 1 epoch, crash, resume from the last.ckpt of epoch 0's end.
+
+    ``validation-end``: the CLI's default checkpointing (last.ckpt when validation ends);
+    ``last-batch``: a step-triggered checkpoint on the epoch's last batch (8 batches per epoch).
+    Either way the resumed epoch 1 must draw epoch 1's batch order, not epoch 0's again.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def run(root, *extra, ckpt_path=None):
+        ckpt = ModelCheckpoint(dirpath=root / "checkpoints", save_last=True,
+                               every_n_train_steps=every_n_train_steps)
+        return trainer(root, callbacks=[ckpt, *extra])
+
+    seen = {"full": [], "resumed": []}
+
+    class Record(L.Callback):
+        def __init__(self, key):
+            self.key = key
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            seen[self.key].append((trainer.current_epoch, batch[K.MOL_INDEX].tolist()))
+
+    L.seed_everything(0)
+    full = ConformerModule(tiny_model(), lr=1e-3)
+    run(tmp_path / "a", Record("full")).fit(full, datamodule())
+
+    L.seed_everything(0)
+    crashed = ConformerModule(tiny_model(), lr=1e-3)
+    with pytest.raises(_Crash):
+        run(tmp_path / "b", _CrashAt(9)).fit(crashed, datamodule())  # first batch of epoch 1
+    last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 8
+
+    L.seed_everything(123)
+    resumed = ConformerModule(tiny_model(), lr=1e-3)
+    t2 = run(tmp_path / "b", Record("resumed"))
+    t2.fit(resumed, datamodule(), ckpt_path=str(last))
+    assert t2.global_step == 16
+    # the resumed run trains epoch 1 only, in the order the uninterrupted run gave epoch 1
+    epoch1 = [b for e, b in seen["full"] if e == 1]
+    assert len(epoch1) == 8 and [b for _, b in seen["resumed"]] == epoch1
+    assert epoch1 != [b for e, b in seen["full"] if e == 0]  # (the orders do differ between epochs)
+    assert torch.allclose(_params(full), _params(resumed), atol=1e-6, rtol=0)
 
 
 def test_nan_loss_stops_with_clear_message(tmp_path, qm9_small, monkeypatch):
