@@ -29,6 +29,7 @@ from molconf.data.features import featurize
 from molconf.errors import MoleculeError
 from molconf.metrics import mol_with_coords
 from molconf.models import ConformerTransformer, load_model
+from molconf.standardize import Standardized, radical_problem, standardize, transfer_coordinates
 from molconf.stereo import StereoReport, cip_mismatches, enforce_stereo, stereo_spec
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -189,17 +190,57 @@ def _describe(item) -> str:
     return type(item).__name__
 
 
-def parse_input(item) -> Chem.Mol:
-    """Validate one input and return it as a sanitised ``Mol`` with explicit H and no conformer.
-
-    Raises :class:`MoleculeError` naming the input and the reason.
-    """
-
+def _refusal(item) -> Callable[[str], MoleculeError]:
     def refuse(reason: str) -> MoleculeError:
         # the label is made only for a refusal: for a Mol without a name it is a SMILES,
         # which would cost a tenth of a millisecond on every good molecule
         return MoleculeError(_describe(item), reason)
 
+    return refuse
+
+
+def standardize_input(item) -> Standardized:
+    """Read one input for :func:`predict`: a salt or mixture keeps its largest organic
+    fragment, a charged molecule is predicted as its neutral form and returned with its own
+    charges (:func:`molconf.standardize.standardize`; ``notes`` say what was done).
+
+    Raises :class:`MoleculeError` naming the input and the reason (unreadable, radical).
+    """
+    refuse = _refusal(item)
+    mol = _read_input(item, refuse)
+    try:
+        return standardize(mol)
+    except ValueError as err:  # MoleculeError (a radical) included
+        raise refuse(getattr(err, "reason", str(err))) from None
+
+
+def parse_input(item) -> Chem.Mol:
+    """Validate one input strictly and return it as a sanitised ``Mol`` with explicit H and no
+    conformer: one neutral closed-shell molecule (what :func:`molconf.generate` takes;
+    :func:`predict` reads its inputs with :func:`standardize_input` instead).
+
+    Raises :class:`MoleculeError` naming the input and the reason.
+    """
+    refuse = _refusal(item)
+    mol = _read_input(item, refuse)
+    n_frag = len(Chem.GetMolFrags(mol))
+    if n_frag > 1:
+        raise refuse(f"{n_frag} disconnected fragments (a salt or mixture?): predict one molecule at a time, "
+                     "e.g. keep the largest fragment (molconf.predict does)")
+    problem = radical_problem(mol)
+    if problem:
+        raise refuse(problem)
+    charge = Chem.GetFormalCharge(mol)
+    if charge:
+        raise refuse(f"net charge {charge:+d}: the model was trained on neutral molecules "
+                     "(molconf.predict predicts a charged molecule as its neutral form)")
+    mol = Chem.AddHs(mol, addCoords=False)
+    mol.RemoveAllConformers()
+    return mol
+
+
+def _read_input(item, refuse: Callable[[str], MoleculeError]) -> Chem.Mol:
+    """One input as a sanitised ``Mol`` with at least one atom, as given (H, fragments, charges)."""
     if item is None:
         raise refuse("no molecule (None)")
     if isinstance(item, str):
@@ -218,18 +259,6 @@ def parse_input(item) -> Chem.Mol:
         raise refuse("expected a SMILES string or an RDKit Mol")
     if mol.GetNumAtoms() == 0:
         raise refuse("no atoms")
-    n_frag = len(Chem.GetMolFrags(mol))
-    if n_frag > 1:
-        raise refuse(f"{n_frag} disconnected fragments (a salt or mixture?): "
-                     "predict one molecule at a time, e.g. keep the largest fragment")
-    radicals = sum(a.GetNumRadicalElectrons() for a in _rd.atoms(mol))  # Descriptors' version: 2.5× slower
-    if radicals:
-        raise refuse(f"radical ({radicals} unpaired electrons): the model covers closed-shell molecules")
-    charge = Chem.GetFormalCharge(mol)
-    if charge:
-        raise refuse(f"net charge {charge:+d}: the model was trained on neutral molecules")
-    mol = Chem.AddHs(mol, addCoords=False)
-    mol.RemoveAllConformers()
     return mol
 
 
@@ -390,18 +419,24 @@ def predict(
     candidates = resolve_models(model)
     report = PredictionReport(model=" / ".join(m.name for m in candidates), precision=resolve_precision(precision))
     prepared: dict[int, Chem.Mol] = {}
+    forms: dict[int, Standardized] = {}  # inputs whose returned molecule is not the one predicted
     chosen: dict[int, LoadedModel] = {}
     first_seen: dict[str, int] = {}
     for i, item in enumerate(items):
         try:
-            mol = parse_input(item)
+            form = standardize_input(item)
+            mol = form.model_input
             chosen[i] = choose_model(mol, candidates, functools.partial(_describe, item))
         except MoleculeError as err:
             report.failures.append(Failure(i, err.molecule, err.reason))
             continue
+        for text in form.notes:
+            report.note(i, text)
+        if form.changed:
+            forms[i] = form
         if (beyond := coverage_problem(mol, chosen[i], within_training=True)) is not None:
             report.note(i, f"{beyond}: expect a rougher geometry")
-        key = Chem.MolToSmiles(mol)
+        key = Chem.MolToSmiles(form.mol)  # what is returned (C[NH3+] and CN differ)
         if key in first_seen:
             report.note(i, f"duplicate of input #{first_seen[key]} (same prediction)")
         first_seen.setdefault(key, i)
@@ -420,7 +455,7 @@ def predict(
     for m, loaded in enumerate(candidates):
         order = sorted((i for i in prepared if chosen[i] is loaded), key=lambda i: prepared[i].GetNumAtoms())
         jobs += [(m, order[s : s + batch_size]) for s in range(0, len(order), batch_size)]
-    state = _BatchState(prepared, candidates, relax_with, fix_stereo, report.precision, items)
+    state = _BatchState(prepared, candidates, relax_with, fix_stereo, report.precision, items, forms=forms)
     workers = _usable_workers(workers, len(jobs))
     if workers == 1:
         with _threads(num_threads):
@@ -499,6 +534,7 @@ class _BatchState:
     fix_stereo: bool
     precision: str
     items: list
+    forms: dict[int, Standardized] = field(default_factory=dict)  # charged / salt inputs (index -> form)
 
     def run(self, job: tuple[int, list[int]], as_binary: bool = False) -> _BatchOutcome:
         m, idx = job
@@ -514,7 +550,10 @@ class _BatchState:
             if not np.isfinite(coords).all():
                 report.failures.append(Failure(i, _describe(self.items[i]), "model produced non-finite coordinates"))
                 continue
-            out = _finish(self.prepared[i], coords, i, loaded, self.relax_with, self.fix_stereo, report)
+            mol = self.prepared[i]
+            if i in self.forms:  # its neutral form was predicted: carry it over to the input's own form
+                mol, coords = self.forms[i].mol, transfer_coordinates(self.forms[i], coords)
+            out = _finish(mol, coords, i, loaded, self.relax_with, self.fix_stereo, report)
             mols[i] = out.ToBinary(Chem.PropertyPickleOptions.AllProps) if as_binary else out
         return _BatchOutcome(mols, report)
 
