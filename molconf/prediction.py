@@ -24,6 +24,7 @@ from rdkit.Chem import AllChem
 
 from molconf import _rdkit as _rd
 from molconf import constants as K
+from molconf.bond_guard import guard_bonds, impossible_bonds
 from molconf.data.dataset import collate_graphs
 from molconf.data.features import featurize
 from molconf.errors import MoleculeError
@@ -115,10 +116,25 @@ def resolve_model(model: str | Path | ConformerTransformer | LoadedModel = "defa
     path = WEIGHTS_DIR / f"{name}.pt" if (WEIGHTS_DIR / f"{name}.pt").is_file() else Path(name)
     if not path.is_file():
         raise FileNotFoundError(
-            f"model {model!r}: no such file and not a shipped model (shipped: {available_models()})"
+            f"model {str(model)!r}: no such file and not a shipped model (shipped: {', '.join(available_models())})"
         )
-    network, meta = load_model(path)
-    return LoadedModel.from_meta(path.stem, network, meta)
+    stat = path.stat()
+    return _load_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size, "cpu")
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(path: str, mtime_ns: int, size: int, device: str) -> LoadedModel:
+    """A model file read once per process: keyed by its resolved path and device, and by its
+    modification time and size, so a file rewritten in place (a new checkpoint) is read again.
+    The cached network is shared by every call; :func:`predict` only runs it in eval mode under
+    ``torch.inference_mode`` and never changes it."""
+    network, meta = load_model(path, map_location=device)
+    return LoadedModel.from_meta(Path(path).stem, network, meta)
+
+
+def clear_model_cache() -> None:
+    """Forget every model :func:`resolve_model` has read (the next call reads the file again)."""
+    _load_cached.cache_clear()
 
 
 def resolve_models(model="default") -> list[LoadedModel]:
@@ -360,6 +376,7 @@ def predict(
     relax_with: str | None = None,
     num_threads: int | None = None,
     fix_stereo: bool = True,
+    repair_bonds: bool = True,
     return_report: bool = False,
     progress: bool = False,
     precision: str = "auto",
@@ -388,6 +405,11 @@ def predict(
     fix_stereo : bool
         Repair predictions whose stereocentres / double bonds disagree with the input
         (see :mod:`molconf.stereo`); what cannot be repaired is reported.
+    repair_bonds : bool
+        Check every bond length against physical bounds (:mod:`molconf.bond_guard`: covalent
+        radii scaled by bond order, ±15%) and repair the offending atoms with a local MMFF94
+        polish (the rest of the prediction held fixed); the report notes each repair. With
+        ``False`` the network's output is returned as it is (impossible bonds included).
     return_report : bool
         Also return a :class:`PredictionReport`.
     precision : {"auto", "float32", "bfloat16"}
@@ -455,7 +477,8 @@ def predict(
     for m, loaded in enumerate(candidates):
         order = sorted((i for i in prepared if chosen[i] is loaded), key=lambda i: prepared[i].GetNumAtoms())
         jobs += [(m, order[s : s + batch_size]) for s in range(0, len(order), batch_size)]
-    state = _BatchState(prepared, candidates, relax_with, fix_stereo, report.precision, items, forms=forms)
+    state = _BatchState(prepared, candidates, relax_with, fix_stereo, report.precision, items, repair_bonds,
+                        forms=forms)
     workers = _usable_workers(workers, len(jobs))
     if workers == 1:
         with _threads(num_threads):
@@ -480,8 +503,14 @@ def predict(
     return (results, report) if return_report else results
 
 
-def _finish(mol, coords, i, loaded, relax_with, fix_stereo, report) -> Chem.Mol:
+def _finish(mol, coords, i, loaded, relax_with, fix_stereo, report, repair_bonds=True) -> Chem.Mol:
     out = mol_with_coords(mol, coords)
+    if repair_bonds:
+        # first: a stereo check reads signed volumes, meaningless around a 0.4 Å C–H; the polish
+        # may set a centre either way, which the stereo repair below then puts right
+        note = guard_bonds(out)
+        if note:
+            report.note(i, note)
     target = stereo_spec(mol) if fix_stereo else None
     if target:
         # repair before relaxing: one relaxation then both tidies what the repair moved and
@@ -506,6 +535,10 @@ def _finish(mol, coords, i, loaded, relax_with, fix_stereo, report) -> Chem.Mol:
                 remaining = after.remaining
             report.stereo[i] = StereoReport(len(target), report.stereo[i].fixed_by + after.fixed_by, remaining,
                                          named_by_cip=True)
+    if repair_bonds and impossible_bonds(out):  # a stereo move (pyramidalisation) can stretch a bond
+        report.note(i, "after stereo repair: " + guard_bonds(out))
+        if target:
+            report.stereo[i] = enforce_stereo(out, target)
     if target and report.stereo[i].remaining:
         report.note(i, "stereo not matched: " + "; ".join(report.stereo[i].remaining))
     # perceive the conformer's own stereo so the returned Mol's tags agree with its geometry
@@ -534,6 +567,7 @@ class _BatchState:
     fix_stereo: bool
     precision: str
     items: list
+    repair_bonds: bool = True
     forms: dict[int, Standardized] = field(default_factory=dict)  # charged / salt inputs (index -> form)
 
     def run(self, job: tuple[int, list[int]], as_binary: bool = False) -> _BatchOutcome:
@@ -553,7 +587,8 @@ class _BatchState:
             mol = self.prepared[i]
             if i in self.forms:  # its neutral form was predicted: carry it over to the input's own form
                 mol, coords = self.forms[i].mol, transfer_coordinates(self.forms[i], coords)
-            out = _finish(mol, coords, i, loaded, self.relax_with, self.fix_stereo, report)
+            out = _finish(mol, coords, i, loaded, self.relax_with, self.fix_stereo, report,
+                          self.repair_bonds)
             mols[i] = out.ToBinary(Chem.PropertyPickleOptions.AllProps) if as_binary else out
         return _BatchOutcome(mols, report)
 

@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
+import importlib
+
 from rdkit import Chem
 
-from molconf.data.cache import GraphStore, default_cache_dir
-from molconf.data.dataset import (
-    ConformerDataset,
-    SizeAwareBatchSampler,
-    collate_dense,
-    collate_graphs,
-    graph_to_data,
-)
-from molconf.data.features import featurize
-from molconf.data.load import load_dataset
-from molconf.data.prepare import load_qm9
 from molconf.errors import MoleculeError
+
+# name -> submodule; loaded on first access (PEP 562), so importing one submodule (e.g. the
+# featurisation that prediction needs) does not import PyG, the caches and the data builders
+_LAZY = {
+    "GraphStore": "cache",
+    "default_cache_dir": "cache",
+    "ConformerDataset": "dataset",
+    "SizeAwareBatchSampler": "dataset",
+    "collate_dense": "dataset",
+    "collate_graphs": "dataset",
+    "graph_to_data": "dataset",
+    "featurize": "features",
+    "load_dataset": "load",
+    "load_qm9": "prepare",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"molconf.data.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'molconf.data' has no attribute {name!r}")
 
 
 def batch_from_mols(mols: list[Chem.Mol], pe_dim: int = 32) -> dict:
     """Dense batch from RDKit ``Mol``s with explicit H (coordinates if they have conformers)."""
+    from molconf.data.dataset import collate_graphs
+    from molconf.data.features import featurize
+
     return collate_graphs([featurize(m) for m in mols], pe_dim)
 
 

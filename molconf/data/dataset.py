@@ -6,14 +6,19 @@ dense, padded dictionary made by :func:`collate_dense`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
-from torch_geometric.data import Batch, Data
-from torch_geometric.utils import to_dense_adj, to_dense_batch
 
 from molconf import constants as K
 from molconf.data.cache import GraphStore
 from molconf.data.features import GraphArrays
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Data
+# PyG is imported inside the functions that use it: prediction batches with collate_graphs
+# and never needs it (importing it costs seconds)
 
 
 def graph_to_data(graph: GraphArrays, pe_dim: int, mol_index: int = -1) -> Data:
@@ -22,6 +27,8 @@ def graph_to_data(graph: GraphArrays, pe_dim: int, mol_index: int = -1) -> Data:
     Molecules with more than ``pe_dim`` atoms keep their ``pe_dim`` lowest-frequency
     eigenvectors.
     """
+    from torch_geometric.data import Data
+
     n = graph.num_atoms
     pe = np.zeros((n, pe_dim), dtype=np.float32)
     width = min(n, pe_dim)
@@ -42,6 +49,9 @@ def graph_to_data(graph: GraphArrays, pe_dim: int, mol_index: int = -1) -> Data:
 
 def collate_dense(items: list[Data]) -> dict[str, torch.Tensor]:
     """Batch PyG ``Data`` items into dense padded tensors (keys in :mod:`molconf.constants`)."""
+    from torch_geometric.data import Batch
+    from torch_geometric.utils import to_dense_adj, to_dense_batch
+
     batch = Batch.from_data_list(items)
     x, mask = to_dense_batch(batch.x, batch.batch)  # (B, N, 9), (B, N)
     n = x.shape[1]
