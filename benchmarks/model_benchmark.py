@@ -54,6 +54,7 @@ from molconf.data import ConformerDataset, collate_dense
 from molconf.data.load import load_dataset, load_dataset_split
 from molconf.metrics import aggregate, mol_with_coords, molecule_metrics
 from molconf.models import load_model, save_model
+from molconf.models.io import with_sha256_line
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -610,7 +611,7 @@ def write_model_card(spec: DatasetSpec, row: dict, via_predict: dict, shipped: M
     text = spec.card(row=row, via_predict=via_predict, weights=shipped.weights, n_test=n_test, meta=meta,
                      model=model, spec=spec, run=shipped.run, data_root=data_root)
     path = shipped.weights.with_suffix(".md")
-    path.write_text(text)
+    path.write_text(with_sha256_line(text, shipped.weights))  # the hash every load checks (molconf.models.io)
     return path
 
 

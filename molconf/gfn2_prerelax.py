@@ -25,6 +25,7 @@ from rdkit import Chem
 
 from molconf.data.gfn2_forces import KCAL_TO_EV, mmff_forcefield
 from molconf.models.gfn2_correction import Gfn2Correction, batch_pair_graphs, torsion_cos_sin
+from molconf.models.io import is_shipped, load_torch_file, read_model_file, write_card_sha256
 
 
 # Shipped with the package and used by predict(relax_with="xtb"): fitted to the moses_xtb training
@@ -44,28 +45,44 @@ class PrerelaxResult:
 
 
 def save_correction(model: Gfn2Correction, path: str | Path, meta: dict | None = None) -> None:
-    """Weights file: the network's config, float32 weights and ``meta`` (training provenance)."""
+    """Weights file: the network's config, float32 weights and ``meta`` (training provenance,
+    plain data only: the file is read back with ``weights_only=True``). A card beside it
+    (``<stem>.md``; always for the package's own weights folder) gets the file's sha256 line."""
     torch.save({"config": model.config, "state_dict": model.state_dict(), "meta": meta or {}}, path)
+    write_card_sha256(path, create=is_shipped(path))
+
+
+def load_correction(path: str | Path) -> Gfn2Correction:
+    """A correction weights file or Lightning checkpoint, in float64 and eval mode (cached per
+    file version, i.e. path, modification time and size, and shared: do not modify).
+
+    Read with ``weights_only=True`` (a file cannot run code) and, for shipped weights, checked
+    against the sha256 in their card (:mod:`molconf.models.io`); ``ValueError`` naming the
+    file if it is damaged, not a torch file, or not a correction.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no GFN2-xTB correction file {str(path)!r}")
+    st = Path(path).stat()
+    return _load_correction_cached(str(path), st.st_mtime_ns, st.st_size)
 
 
 @functools.lru_cache(maxsize=4)
-def load_correction(path: str) -> Gfn2Correction:
-    """A correction weights file or Lightning checkpoint, in float64 and eval mode (cached and
-    shared: do not modify)."""
-    if not Path(path).exists():
-        raise FileNotFoundError(f"no GFN2-xTB correction file {path!r}")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    if "state_dict" in blob and "config" in blob:
-        config, state = blob["config"], blob["state_dict"]
-    elif "molconf_model_config" in blob:  # a Lightning checkpoint of Gfn2CorrectionModule
-        config = blob["molconf_model_config"]
-        state = {k.removeprefix("model."): v for k, v in blob["state_dict"].items() if k.startswith("model.")}
-    else:
+def _load_correction_cached(path: str, mtime_ns: int, size: int) -> Gfn2Correction:
+    return read_correction(path)
+
+
+def read_correction(path: str | Path) -> Gfn2Correction:
+    """:func:`load_correction` without its cache: a fresh copy."""
+    config, state, meta = read_model_file(path)
+    if config is None or state is None or "max_hops" not in config:
         raise ValueError(f"{path}: neither a correction weights file nor a Gfn2CorrectionModule checkpoint")
-    model = Gfn2Correction(**config)
-    model.load_state_dict(state)
+    try:
+        model = Gfn2Correction(**config)
+        model.load_state_dict(state)
+    except (TypeError, RuntimeError) as err:
+        raise ValueError(f"{path}: weights do not fit the stored correction configuration ({err})") from None
     # elements of its training molecules (weights files record them): others are refused
-    model.trained_elements = tuple(blob.get("meta", {}).get("elements", ()))
+    model.trained_elements = tuple((meta or {}).get("elements", ()))
     return model.double().eval()
 
 
@@ -124,7 +141,7 @@ def prerelax(mol: Chem.Mol, model: Gfn2Correction | str = str(DEFAULT_CORRECTION
 
     from molconf.data.xtb_build import bond_changes
 
-    if isinstance(model, str):
+    if isinstance(model, (str, Path)):
         model = load_correction(model)
     known = getattr(model, "trained_elements", ())
     unseen = sorted({a.GetSymbol() for a in mol.GetAtoms() if known and a.GetAtomicNum() not in known})
@@ -163,20 +180,20 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, data_dir: str | P
     from molconf.data.gfn2_forces import load_force_data
     from molconf.data.load import load_dataset
 
+    blob = load_torch_file(checkpoint, what="checkpoint")  # first: a bad checkpoint fails before the data is read
+    model = read_correction(checkpoint).float()  # uncached: a fresh copy to convert
     data_dir = Path(data_dir)
     info = json.loads((data_dir / "meta.json").read_text())
     data, _ = load_force_data(data_dir)
     store = load_dataset(info["dataset"])
     elements = sorted({a.GetAtomicNum() for r in np.unique(data["row"]).tolist() for a in store.mol(int(r)).GetAtoms()})
-    blob = torch.load(checkpoint, map_location="cpu", weights_only=False)
     scores = {k: v.get("best_model_score") for k, v in blob.get("callbacks", {}).items() if "ModelCheckpoint" in k}
     best = next((float(v) for v in scores.values() if v is not None), None)
     meta = {"elements": elements, "dataset": info["dataset"], "split": info["split"],
             "force_data": json.loads((data_dir / "summary.json").read_text()),
             "epochs": blob.get("epoch"), "global_step": blob.get("global_step"),
             "best_val_force_mae_ev_per_a": best, "train_seconds": blob.get("molconf_train_seconds")}
-    model = load_correction.__wrapped__(str(checkpoint)).float()  # uncached: a fresh copy to convert
-    save_correction(model, out, meta)
+    save_correction(model, out, meta)  # (and its card's sha256 line)
     return meta
 
 
@@ -190,7 +207,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", required=True, help="the force data it was trained on (molconf gfn2-forces --out)")
     p.add_argument("--out", required=True, help="e.g. benchmarks/results/weights/moses_xtb_gfn2_correction.pt")
     args = p.parse_args(argv)
-    print(json.dumps(export_checkpoint(args.checkpoint, args.out, args.data_dir), indent=1))
+    try:
+        meta = export_checkpoint(args.checkpoint, args.out, args.data_dir)
+    except (FileNotFoundError, ValueError) as err:  # e.g. a damaged or unsafe checkpoint, named
+        raise SystemExit(f"error: {err}") from None
+    print(json.dumps(meta, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,27 +1,142 @@
-"""Saving and loading trained models without Lightning."""
+"""Saving and loading trained models without Lightning.
+
+Every model file is read by :func:`load_torch_file`: ``torch.load(..., weights_only=True)``,
+so a file can hold tensors and plain Python data (dicts, lists, numbers, strings) but cannot
+run code when it is loaded, and a file that is not such a torch file is refused with a
+``ValueError`` naming it.
+
+Weights shipped in the package (``molconf/weights/<stem>.pt``) are checked against the
+SHA-256 their card (``<stem>.md``, beside them) records on a line of the form::
+
+    - **sha256**: `<64 lower-case hex digits>` (of `<stem>.pt`; checked whenever it is loaded)
+
+The same check applies to any weights file whose card has such a line (e.g. a copy of a
+shipped model). A shipped file whose card has no such line is refused too. The hash of a file
+is computed once per process (cached by path, modification time and size). :func:`save_model`
+and :func:`write_card_sha256` keep the line up to date when weights are written.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 from pathlib import Path
 
 import torch
 
 from molconf.models.transformer import ConformerTransformer
 
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"  # shipped with the package
+SHA256_LINE = re.compile(r"^- \*\*sha256\*\*: `([0-9a-f]{64})`", re.MULTILINE)
+_sha256_cache: dict[tuple[str, int, int], str] = {}
+
+
+def card_path(weights: str | Path) -> Path:
+    """The card of a weights file: ``<stem>.md`` beside it."""
+    return Path(weights).with_suffix(".md")
+
+
+def card_sha256(weights: str | Path) -> str | None:
+    """The SHA-256 the weights file's card records, or None (no card, or no sha256 line)."""
+    card = card_path(weights)
+    if not card.is_file():
+        return None
+    m = SHA256_LINE.search(card.read_text(encoding="utf-8"))
+    return m.group(1) if m else None
+
+
+def sha256_line(weights: str | Path, digest: str | None = None) -> str:
+    """The card line recording a weights file's SHA-256 (hashing the file unless given)."""
+    digest = digest or file_sha256(weights)
+    return f"- **sha256**: `{digest}` (of `{Path(weights).name}`; checked whenever it is loaded)"
+
+
+def with_sha256_line(text: str, weights: str | Path) -> str:
+    """Card text with its sha256 line replaced by (or, if it has none, ending with) the file's."""
+    line = sha256_line(weights)
+    if re.search(r"^- \*\*sha256\*\*:", text, re.MULTILINE):
+        return re.sub(r"^- \*\*sha256\*\*:.*$", lambda _: line, text, count=1, flags=re.MULTILINE)
+    return text.rstrip("\n") + "\n" + line + "\n"
+
+
+def write_card_sha256(weights: str | Path, create: bool = False) -> Path | None:
+    """Record a weights file's SHA-256 in its card (replacing the old line). A missing card is
+    written (holding only the line) if ``create``, else left missing (returns None)."""
+    card = card_path(weights)
+    if not card.is_file():
+        if not create:
+            return None
+        text = f"# Card: `{Path(weights).stem}`\n\n"
+    else:
+        text = card.read_text(encoding="utf-8")
+    card.write_text(with_sha256_line(text, weights), encoding="utf-8")
+    return card
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, hex; cached per process by (path, modification time, size)."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _sha256_cache:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        _sha256_cache[key] = h.hexdigest()
+    return _sha256_cache[key]
+
+
+def is_shipped(path: str | Path) -> bool:
+    """Whether a file lies in the package's own weights folder."""
+    return Path(path).resolve().parent == WEIGHTS_DIR
+
+
+def verify_weights_file(path: str | Path) -> None:
+    """Check a weights file against the SHA-256 in its card, if its card has one; a shipped file
+    (in the package's weights folder) must have one. Raises ``ValueError`` naming the file."""
+    path = Path(path)
+    expected = card_sha256(path)
+    if expected is None:
+        if is_shipped(path):
+            raise ValueError(f"{path}: shipped weights whose card {card_path(path).name} records no sha256 "
+                             "line, so the file cannot be checked; the installation is damaged (reinstall molconf)")
+        return
+    actual = file_sha256(path)
+    if actual != expected:
+        raise ValueError(f"{path}: the file is damaged: its sha256 is {actual}, its card {card_path(path).name} "
+                         f"expects {expected} (reinstall molconf, or re-download the file; weights replaced on purpose need "
+                         "their hash recorded: molconf.models.io.write_card_sha256)")
+
+
+def load_torch_file(path: str | Path, map_location: str = "cpu", what: str = "model file"):
+    """``torch.load`` of a user-given file with ``weights_only=True`` (no code runs), after the
+    card's SHA-256 check (:func:`verify_weights_file`). Raises ``FileNotFoundError`` if missing
+    and ``ValueError`` naming the file if it is damaged, not a torch file, or holds objects
+    other than tensors and plain data (e.g. a pickle that would run code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found")
+    verify_weights_file(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated / corrupted / not a torch file / disallowed pickle content
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(f"{path}: not a readable {what}: it is damaged, not a torch file, or holds objects "
+                         f"other than tensors and plain data, which are refused for safety "
+                         f"({type(err).__name__}: {msg})") from None
+
 
 def read_model_file(path: str | Path, map_location: str = "cpu") -> tuple[dict | None, dict | None, dict]:
     """``(config, state_dict, meta)`` of a weights file or of a molconf Lightning checkpoint.
 
     Shared by every model loader; ``config``/``state_dict`` are None when the file has none.
-    Raises ``ValueError`` naming the file if it is not a readable torch file holding a dict.
+    Raises ``ValueError`` naming the file if it is not a readable torch file holding a dict
+    (:func:`load_torch_file`), or if it is shipped weights that fail their card's SHA-256.
     """
     path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # truncated / corrupted / not a torch file
-        raise ValueError(f"{path}: not a readable model file ({type(err).__name__}: {err})") from None
+    ckpt = load_torch_file(path, map_location)
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: not a molconf model file")
     if "hyper_parameters" in ckpt:  # Lightning checkpoint of a molconf LightningModule
@@ -63,4 +178,5 @@ def save_model(model: ConformerTransformer, path: str | Path, meta: dict | None 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"config": model.config, "state_dict": state, "meta": meta or {}}, path)
+    write_card_sha256(path, create=is_shipped(path))  # a card beside it records the new hash
     return path
