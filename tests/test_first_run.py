@@ -171,8 +171,9 @@ def _git_status() -> str:
 @pytest.mark.slow
 def test_make_run_is_quick_and_leaves_the_tree_unchanged():
     """The whole `make run` (install already done) in ≤ 5 minutes, writing nothing git sees."""
-    if not (ROOT / ".venv" / ".installed").is_file():
-        pytest.skip("needs `make install` first (the timing is of the job, not the install)")
+    installed = ROOT / ".venv" / ".installed"
+    if not installed.is_file() or installed.stat().st_mtime < (ROOT / "pyproject.toml").stat().st_mtime:
+        pytest.skip("needs a current `make install` (the timing is of the job, not the install)")
     before = _git_status()
     start = time.perf_counter()
     proc = subprocess.run(["make", "run"], cwd=ROOT, capture_output=True, text=True,
@@ -180,5 +181,7 @@ def test_make_run_is_quick_and_leaves_the_tree_unchanged():
     seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "RDKit ETKDG + MMFF" in proc.stdout and "predicted.sdf" in proc.stdout
-    assert _git_status() == before
     assert seconds <= MAKE_RUN_LIMIT_S, f"make run took {seconds:.0f} s (load average {os.getloadavg()})"
+    after = _git_status()
+    # (in a working tree others edit at the same time, their edits during the run show up here too)
+    assert after == before, f"git status changed: {sorted(set(after.splitlines()) ^ set(before.splitlines()))}"
