@@ -36,7 +36,6 @@ from molconf import constants as K
 from molconf.baselines import embed, mmff_optimize
 from molconf.metrics import aggregate, molecule_metrics
 from molconf.predict_cli import read_inputs
-from molconf.prediction import resolve_models
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "datasets" / "examples" / "molecules.smi"
@@ -101,12 +100,14 @@ def predict_examples(path: Path, out: Path) -> dict:
 
 
 # --------------------------------------------------------------------------- 2. reference table
-def run_molconf(inputs: list[Chem.Mol], models) -> tuple[list, float, str]:
-    molconf.predict(inputs[:2], model=models)  # warm-up (first-call set-up), not timed
+def run_molconf(inputs: list[Chem.Mol]) -> tuple[list, float, str]:
+    """``molconf.predict`` at its default settings; the models are loaded (and kept by predict's
+    per-process cache) by an untimed warm-up call on two molecules."""
+    molconf.predict(inputs[:2])
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # failures are counted in the table
-        preds, report = molconf.predict(inputs, model=models, return_report=True)
+        preds, report = molconf.predict(inputs, return_report=True)
     return preds, time.perf_counter() - t, report.model
 
 
@@ -132,12 +133,11 @@ def score(refs: list[Chem.Mol], preds: list, seconds: float) -> dict:
 
 
 def reference_table(n: int | None) -> list[dict]:
-    models = resolve_models("default")  # loaded once: predict(model="default") would load them per call
     table = []
     for label, path in REFERENCE.items():
         refs = load_reference(path, n)
         print(f"  {label}: {len(refs)} molecules from {path.relative_to(ROOT)} ...", flush=True)
-        preds, seconds, used = run_molconf([without_conformer(r) for r in refs], models)
+        preds, seconds, used = run_molconf([without_conformer(r) for r in refs])
         rows = {MOLCONF: score(refs, preds, seconds)}
         rows[MOLCONF]["model"] = used
         for method, (mols, secs) in run_rdkit(refs).items():
