@@ -9,11 +9,45 @@ bit for bit; np.sqrt (correctly rounded) reproduces the CUDA kernel's arithmetic
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+import pytest
 import torch
 
-from molconf.constants import LJ_R_MIN
-from molconf.ops import degree_compensating_k, lj_parameters
+import molconf.ops as ops
+from molconf.constants import ENV_FORCE_REFERENCE_OPS, LJ_R_MIN
+from molconf.ops import _extension, degree_compensating_k, lj_parameters
+
+# CI sets this: a compiled extension that does not build then fails the tests that need it
+# (with the build error) instead of skipping them, so a broken build cannot pass unnoticed.
+ENV_REQUIRE_EXTENSION = "MOLCONF_REQUIRE_EXTENSION"
+
+
+def extension_required() -> bool:
+    return os.environ.get(ENV_REQUIRE_EXTENSION, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def extension_available() -> bool:
+    """Whether the ops run on the compiled extension (on the CPU). If not, and
+    ``MOLCONF_REQUIRE_EXTENSION=1``, the calling test fails here with the build error.
+
+    The one place tests ask: the ``needs_extension`` mark (tests/ops/conftest.py) skips or
+    fails through it, and tests that also compare the extension call it directly.
+    """
+    if ops.backend() == "extension":
+        return True
+    if extension_required():
+        pytest.fail(f"{ENV_REQUIRE_EXTENSION}=1 but the compiled extension is unavailable: "
+                    f"{extension_unavailable_reason()}", pytrace=False)
+    return False
+
+
+def extension_unavailable_reason() -> str:
+    st = _extension.state()
+    if st is not None and not st.ok:
+        return st.reason  # the build error (compiler output tail) or missing sources
+    return f"{ENV_FORCE_REFERENCE_OPS} forces the reference ops"
 
 ELEMENTS = (1, 6, 7, 8, 9, 16, 17)
 DTYPES = (torch.float32, torch.float64)

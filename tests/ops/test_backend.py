@@ -63,7 +63,7 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch):
     assert not _extension.state().ok and "compiler exploded" in _extension.state().reason
 
 
-@pytest.mark.skipif(ops.backend() != "extension", reason="compiled extension unavailable")
+@pytest.mark.needs_extension
 def test_failed_cuda_build_keeps_the_cpu_kernels(monkeypatch):
     library = _extension.load().library
 
@@ -110,7 +110,7 @@ def test_missing_sources_give_a_clear_reason(monkeypatch):
     assert not st.ok
 
 
-@pytest.mark.skipif(ops.backend() != "extension", reason="compiled extension unavailable")
+@pytest.mark.needs_extension
 def test_reload_after_reset_reuses_the_loaded_library(monkeypatch, tmp_path):
     # A reset state plus a different cache folder must not dlopen a second copy (its
     # TORCH_LIBRARY(molconf) would abort the process); the loaded ops are reused.
@@ -176,3 +176,28 @@ def test_import_survives_a_broken_compiler(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["imported", "reference"]
     assert proc.stderr.count("the compiled extension is unavailable") == 1, proc.stderr
+
+
+@pytest.mark.parametrize("required", [False, True], ids=["optional", "required"])
+def test_broken_build_skips_or_fails_under_require_extension(tmp_path, required):
+    # A fresh pytest process whose compiler always fails (as in the test above): the tests
+    # marked needs_extension skip, or fail naming the build error when CI requires the build.
+    env = {key: value for key, value in os.environ.items()
+           if key not in (ENV_FORCE_REFERENCE_OPS, "MAX_JOBS", "MOLCONF_REQUIRE_EXTENSION")}
+    env.update({ENV_CACHE_DIR: str(tmp_path / "cache"), "HOME": str(tmp_path), "CXX": "/bin/false"})
+    if required:
+        env["MOLCONF_REQUIRE_EXTENSION"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfs",
+         str(REPO / "tests" / "ops" / "test_lj.py"), "-k", "test_extension_matches_reference and 6-13"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    if required:
+        assert proc.returncode == 1, out
+        assert "2 failed" in out, out
+        assert "MOLCONF_REQUIRE_EXTENSION=1 but the compiled extension is unavailable" in out, out
+        assert "/bin/false" in out, out  # the build error itself
+    else:
+        assert proc.returncode == 0, out
+        assert "2 skipped" in out and "compiled extension unavailable" in out, out
