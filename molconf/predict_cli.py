@@ -6,8 +6,10 @@ Examples::
     molconf predict -i molecules.smi -o out.xyz --relax mmff
     cat molecules.smi | molconf predict -i - > out.sdf
 
-A summary (and every failure with its reason) goes to stderr; the exit code is non-zero
-only when no molecule was predicted.
+A summary (every failure with its input line and reason, every note) goes to stderr. Exit
+codes: 0 when at least one molecule was predicted, 1 when none was, 2 for an unusable call
+(missing or unreadable input file, unknown or damaged model, unknown output format), with one
+line saying why.
 """
 
 from __future__ import annotations
@@ -18,58 +20,109 @@ import io
 import sys
 import warnings
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rdkit import Chem
 
+OUTPUT_FORMATS = {".sdf": "sdf", ".sd": "sdf", ".mol": "sdf", ".xyz": "xyz", ".extxyz": "xyz"}
 
-def read_inputs(path: str) -> tuple[list, list[str]]:
-    """Molecules (SMILES strings, Mols, or None for unreadable records) and their names."""
+
+class UsageError(Exception):
+    """A call that cannot run (bad file, model or option): one line, exit code 2."""
+
+
+@dataclass
+class Inputs:
+    """Molecules read from the command line and files, each with a name and where it came from."""
+
+    items: list = field(default_factory=list)  # SMILES strings, Mols, or None (unreadable record)
+    names: list[str] = field(default_factory=list)
+    where: list[str] = field(default_factory=list)  # "argument 2", "in.smi line 7", "in.sdf record 3"
+
+    def __iter__(self):  # unpacks as ``items, names = read_inputs(path)``
+        return iter((self.items, self.names))
+
+    def add(self, item, name: str, where: str) -> None:
+        self.items.append(item)
+        self.names.append(name)
+        self.where.append(where)
+
+
+def read_inputs(path: str, into: Inputs | None = None) -> Inputs:
+    """Read a .smi (``SMILES [name]`` per line), .csv (header with a ``smiles`` column, optional
+    ``name``), .sdf file, or ``-`` (SMILES lines on stdin). Every molecule keeps its physical line
+    (blank and ``#`` comment lines are skipped but counted) or record number.
+
+    Raises :class:`UsageError` for a missing file, an unknown suffix or a CSV without a
+    ``smiles`` column.
+    """
+    out = into if into is not None else Inputs()
     if path == "-":
-        return _read_smiles_lines(sys.stdin.read().splitlines())
+        _read_smiles_lines(sys.stdin.read().splitlines(), "stdin", out)
+        return out
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"input file {path} not found")
+        raise UsageError(f"input file {path} not found")
     suffix = p.suffix.lower()
-    if suffix == ".sdf":
-        items, names = [], []
+    if suffix in (".sdf", ".sd"):
         for k, mol in enumerate(Chem.SDMolSupplier(str(p), removeHs=False)):
-            items.append(mol)
-            names.append(mol.GetProp("_Name") if mol is not None and mol.HasProp("_Name") and mol.GetProp("_Name")
-                         else f"{p.name} record {k + 1}")
-        return items, names
-    text = p.read_text()
-    if suffix == ".csv":
-        rows = list(csv.reader(io.StringIO(text)))
-        if not rows:
-            return [], []
-        header = [h.strip().lower() for h in rows[0]]
-        col = header.index("smiles") if "smiles" in header else 0
-        name_col = header.index("name") if "name" in header else None
-        body = rows[1:] if "smiles" in header else rows
-        items = [r[col] if len(r) > col else "" for r in body]
-        names = [r[name_col] if name_col is not None and len(r) > name_col else f"line {k + 2}"
-                 for k, r in enumerate(body)]
-        return items, names
-    return _read_smiles_lines(text.splitlines())
+            where = f"{p.name} record {k + 1}"
+            name = mol.GetProp("_Name") if mol is not None and mol.HasProp("_Name") else ""
+            out.add(mol, name or where, where)
+    elif suffix == ".csv":
+        _read_csv(p, out)
+    elif suffix in (".smi", ".smiles", ".txt", ""):
+        _read_smiles_lines(p.read_text().splitlines(), p.name, out)
+    else:
+        raise UsageError(f"input file {path}: unknown format {suffix!r} (use .smi, .csv, .sdf or - for stdin)")
+    return out
 
 
-def _read_smiles_lines(lines: list[str]) -> tuple[list, list[str]]:
-    items, names = [], []
+def _read_csv(p: Path, out: Inputs) -> None:
+    reader = csv.reader(io.StringIO(p.read_text()))
+    header = next(reader, None)
+    if header is None:
+        return
+    columns = [h.strip().lower() for h in header]
+    if "smiles" not in columns:
+        raise UsageError(f"{p}: the first row must be a header with a 'smiles' column (found: {', '.join(header)})")
+    col = columns.index("smiles")
+    name_col = columns.index("name") if "name" in columns else None
+    for row in reader:
+        if not any(c.strip() for c in row):
+            continue  # blank line (still counted by reader.line_num)
+        where = f"{p.name} line {reader.line_num}"
+        name = row[name_col].strip() if name_col is not None and len(row) > name_col else ""
+        out.add(row[col] if len(row) > col else "", name or where, where)
+
+
+def _read_smiles_lines(lines: list[str], source: str, out: Inputs) -> None:
     for k, line in enumerate(lines):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         parts = line.split(maxsplit=1)
-        items.append(parts[0])
-        names.append(parts[1].strip() if len(parts) > 1 else f"line {k + 1}")
-    return items, names
+        where = f"{source} line {k + 1}"
+        out.add(parts[0], parts[1].strip() if len(parts) > 1 else where, where)
 
 
-def main(argv: list[str] | None = None) -> int:
+def output_format(output: str, fmt: str | None) -> str:
+    """``"sdf"`` or ``"xyz"``: ``fmt`` if given, else from the output file's suffix; an unknown
+    suffix is a :class:`UsageError` (no SDF text in a file named .pdb)."""
+    if fmt is not None or output == "-":
+        return fmt or "sdf"
+    suffix = Path(output).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise UsageError(f"output {output}: unknown format {suffix or '(no suffix)'!r} "
+                         f"(use {', '.join(OUTPUT_FORMATS)}, or --format sdf|xyz)")
+    return OUTPUT_FORMATS[suffix]
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="molconf predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("smiles", nargs="*", help="SMILES strings")
-    p.add_argument("-i", "--input", help=".smi, .csv (column 'smiles'), .sdf, or - for stdin")
+    p.add_argument("-i", "--input", help=".smi, .csv (header with a 'smiles' column), .sdf, or - for stdin")
     p.add_argument("-o", "--output", default="-", help="output .sdf or .xyz (default: SDF on stdout)")
     p.add_argument("--format", choices=["sdf", "xyz"], help="output format (default: from the file name)")
     p.add_argument("--model", default="default",
@@ -84,55 +137,74 @@ def main(argv: list[str] | None = None) -> int:
                    help="network arithmetic (auto: bfloat16 where the CPU has it in hardware)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-fix-stereo", action="store_true", help="do not repair stereochemistry")
-    args = p.parse_args(argv)
+    p.add_argument("--no-repair-bonds", action="store_true",
+                   help="return the network's bond lengths even where they are physically impossible")
+    return p
 
-    items, names = list(args.smiles), list(args.smiles)
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except UsageError as err:
+        print(f"molconf predict: error: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, ImportError) as err:  # model file, sha256, tblite, options
+        print(f"molconf predict: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    inputs = Inputs()
+    for k, smi in enumerate(args.smiles):
+        inputs.add(smi, smi, f"argument {k + 1}")
     if args.input:
-        more, more_names = read_inputs(args.input)
-        items += more
-        names += more_names
-    if not items:
+        read_inputs(args.input, inputs)
+    if not inputs.items:
         print("molconf predict: no input molecules (give SMILES, -i FILE, or -i - for stdin)", file=sys.stderr)
         return 2
-    for item, name in zip(items, names):
+    fmt = output_format(args.output, args.format)
+    if fmt == "xyz" and args.output == "-":
+        raise UsageError("XYZ output needs -o FILE.xyz")
+    for item, name in zip(inputs.items, inputs.names):
         if isinstance(item, Chem.Mol) and not item.HasProp("_Name"):
             item.SetProp("_Name", name)
-    fmt = args.format or ("xyz" if args.output.lower().endswith((".xyz", ".extxyz")) else "sdf")
 
     from molconf.prediction import predict, write_sdf, write_xyz
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # failures are printed below, one per line
-        mols, report = predict(items, model=args.model, batch_size=args.batch_size, relax_with=args.relax,
+        mols, report = predict(inputs.items, model=args.model, batch_size=args.batch_size, relax_with=args.relax,
                                num_threads=args.threads, fix_stereo=not args.no_fix_stereo,
-                               return_report=True, progress=len(items) > 100,
-                               precision=args.precision, workers=args.workers)
-    for mol, name in zip(mols, names):
+                               repair_bonds=not args.no_repair_bonds, return_report=True,
+                               progress=len(inputs.items) > 100, precision=args.precision, workers=args.workers)
+    for mol, name in zip(mols, inputs.names):
         if mol is not None:
             mol.SetProp("_Name", name)
-    out = sys.stdout if args.output == "-" else args.output
-    if fmt == "sdf":
-        if out is sys.stdout:
-            buf = io.StringIO()
-            with Chem.SDWriter(buf) as w:
-                for m in mols:
-                    if m is not None:
-                        w.write(m)
-            sys.stdout.write(buf.getvalue())
-        else:
-            write_sdf(mols, out)
+    if args.output == "-":
+        buf = io.StringIO()
+        with Chem.SDWriter(buf) as w:
+            for m in mols:
+                if m is not None:
+                    w.write(m)
+        sys.stdout.write(buf.getvalue())
+    elif fmt == "sdf":
+        write_sdf(mols, args.output)
     else:
-        if out is sys.stdout:
-            raise SystemExit("molconf predict: XYZ output needs -o FILE.xyz")
-        write_xyz(mols, out)
-    n_ok = sum(m is not None for m in mols)
+        write_xyz(mols, args.output)
+
+    def label(i: int) -> str:
+        name = inputs.names[i]
+        return inputs.where[i] if name == inputs.where[i] else f"{inputs.where[i]} ({name})"
+
     for f in report.failures:
-        print(f"failed: {f.index} {names[f.index]!r}: {f.reason}", file=sys.stderr)
+        print(f"failed: {label(f.index)}: {f.reason}", file=sys.stderr)
     for i, notes in sorted(report.notes.items()):
         for note in notes:
-            print(f"note: {i} {names[i]!r}: {note}", file=sys.stderr)
+            print(f"note: {label(i)}: {note}", file=sys.stderr)
+    n_ok = sum(m is not None for m in mols)
     counts = Counter(report.models[i] for i, m in enumerate(mols) if m is not None)
     used = ", ".join(f"'{name}' ({n})" for name, n in counts.items()) if len(counts) > 1 else f"'{report.model}'"
-    print(f"molconf predict: {n_ok} of {len(items)} molecules predicted with model {used} ({report.precision})"
+    print(f"molconf predict: {n_ok} of {len(inputs.items)} molecules predicted with model {used} ({report.precision})"
           + ("" if args.output == "-" else f", written to {args.output}"), file=sys.stderr)
     return 0 if n_ok else 1

@@ -101,8 +101,9 @@ class PredictionReport:
 
 
 def available_models() -> list[str]:
-    """Names of the models shipped inside the package."""
-    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt"))
+    """Names of the conformer models shipped inside the package (not the GFN2-xTB correction
+    of :mod:`molconf.gfn2_prerelax`, which lives beside them)."""
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt") if "gfn2_correction" not in p.stem)
 
 
 def resolve_model(model: str | Path | ConformerTransformer | LoadedModel = "default") -> LoadedModel:

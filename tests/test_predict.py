@@ -256,13 +256,14 @@ def test_cli_inputs_outputs_and_exit_codes(tmp_path, tiny_model):
     m = str(tiny_model)
     r = _cli(["CCO", "nonsense(", "--model", m])
     assert r.returncode == 0 and r.stdout.count("$$$$") == 1
-    assert "failed: 1 'nonsense('" in r.stderr and "1 of 2 molecules predicted" in r.stderr
-    (tmp_path / "in.smi").write_text("CCO ethanol\n# comment\n\nc1ccccc1 benzene\n")
+    assert "failed: argument 2 (nonsense(): invalid SMILES" in r.stderr and "1 of 2 molecules predicted" in r.stderr
+    (tmp_path / "in.smi").write_text("CCO ethanol\n# comment\n\nc1ccccc1 benzene\nxx\n")
     r = _cli(["-i", str(tmp_path / "in.smi"), "-o", str(tmp_path / "o.xyz"), "--model", m])
     assert r.returncode == 0 and len(ase.io.read(tmp_path / "o.xyz", index=":")) == 2
-    (tmp_path / "in.csv").write_text("name,smiles\nwater,O\nbad,xx\n")
+    assert "failed: in.smi line 5: invalid SMILES" in r.stderr  # physical line: comment and blank counted
+    (tmp_path / "in.csv").write_text("name,smiles\nwater,O\n\nbad,xx\n")
     r = _cli(["-i", str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.sdf"), "--model", m])
-    assert r.returncode == 0 and "failed: 1 'bad'" in r.stderr
+    assert r.returncode == 0 and "failed: in.csv line 4 (bad): invalid SMILES" in r.stderr
     [water] = list(Chem.SDMolSupplier(str(tmp_path / "o.sdf"), removeHs=False))
     assert water.GetProp("_Name") == "water"
     r = _cli(["-i", str(tmp_path / "o.sdf"), "--model", m])  # SDF in
@@ -274,6 +275,32 @@ def test_cli_inputs_outputs_and_exit_codes(tmp_path, tiny_model):
     (tmp_path / "empty.smi").write_text("")
     r = _cli(["-i", str(tmp_path / "empty.smi"), "--model", m])
     assert r.returncode == 2 and "no input molecules" in r.stderr
+
+
+def test_cli_unusable_calls_are_one_line_with_exit_code_2(tmp_path, tiny_model):
+    """A missing file, an unknown or damaged model, an unknown output suffix, a CSV without a
+    smiles header: one line on stderr, no traceback, exit code 2, nothing written."""
+    m = str(tiny_model)
+    (tmp_path / "junk.pt").write_bytes(os.urandom(2000))
+    (tmp_path / "noheader.csv").write_text("CCO,ethanol\nCCC,propane\n")
+    calls = {
+        "input file": ["-i", str(tmp_path / "missing.smi"), "--model", m],
+        "not a shipped model": ["CCO", "--model", "no_such_model"],
+        "not a readable model file": ["CCO", "--model", str(tmp_path / "junk.pt")],
+        "unknown format '.pdb'": ["CCO", "--model", m, "-o", str(tmp_path / "out.pdb")],
+        "'smiles' column": ["-i", str(tmp_path / "noheader.csv"), "--model", m],
+        "unknown format '.mol2'": ["-i", str(tmp_path / "in.mol2"), "--model", m],
+    }
+    (tmp_path / "in.mol2").write_text("")
+    for expected, argv in calls.items():
+        r = _cli(argv)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2, (argv, r.stderr)
+        assert len(lines) == 1 and lines[0].startswith("molconf predict: error: ") and expected in lines[0], r.stderr
+        assert "Traceback" not in r.stderr and r.stdout == ""
+    assert not (tmp_path / "out.pdb").exists()
+    r = _cli(["CCO", "--model", m, "-o", str(tmp_path / "out.pdb"), "--format", "sdf"])  # an explicit format is obeyed
+    assert r.returncode == 0 and "$$$$" in (tmp_path / "out.pdb").read_text()
 
 
 def test_default_model_ships_and_predicts_offline():
