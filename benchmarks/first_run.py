@@ -69,6 +69,14 @@ def without_conformer(mol: Chem.Mol) -> Chem.Mol:
 
 
 # --------------------------------------------------------------------------- 1. example file
+def _shorten(note: str, width: int = 60) -> str:
+    """A note's gist for the listing: up to its first parenthesis after the opening words."""
+    cut = note.find(" (", 20)
+    if 0 < cut <= width:
+        return note[:cut] + " …"
+    return note if len(note) <= width else note[: width - 3].rsplit(" ", 1)[0] + " …"
+
+
 def predict_examples(path: Path, out: Path) -> dict:
     """Predict the example file, write ``predicted.sdf``, print one line per molecule."""
     items, names = read_inputs(str(path))
@@ -86,17 +94,23 @@ def predict_examples(path: Path, out: Path) -> dict:
     width = max(len(n) for n in names)
     print(f"1. molconf.predict on {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} "
           f"({len(items)} molecules)\n")
+    listing = []
     for i, (mol, name) in enumerate(zip(mols, names)):
+        notes = report.notes.get(i, [])
+        listing.append({"name": name, "input": items[i] if isinstance(items[i], str) else name,
+                        "predicted": mol is not None, "model": report.models.get(i),
+                        "atoms": None if mol is None else mol.GetNumAtoms(), "failure": failures.get(i),
+                        "notes": notes})
         if mol is None:
             print(f"  FAILED     {name:<{width}}  {failures.get(i, 'no prediction')}")
         else:
-            notes = "; ".join(report.notes.get(i, []))
-            print(f"  predicted  {name:<{width}}  {mol.GetNumAtoms():3d} atoms  {report.models[i]}"
-                  + (f"  (note: {notes})" if notes else ""))
+            short = "; ".join(_shorten(n) for n in notes)  # in full in first_run.json
+            print((f"  predicted  {name:<{width}}  {mol.GetNumAtoms():3d} atoms  {report.models[i]:<15}"
+                   + (f"  note: {short}" if short else "")).rstrip())
     print(f"\n  {n_ok} of {len(items)} predicted in {seconds:.1f} s, {len(failures)} failed; "
           f"conformers written to {sdf}\n")
     return {"input": str(path), "n_molecules": len(items), "n_predicted": n_ok, "seconds": seconds,
-            "sdf": str(sdf), "failures": [{"name": names[i], "reason": r} for i, r in sorted(failures.items())]}
+            "sdf": str(sdf), "molecules": listing}
 
 
 # --------------------------------------------------------------------------- 2. reference table
