@@ -29,7 +29,7 @@ run: install
 	$(PY) benchmarks/first_run.py --out runs/example
 
 # The full-split RDKit baselines (~25 min on 2 cores): builds the QM9 cache (with its conversion
-# report) and rewrites benchmarks/results/qm9_test_rdkit.*
+# report, rewriting datasets/qm9/conversion_report.json) and rewrites benchmarks/results/qm9_test_rdkit.*
 baselines: install
 	$(PY) -m molconf.data.prepare qm9 --report-dir datasets/qm9
 	$(VENV)/bin/molconf baselines --split test --out benchmarks/results
