@@ -131,21 +131,34 @@ def _force_field(mol: Chem.Mol, conf_id: int, bonded_only: bool):
     return None, "none"
 
 
-def _polish(mol: Chem.Mol, free: set[int], conf_id: int, max_iters: int, bonded_only: bool) -> str:
-    """Minimise the force field over ``free`` atoms, all others fixed; returns the field's name."""
+def _polish(mol: Chem.Mol, free: set[int], conf_id: int, max_iters: int, bonded_only: bool,
+            jitter: float = 0.0) -> str:
+    """Minimise the force field over ``free`` atoms, all others fixed; returns the field's name.
+
+    ``jitter`` (Å) first displaces the free atoms by seeded noise: atoms on top of each other give
+    the minimiser no direction. A minimiser that fails leaves the conformer as it was."""
+    conf = mol.GetConformer(conf_id)
+    start = conf.GetPositions()
+    if jitter:
+        noise = np.random.default_rng(0).normal(scale=jitter, size=start.shape)
+        for k in free:
+            conf.SetAtomPosition(k, (start[k] + noise[k]).tolist())
     ff, name = _force_field(mol, conf_id, bonded_only)
     if ff is None:
         return name
     for k in range(mol.GetNumAtoms()):
         if k not in free:
             ff.AddFixedPoint(k)
-    ff.Initialize()
-    ff.Minimize(maxIts=max_iters)
-    pos = np.asarray(ff.Positions()).reshape(-1, 3)
-    if np.isfinite(pos).all():
-        conf = mol.GetConformer(conf_id)
-        for k in free:
-            conf.SetAtomPosition(k, pos[k].tolist())
+    try:
+        ff.Initialize()
+        ff.Minimize(maxIts=max_iters)
+        pos = np.asarray(ff.Positions()).reshape(-1, 3)
+    except RuntimeError:  # RDKit's "bad direction in linearSearch" on a degenerate geometry
+        pos = start
+    if not np.isfinite(pos).all():
+        pos = start
+    for k in free:
+        conf.SetAtomPosition(k, pos[k].tolist())
     return name
 
 
@@ -198,8 +211,10 @@ def guard_bonds(mol: Chem.Mol, conf_id: int = -1, tolerance: float = TOLERANCE, 
     shell = free | {n.GetIdx() for a in free for n in mol.GetAtomWithIdx(a).GetNeighbors()}
     shell |= {n.GetIdx() for a in shell for n in mol.GetAtomWithIdx(a).GetNeighbors() if n.GetDegree() == 1}
     everything = set(range(mol.GetNumAtoms()))
-    for atoms, bonded_only in ((free, True), (shell, True), (everything, False)):
-        field = _polish(mol, atoms, conf_id, max_iters, bonded_only)
+    attempts = ((free, True, 0.0, max_iters), (shell, True, 0.0, max_iters),
+                (everything, False, 0.0, 10 * max_iters), (everything, False, 0.05, 10 * max_iters))
+    for atoms, bonded_only, jitter, iters in attempts:
+        field = _polish(mol, atoms, conf_id, iters, bonded_only, jitter)
         if field == "none":
             break
         if not impossible_bonds(mol, conf_id, tolerance):
