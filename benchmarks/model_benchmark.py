@@ -158,8 +158,9 @@ def qm9_card(*, row, via_predict, weights, n_test, meta, model, spec, run, data_
   (network in {via_predict['precision']}: `precision="auto"` uses bfloat16 matrix products where the CPU has them in
   hardware, float32 elsewhere; `benchmarks/results/predict_speed.md` compares both).
 - **Supported elements**: {elements}. **Size**: {size}
-- **Out of scope**: charged molecules (net charge ≠ 0), radicals, multi-fragment inputs (salts); each is
-  refused with a reason. Molecules much larger or chemically unlike QM9 (drug-sized) get low-quality geometries.
+- **Out of scope**: the network was trained on neutral molecules only; `predict` gives charged
+  inputs their neutral form's geometry and salts their largest organic fragment (the report says so,
+  `molconf.standardize`). Radicals are refused with a reason. Molecules much larger or chemically unlike QM9 (drug-sized) get low-quality geometries.
 """
 
 
@@ -241,8 +242,9 @@ def moses_xtb_card(*, row, via_predict, weights, n_test, meta, model, spec, run,
   ({vp['mol_per_s']:.0f} molecules/s) on 2 CPU threads (network in {vp['precision']}).
 - **Supported elements**: {element_list(meta.get('elements') or [])} (those in the training molecules).
   **Size**: {size}
-- **Out of scope**: charged molecules (net charge ≠ 0), radicals, multi-fragment inputs (salts); each is
-  refused with a reason, as are elements not listed above. MOSES keeps neutral lead-like molecules of
+- **Out of scope**: the network was trained on neutral molecules only; `predict` gives charged
+  inputs their neutral form's geometry and salts their largest organic fragment (the report says so,
+  `molconf.standardize`). Radicals are refused with a reason, as are elements not listed above. MOSES keeps neutral lead-like molecules of
   250–350 Da with few rotatable bonds and no large rings (checked on the first 1,000 built molecules: all
   within 250–350 Da, ≤ 8 rotatable bonds by RDKit's count, rings of ≤ 7 atoms): larger, more flexible or
   macrocyclic molecules are outside the training data and get lower-quality geometries.
