@@ -2,11 +2,28 @@
 the same molecules neutral, scored against the neutral GFN2-xTB references.
 
 Molecules: the moses_xtb test split (``datasets/moses_xtb/molecules.sdf.gz`` rows listed in
-``split_test.npy``) that have an ionisable site: a basic aliphatic amine (sp3 N with no
-aromatic, carbonyl/imine-carbon, vinyl or heteroatom neighbour) is protonated (+1),
-a carboxylic acid or a phenol is deprotonated (-1); every such site of a molecule at once.
-The charged molecule is the reference's own atoms (explicit H) with one H added to / removed
-from each site, so its heavy atoms are the reference's, in the reference's order.
+``split_test.npy``) that have an ionisable site (RDKit SMARTS on the heavy-atom graph):
+
+1. strong sites, every one of the molecule at once: a basic aliphatic amine (sp3 N with no
+   aromatic, carbonyl/imine-carbon, vinyl or heteroatom neighbour) is protonated (+1), a
+   carboxylic acid or a phenol is deprotonated (-1);
+2. else its single most basic weak-base site is protonated (+1), the first class that matches:
+   amidine / guanidine (the imine N; not N-acyl, N-sulfonyl, N-cyano, N-hetero), imidazole-type
+   N (an [nX2] in a 5-ring whose 1,3-partner is an [nX3], the other two ring atoms carbons:
+   imidazoles, benzimidazoles, imidazo-fused rings; not pyrazoles, triazoles, oxa-/thiazoles),
+   pyridine-type N (an [nX2] in a 6-ring; the one with the fewest other ring heteroatoms and
+   ring C=O), aniline N ([NX3;H2,H1]-c of a carbon ring position with no aromatic heteroatom
+   neighbour, not an amide/sulfonamide; N-alkyl before diaryl);
+3. else its single most acidic weak-acid site is deprotonated (-1), the first class that
+   matches: tetrazole N-H, acyl-sulfonamide N-H, sulfonamide N-H ([NX3;H1,H2]-S(=O)=O; N-aryl
+   first), imide N-H (N-H between two C=O, aromatic ones included: uracil-type).
+
+Within a class, ties go to the lowest atom index. The charged molecule is the reference's own
+atoms (explicit H) with one H added to / removed from each site, so its heavy atoms are the
+reference's, in the reference's order; every charged form is checked to sanitise, round-trip
+through SMILES, keep the heavy atoms in order and carry the intended net charge (a form that
+fails is counted as rejected and not used). Of the molecules with a site, ``--n`` are drawn with
+``numpy.random.default_rng(--seed)`` (all of them if fewer).
 
 Scores (DESIGN.md §3, restricted to heavy atoms because the charged and neutral molecules
 have different H): D-MAE over heavy atoms, pooled (Σ|D − D̂| / Σ N_heavy²); C-RMSD as
@@ -15,7 +32,7 @@ reference graph first, so the symmetry-aware match sees the same graph). "same S
 returned molecule's canonical isomeric SMILES (no H) equals the input's (charges and stereo
 kept). Times: wall time of the whole call per molecule, in this run.
 
-    python benchmarks/charged_inputs.py [--n 200] [--seed 0] [--out benchmarks/results]
+    python benchmarks/charged_inputs.py [--n 200] [--seed 0] [--repeats 3] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -38,6 +55,24 @@ SPLIT = ROOT / "datasets/moses_xtb/split_test.npy"
 BASIC_AMINE = Chem.MolFromSmarts("[NX3;!$(N~[!#6;!#1]);!$(N-a);!$(N-[#6]=[#7,#8,#16]);!$(N-C=[C,N]);!$(N-[#6]#*)]")
 ACID_OH = Chem.MolFromSmarts("[OX2H1]-[CX3]=O")
 PHENOL_OH = Chem.MolFromSmarts("[OX2H1]-c")
+# weak sites, charged only where a molecule has no strong one, one site per molecule:
+# (name, SMARTS, first atom = the site), classes in order of decreasing basicity / acidity
+WEAK_BASES = [
+    ("amidine/guanidine N", "[NX2;!a;!$(N~[!#6;!#1]);!$(N-[#6]=[#8,#16]);!$(N-C#N)]"
+                            "=[CX3;!a;!$(C-[#8,#16,#9,#17,#35,#53])]-[NX3;!$(N-[#6]=[#8,#16]);!$(N-[!#6;!#1])]"),
+    ("imidazole-type N", "[nX2;r5;$(n1:c:[nX3]:c:c:1)]"),
+    ("pyridine-type N", "[nX2;r6]"),
+    ("aniline N", "[NX3;H2,H1;!$(N~[!#6;!#1]);!$(N-[#6]=[#7,#8,#16])]-[c;!$(c:[!#6])]"),
+]
+WEAK_ACIDS = [
+    ("tetrazole NH", "[nH;$([nH]1:n:n:n:c:1),$([nH]1:n:n:c:n:1)]"),
+    ("acylsulfonamide NH", "[NX3H1](-[#6]=O)-S(=O)=O"),
+    ("sulfonamide NH", "[NX3;H1,H2]-S(=O)=O"),
+    ("imide NH", "[#7;H1;$([#7](-,:[#6]=O)-,:[#6]=O)]"),
+]
+WEAK_BASES = [(name, Chem.MolFromSmarts(sma)) for name, sma in WEAK_BASES]
+WEAK_ACIDS = [(name, Chem.MolFromSmarts(sma)) for name, sma in WEAK_ACIDS]
+SITE_TYPES = ["amine", "acid", "phenol"] + [name for name, _ in WEAK_BASES + WEAK_ACIDS]
 ETKDG_SEED = 42  # not 0: see DESIGN.md §3 (RDKit's seed-0 trap)
 
 
@@ -57,36 +92,82 @@ def test_references() -> list[Chem.Mol]:
     return refs
 
 
+def _rank(heavy: Chem.Mol, kind: str, idx: int) -> tuple:
+    """Sort key among the sites of one weak class (smaller = more basic / acidic)."""
+    atom = heavy.GetAtomWithIdx(idx)
+    if kind == "pyridine-type N":  # pyridine before diazines / azinones
+        ring = min((r for r in heavy.GetRingInfo().AtomRings() if idx in r and len(r) == 6), key=len)
+        hetero = sum(heavy.GetAtomWithIdx(j).GetAtomicNum() != 6 for j in ring if j != idx)
+        oxo = sum(b.GetBondType() == Chem.BondType.DOUBLE and b.GetOtherAtom(heavy.GetAtomWithIdx(j)).GetAtomicNum() in (8, 16)
+                  for j in ring for b in heavy.GetAtomWithIdx(j).GetBonds())
+        return hetero, oxo, idx
+    if kind == "aniline N":  # N-alkyl / NH2 anilines before diarylamines
+        return sum(n.GetIsAromatic() for n in atom.GetNeighbors()), idx
+    if kind == "sulfonamide NH":  # N-aryl sulfonamides are the more acidic
+        return not any(n.GetIsAromatic() for n in atom.GetNeighbors()), idx
+    return (idx,)
+
+
+def ionisable_sites(heavy: Chem.Mol) -> list[tuple[str, int, int]]:
+    """(site type, heavy-atom index, charge) of the sites ``charged_form`` charges: every strong
+    site, else the best weak base, else the best weak acid; [] if none."""
+    sites = [("amine", m[0], 1) for m in heavy.GetSubstructMatches(BASIC_AMINE)]
+    sites += [("acid", m[0], -1) for m in heavy.GetSubstructMatches(ACID_OH)]
+    sites += [("phenol", m[0], -1) for m in heavy.GetSubstructMatches(PHENOL_OH)]
+    if sites:
+        return sites
+    for classes, charge in ((WEAK_BASES, 1), (WEAK_ACIDS, -1)):
+        for kind, pattern in classes:
+            hits = sorted({m[0] for m in heavy.GetSubstructMatches(pattern)}, key=lambda i: _rank(heavy, kind, i))
+            if hits:
+                return [(kind, hits[0], charge)]
+    return []
+
+
+class RejectedForm(ValueError):
+    pass
+
+
 def charged_form(ref: Chem.Mol) -> tuple[Chem.Mol, list[str]] | None:
-    """The reference (explicit H, no conformer) with every basic amine protonated and every
-    acid / phenol OH deprotonated; None if it has no such site."""
+    """The reference (explicit H, no conformer) with its ionisable sites charged (module
+    docstring): (molecule, site types); None if it has no site. Raises ``RejectedForm`` if
+    the charged molecule fails a check."""
     heavy = Chem.RemoveHs(ref)
     # RemoveHs keeps the heavy atoms' relative order; map heavy index -> ref index
     ref_heavy = [a.GetIdx() for a in ref.GetAtoms() if a.GetAtomicNum() > 1]
-    amines = [ref_heavy[m[0]] for m in heavy.GetSubstructMatches(BASIC_AMINE)]
-    acids = [ref_heavy[m[0]] for m in heavy.GetSubstructMatches(ACID_OH)]
-    phenols = [ref_heavy[m[0]] for m in heavy.GetSubstructMatches(PHENOL_OH)]
-    if not (amines or acids or phenols):
+    sites = ionisable_sites(heavy)
+    if not sites:
         return None
     rw = Chem.RWMol(ref)
     rw.RemoveAllConformers()
     drop = []
-    for o in acids + phenols:
-        atom = rw.GetAtomWithIdx(o)
-        atom.SetFormalCharge(-1)
-        drop += [n.GetIdx() for n in atom.GetNeighbors() if n.GetAtomicNum() == 1][:1]
-    for n in amines:
-        atom = rw.GetAtomWithIdx(n)
-        atom.SetFormalCharge(1)
-        h = rw.AddAtom(Chem.Atom(1))
-        rw.AddBond(n, h, Chem.BondType.SINGLE)
+    for kind, i, charge in sites:
+        atom = rw.GetAtomWithIdx(ref_heavy[i])
+        atom.SetFormalCharge(atom.GetFormalCharge() + charge)
+        if charge < 0:
+            hs = [n.GetIdx() for n in atom.GetNeighbors() if n.GetAtomicNum() == 1]
+            if not hs:
+                raise RejectedForm(f"{kind} site {i} has no H to remove")
+            drop.append(hs[0])
+        else:
+            h = rw.AddAtom(Chem.Atom(1))
+            rw.AddBond(ref_heavy[i], h, Chem.BondType.SINGLE)
     for h in sorted(drop, reverse=True):
         rw.RemoveAtom(h)
     mol = rw.GetMol()
-    Chem.SanitizeMol(mol)
+    try:
+        Chem.SanitizeMol(mol)
+    except Exception as exc:  # noqa: BLE001 - any sanitisation error rejects the form
+        raise RejectedForm(f"does not sanitise: {exc}") from exc
     Chem.AssignStereochemistry(mol, cleanIt=True, force=True)
-    kinds = ["amine"] * len(amines) + ["acid"] * len(acids) + ["phenol"] * len(phenols)
-    return mol, kinds
+    want = Chem.GetFormalCharge(ref) + sum(charge for _, _, charge in sites)
+    if Chem.GetFormalCharge(mol) != want:
+        raise RejectedForm(f"net charge {Chem.GetFormalCharge(mol)}, wanted {want}")
+    if [a.GetAtomicNum() for a in mol.GetAtoms() if a.GetAtomicNum() > 1] != [a.GetAtomicNum() for a in heavy.GetAtoms()]:
+        raise RejectedForm("heavy atoms not in the reference's order")
+    if Chem.MolFromSmiles(Chem.MolToSmiles(mol)) is None:
+        raise RejectedForm("SMILES does not round-trip")
+    return mol, [kind for kind, _, _ in sites]
 
 
 def heavy_positions(mol: Chem.Mol) -> np.ndarray:
@@ -168,7 +249,17 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     RDLogger.DisableLog("rdApp.*")
     refs = test_references()
-    candidates = [(ref, *cf) for ref in refs if (cf := charged_form(ref)) is not None]
+    candidates, rejected = [], []
+    for ref in refs:
+        try:
+            cf = charged_form(ref)
+        except RejectedForm as exc:
+            rejected.append({"smiles": Chem.MolToSmiles(Chem.RemoveHs(ref)), "why": str(exc)})
+            continue
+        if cf is not None:
+            candidates.append((ref, *cf))
+    pool = {k: sum(k in c[2] for c in candidates) for k in SITE_TYPES}  # molecules with a site of each type
+    n_with_site = len(candidates)
     rng = np.random.default_rng(args.seed)
     if len(candidates) > args.n:
         candidates = [candidates[i] for i in sorted(rng.choice(len(candidates), args.n, replace=False))]
@@ -199,20 +290,50 @@ def main(argv=None) -> dict:
     for name, (fn, inputs) in runs.items():
         rows[name] = score(picked, outputs[name][0], inputs, min(seconds[name]))
         rows[name]["ms_per_mol_all_runs"] = [round(1000 * t / len(picked), 1) for t in seconds[name]]
+        rows[name]["failed"] = [Chem.MolToSmiles(Chem.RemoveHs(inp)) for inp, out in zip(inputs, outputs[name][0])
+                                if out is None]
+    # the same scores per site class (a molecule's class: its weak site's type, or "amine/acid/phenol")
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(candidates):
+        groups.setdefault(c[2][0] if c[2][0] not in ("amine", "acid", "phenol") else "amine/acid/phenol", []).append(i)
+    by_class = {}
+    for group in sorted(groups, key=lambda g: -len(groups[g])):
+        idx = groups[group]
+        by_class[group] = {name: score([picked[i] for i in idx], [outputs[name][0][i] for i in idx],
+                                       [inputs[i] for i in idx], 0.0)
+                           for name, (fn, inputs) in runs.items()}
     report_c = outputs["molconf.predict, charged inputs"][2]
+    # where the charged-input prediction's heavy atoms differ from the neutral-input one's
+    differ = []
+    for i, (a, b) in enumerate(zip(outputs["molconf.predict, charged inputs"][0],
+                                   outputs["molconf.predict, neutral inputs (same molecules)"][0])):
+        if a is not None and b is not None:
+            xa, xb = heavy_positions(a), heavy_positions(b)
+            dev = float(np.abs(np.linalg.norm(xa[:, None] - xa[None], axis=-1)
+                               - np.linalg.norm(xb[:, None] - xb[None], axis=-1)).max())
+            if dev > 1e-3:
+                differ.append({"smiles": Chem.MolToSmiles(Chem.RemoveHs(charged[i])), "max_abs_dD": round(dev, 4)})
     noted = sum(any("neutral form" in t for t in report_c.notes.get(i, [])) for i in range(len(charged)))
     result = {
         "command": "python benchmarks/charged_inputs.py" + (f" --n {args.n}" if args.n != 200 else "")
-                   + (f" --seed {args.seed}" if args.seed else ""),
+                   + (f" --seed {args.seed}" if args.seed else "") + (f" --repeats {args.repeats}" if args.repeats != 3 else ""),
+        "invocation": _invocation(),
+        "n": args.n,
+        "seed": args.seed,
         "test_split_molecules": len(refs),
-        "with_a_site": len(candidates) if len(candidates) < args.n else None,
+        "with_a_site": n_with_site,
+        "rejected_forms": rejected,
+        "molecules_with_site_type": {"all with a site": {k: v for k, v in pool.items() if v},
+                                     "picked": {k: v for k in SITE_TYPES if (v := sum(k in c[2] for c in candidates))}},
         "picked": len(picked),
-        "sites": {k: kinds.count(k) for k in sorted(set(kinds))},
+        "sites": {k: kinds.count(k) for k in SITE_TYPES if k in kinds},
         "net_charges": {str(q): sum(Chem.GetFormalCharge(m) == q for m in charged)
                         for q in sorted({Chem.GetFormalCharge(m) for m in charged})},
         "noted_as_neutralised": noted,
         "rows": rows,
+        "by_site_class": by_class,
         "code": _code_state(),
+        "charged_differs_from_neutral": differ,
         "bond_guard_repaired": sum(any("bond guard" in t for t in report_c.notes.get(i, [])) for i in range(len(charged))),
         "machine": {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()},
     }
@@ -221,6 +342,21 @@ def main(argv=None) -> dict:
     (args.out / "charged_inputs.md").write_text(markdown(result))
     print(markdown(result))
     return result
+
+
+def _invocation() -> str:
+    """How this process was started: ``[nice ]<python> <argv>``, paths relative to the repository root."""
+    import os
+    import sys
+
+    python = Path(sys.executable)
+    try:
+        python = python.relative_to(ROOT)
+    except ValueError:
+        python = Path(python.name)
+    argv = [str(Path(a).resolve().relative_to(ROOT)) if i == 0 and Path(a).resolve().is_relative_to(ROOT) else a
+            for i, a in enumerate(sys.argv)]
+    return ("nice " if os.nice(0) > 0 else "") + " ".join([str(python), *argv])
 
 
 def _code_state() -> str:
@@ -239,16 +375,38 @@ def markdown(r: dict) -> str:
     lines = [
         "# Charged inputs: protonated / deprotonated moses_xtb test molecules",
         "",
-        f"Command: `{r['command']}` (written by `benchmarks/charged_inputs.py`).",
+        f"Command: `{r['command']}` from the repository root (i.e. `--n {r['n']} --seed {r['seed']} --repeats "
+        f"{len(next(iter(r['rows'].values()))['ms_per_mol_all_runs'])}`; this run: "
+        f"`{r['invocation']}`), written by `benchmarks/charged_inputs.py`.",
         "",
-        f"Molecules: of the {r['test_split_molecules']} moses_xtb test-split molecules, "
-        + (f"only {r['picked']} have an ionisable site (fewer than the 200 asked for): all are used."
-           if r["with_a_site"] is not None else f"{r['picked']} with an ionisable site (seeded sample)."),
-        f"Sites changed: {', '.join(f'{v} {k}' for k, v in r['sites'].items())} (basic aliphatic amines → "
-        "ammonium; carboxylic acids → carboxylate; phenols → phenolate, pKa ~10, included to exercise anions: "
-        "MOSES keeps no carboxylic acid in this split). Net charges of the charged inputs: "
-        + ", ".join(f"{q}: {n}" for q, n in r["net_charges"].items()) + ". "
-        f"{r['noted_as_neutralised']} of {r['picked']} charged inputs carry the report note "
+        "Site rules (RDKit SMARTS, module docstring): (1) every basic aliphatic amine → ammonium, every "
+        "carboxylic acid → carboxylate, every phenol → phenolate (pKa ~10, included to exercise anions; MOSES "
+        "keeps no carboxylic acid in this split); (2) a molecule with none of these: its single most basic weak "
+        "base protonated, first class that matches: amidine/guanidine imine N, imidazole-type N (imidazole, "
+        "benzimidazole, imidazo-fused; not pyrazole/triazole/oxa-/thiazole), pyridine-type N (fewest other ring "
+        "heteroatoms / ring C=O first: pyridine before diazines and azinones), aniline N (NH2/NH on a carbon "
+        "ring position with no aromatic heteroatom beside it, not an amide; N-alkyl before diaryl); (3) else its "
+        "single most acidic weak acid deprotonated: tetrazole N-H, acyl-sulfonamide N-H, sulfonamide N-H "
+        "(N-aryl first), imide N-H. Each charged form is the reference's atoms with one H added / removed per "
+        "site (heavy atoms in the reference's order) and is checked to sanitise, round-trip through SMILES and "
+        f"carry the intended net charge: {len(r['rejected_forms'])} rejected.",
+        "",
+        f"Molecules: of the {r['test_split_molecules']} moses_xtb test-split molecules, {r['with_a_site']} have a "
+        "site; "
+        + (f"only {r['picked']}, fewer than the {r['n']} asked for: all are used."
+           if r["with_a_site"] <= r["n"] else
+           f"{r['picked']} of them drawn with `numpy.random.default_rng({r['seed']}).choice(..., replace=False)` "
+           "(kept in test-split order)."),
+        "",
+        "| site type | molecules with a site of this type, all | picked | sites charged in the picked molecules |",
+        "|---|---:|---:|---:|",
+    ]
+    for k, v in r["molecules_with_site_type"]["all with a site"].items():
+        lines.append(f"| {k} | {v} | {r['molecules_with_site_type']['picked'].get(k, 0)} | {r['sites'].get(k, 0)} |")
+    lines += [
+        "",
+        "Net charges of the picked charged inputs: " + ", ".join(f"{int(q):+d}: {n}" for q, n in r["net_charges"].items())
+        + f". {r['noted_as_neutralised']} of {r['picked']} charged inputs carry the report note "
         "\"predicted as its neutral form ...\".",
         "",
         "Reference: the neutral GFN2-xTB geometry. D-MAE over **heavy atoms only** (the charged and neutral "
@@ -267,10 +425,28 @@ def markdown(r: dict) -> str:
     for name, row in r["rows"].items():
         lines.append(f"| {name} | {row['molecules']} | {row['failures']} | {row['d_mae_heavy']:.4f} | "
                      f"{row['c_rmsd']:.4f} | {row['same_smiles']:.3f} | {row['ms_per_mol']:.1f} |")
+    names = list(r["rows"])
+    lines += ["", "Per site class (molconf rows / ETKDG+MMFF rows; D-MAE heavy in Å, same SMILES of the charged-input "
+              "row):", "",
+              "| site class | molecules | molconf charged | molconf neutral | ETKDG+MMFF charged | ETKDG+MMFF neutral "
+              "| same SMILES, molconf charged | same SMILES, ETKDG+MMFF charged | failures (molconf c/n, ETKDG c/n) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for group, g in r["by_site_class"].items():
+        lines.append(f"| {group} | {g[names[0]]['molecules']} | " + " | ".join(f"{g[n]['d_mae_heavy']:.4f}" for n in names)
+                     + f" | {g[names[0]]['same_smiles']:.3f} | {g[names[2]]['same_smiles']:.3f} | "
+                     + "/".join(str(g[n]["failures"]) for n in names) + " |")
+    for name in names:
+        if r["rows"][name]["failed"]:
+            lines += ["", f"Failed, {name}: " + ", ".join(f"`{s}`" for s in r["rows"][name]["failed"])]
     lines += ["", f"Code: {r.get('code', 'unknown')}; default model routing (these molecules all go to "
               "`moses_xtb_gtmgc`). The prediction.py bond guard repaired a bond in "
               f"{r.get('bond_guard_repaired', '?')} of {r['picked']} charged-input predictions (the same network "
-              "output as the neutral inputs': the guard acts on the network's heavy-atom bonds)."]
+              "output as the neutral inputs': the guard acts on the network's heavy-atom bonds). "
+              f"{len(r['charged_differs_from_neutral'])} of {r['picked']} charged-input predictions differ from the "
+              "neutral-input ones in heavy-atom geometry (max |ΔD| > 0.001 Å; largest "
+              f"{max([d['max_abs_dD'] for d in r['charged_differs_from_neutral']], default=0):.3f} Å; list in the "
+              ".json): the network sees the same neutral form, but the bond guard then runs on the charged molecule "
+              "(its own H and MMFF94 atom types), so it flags / polishes a slightly different set of atoms."]
     return "\n".join(lines) + "\n"
 
 
