@@ -500,9 +500,18 @@ def predict(
         warnings.warn(
             f"{len(report.failures)} of {len(items)} inputs not predicted:\n"
             + "\n".join(f"  {f}" for f in report.failures),
-            stacklevel=2,
+            stacklevel=_caller_level(),
         )
     return (results, report) if return_report else results
+
+
+def _caller_level() -> int:
+    """``stacklevel`` that points a warning at the user's line, also through the ``molconf.predict``
+    / ``molconf.generate`` wrappers of the package (called from a public function: 2 frames up is
+    its caller, or the wrapper)."""
+    import sys
+
+    return 3 if sys._getframe(2).f_globals.get("__name__") == "molconf" else 2
 
 
 def _finish(mol, coords, i, loaded, relax_with, fix_stereo, report, repair_bonds=True) -> Chem.Mol:

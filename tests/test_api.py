@@ -117,3 +117,14 @@ def test_models_are_read_once_per_process(monkeypatch):
     assert len(reads) == 2  # + the drug-like default model, once
     P.clear_model_cache()
     assert P.resolve_model("qm9_rebind") is not first and len(reads) == 3
+
+
+def test_failure_warning_points_at_the_callers_line():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mols = molconf.predict(["not a smiles", "CCO"])
+    assert mols[0] is None and mols[1] is not None
+    [w] = [w for w in caught if "not predicted" in str(w.message)]
+    assert w.filename == __file__ and "input #0 ('not a smiles'): invalid SMILES" in str(w.message)

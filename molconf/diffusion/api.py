@@ -26,7 +26,7 @@ from molconf.diffusion.model import EquivariantDenoiser
 from molconf.diffusion.sampling import LJGuidance, ddim_sample, ks_sample
 from molconf.errors import MoleculeError
 from molconf.metrics import mol_with_coords
-from molconf.prediction import Failure, LoadedModel, _describe, prepare
+from molconf.prediction import _caller_level, Failure, LoadedModel, _describe, prepare
 from molconf.stereo import enforce_stereo, stereo_spec
 
 SAMPLERS = ("auto", "ddim", "ks")
@@ -232,6 +232,6 @@ def generate(mols, n: int = 10, model=None, sampler: str = "auto", seed: int = 0
         results[i] = out
     if report.failures:
         warnings.warn(f"{len(report.failures)} of {len(items)} inputs not generated:\n"
-                      + "\n".join(f"  {f}" for f in report.failures), stacklevel=2)
+                      + "\n".join(f"  {f}" for f in report.failures), stacklevel=_caller_level())
     value = results[0] if single else results
     return (value, report) if return_report else value
