@@ -19,6 +19,8 @@ install: $(VENV)/.installed
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# The tests plus the long checks marked slow (tests/test_slow.py: the full QM9 conversion and a
+# short training run that must learn; several minutes each on 2 cores).
 test-slow: install
 	$(PY) -m pytest -q --runslow $(PYTEST_ARGS)
 
