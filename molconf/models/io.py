@@ -122,7 +122,9 @@ def load_torch_file(path: str | Path, map_location: str = "cpu", what: str = "mo
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated / corrupted / not a torch file / disallowed pickle content
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        # first sentence only: torch's own text goes on to suggest weights_only=False, which
+        # would run whatever code the file holds
+        msg = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else ""
         raise ValueError(f"{path}: not a readable {what}: it is damaged, not a torch file, or holds objects "
                          f"other than tensors and plain data, which are refused for safety "
                          f"({type(err).__name__}: {msg})") from None
