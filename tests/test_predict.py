@@ -466,8 +466,9 @@ def test_routing_counts_heavy_atoms_too(tiny_model, drug_like_model):
     # the small model alone: 14 heavy atoms (24 with H) is predicted with a note, 22 (36) is refused
     anthracene, pentacene = "c1ccc2cc3ccccc3cc2c1", "c1ccc2cc3cc4cc5ccccc5cc4cc3cc2c1"
     mols, report = _quiet_predict([anthracene, pentacene], model=tiny_model, return_report=True)
-    assert mols[0] is not None and report.notes[0] == [
-        "14 heavy atoms is beyond model 'tiny' (trained on ≤ 9; refuses > 18): expect a rougher geometry"]
+    assert mols[0] is not None and report.notes[0][0] == (
+        "14 heavy atoms is beyond model 'tiny' (trained on ≤ 9; refuses > 18): expect a rougher geometry")
+    assert all(n.startswith("bond guard:") for n in report.notes[0][1:])  # the untrained net's bonds, repaired
     assert mols[1] is None
     assert report.failures[0].reason == "22 heavy atoms is far beyond model 'tiny' (trained on ≤ 9; refuses > 18)"
 
