@@ -116,3 +116,21 @@ def test_xtb_relax_summary_counts_each_start_against_etkdg_and_the_pairs():
              correction="c.pt")
     md = xr.markdown(s, rows)
     assert "correction not applied 1 times (bond graph changed (C1-C2): 1)" in md and "`c.pt`" in md
+
+
+def test_ground_state_anchors_never_draw_the_reference_builds_candidates():
+    """The reference build drew ETKDG seed 42 (10 conformers): the anchors' candidates must not be
+    that stream, nor RDKit's seed 0 (identical conformers); the energy-gap summary counts a lower
+    minimum than the reference's as such."""
+    spec = importlib.util.spec_from_file_location("ground_state_anchors", BENCHMARKS / "ground_state_anchors.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from molconf.data.xtb_build import XtbProtocol
+
+    assert module.CANDIDATE_SEED not in (XtbProtocol().embed_seed, 0)
+    row = {"failed": False, "d_abs": 1.0, "d_sq": 1.0, "n_pairs": 4, "c_rmsd": 0.5, "stereo": 1.0, "cpu_s": 0.1}
+    results = [{"index": i, "rows": {name: {**row, "gap_kcal": gap} for name in module.ROWS}}
+               for i, gap in enumerate([-1.0, 0.05, 2.0, None])]
+    [first, *_] = module.summarise(results)
+    assert first["at_or_below_ref"] == 2 / 3 and first["below_ref"] == 1 / 3 and first["no_gap"] == 1
+    assert first["d_mae"] == 0.25 and first["failed"] == 0
