@@ -77,19 +77,9 @@ ETKDG_SEED = 42  # not 0: see DESIGN.md §3 (RDKit's seed-0 trap)
 
 
 def test_references() -> list[Chem.Mol]:
-    from molconf import constants as K
-    from molconf.data.moses_xtb import iter_sdf_records
+    from molconf.data.moses_xtb import split_records
 
-    wanted = set(np.load(SPLIT).tolist())
-    refs = []
-    for record in iter_sdf_records(SDF):
-        supplier = Chem.SDMolSupplier()
-        supplier.SetData(record, removeHs=False)
-        mol = supplier[0]
-        if mol is not None and int(mol.GetProp(K.SDF_SOURCE_INDEX)) in wanted:
-            Chem.AssignStereochemistryFrom3D(mol)
-            refs.append(mol)
-    return refs
+    return [mol for _, _, mol in split_records(np.load(SPLIT), SDF)]
 
 
 def _rank(heavy: Chem.Mol, kind: str, idx: int) -> tuple:

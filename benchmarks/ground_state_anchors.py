@@ -49,21 +49,11 @@ ROWS = ["ETKDG + MMFF, one conformer", "ETKDG×10 + MMFF, lowest MMFF", "ETKDG×
         "molconf.predict (default)"]
 
 
-def test_references(n: int, seed: int):
-    """``n`` test-split references drawn with ``seed`` (sorted by data-set index)."""
-    from rdkit import Chem
+def test_references(n: int, seed: int) -> list[str]:
+    """SDF records of ``n`` test-split references drawn with ``seed`` (in file order)."""
+    from molconf.data.moses_xtb import split_records
 
-    from molconf import constants as K
-    from molconf.data.moses_xtb import iter_sdf_records
-
-    wanted = set(np.load(SPLIT).tolist())
-    refs = []
-    for record in iter_sdf_records(SDF):
-        supplier = Chem.SDMolSupplier()
-        supplier.SetData(record, removeHs=False)
-        mol = supplier[0]
-        if mol is not None and int(mol.GetProp(K.SDF_SOURCE_INDEX)) in wanted:
-            refs.append(record)
+    refs = [record for _, record, _ in split_records(np.load(SPLIT), SDF)]
     pick = sorted(np.random.default_rng(seed).choice(len(refs), min(n, len(refs)), replace=False).tolist())
     return [refs[i] for i in pick]
 

@@ -74,6 +74,21 @@ def iter_sdf_records(path: str | Path) -> Iterator[str]:
         yield "".join(record)
 
 
+def split_records(ids, path: str | Path | None = None) -> Iterator[tuple[int, str, Chem.Mol]]:
+    """``(source index, SDF record, Mol with explicit H and its stereo from 3D)`` of every record
+    whose source index is in ``ids`` (e.g. ``np.load("datasets/moses_xtb/split_test.npy")``), in
+    file order. The reference molecules as benchmarks score against them, with the record's
+    properties (``gfn2_energy_eV``, ...) kept."""
+    wanted = {int(i) for i in ids}
+    for record in iter_sdf_records(path or default_moses_xtb_sdf()):
+        supplier = Chem.SDMolSupplier()
+        supplier.SetData(record, removeHs=False)
+        mol = supplier[0]
+        if mol is not None and int(mol.GetProp(K.SDF_SOURCE_INDEX)) in wanted:
+            Chem.AssignStereochemistryFrom3D(mol)
+            yield int(mol.GetProp(K.SDF_SOURCE_INDEX)), record, mol
+
+
 @dataclass
 class ConvertedRecord:
     """One SDF record as the cache stores it, with what the conversion report needs."""
