@@ -102,7 +102,11 @@ def bond_bounds(mol: Chem.Mol, tolerance: float = TOLERANCE) -> tuple[np.ndarray
 
 def impossible_bonds(mol: Chem.Mol, conf_id: int = -1, tolerance: float = TOLERANCE) -> list[BondProblem]:
     """The bonds of ``mol``'s conformer whose lengths are outside :func:`bond_bounds`."""
-    pairs, low, high = bond_bounds(mol, tolerance)
+    return _outside(mol, conf_id, bond_bounds(mol, tolerance))
+
+
+def _outside(mol: Chem.Mol, conf_id: int, bounds: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[BondProblem]:
+    pairs, low, high = bounds
     if not len(pairs):
         return []
     pos = mol.GetConformer(conf_id).GetPositions()
@@ -131,12 +135,16 @@ def _force_field(mol: Chem.Mol, conf_id: int, bonded_only: bool):
     return None, "none"
 
 
-def _polish(mol: Chem.Mol, free: set[int], conf_id: int, max_iters: int, bonded_only: bool,
-            jitter: float = 0.0) -> str:
-    """Minimise the force field over ``free`` atoms, all others fixed; returns the field's name.
+def polish_atoms(mol: Chem.Mol, free: set[int] | list[int], conf_id: int = -1, max_iters: int = 200,
+                 bonded_only: bool = False, jitter: float = 0.0) -> str:
+    """Minimise MMFF94 (UFF where MMFF94 has no parameters) over the ``free`` atoms of ``mol``'s
+    conformer, in place, every other atom held fixed; returns the field's name (``"none"``: no
+    field has parameters, nothing moved).
 
-    ``jitter`` (Å) first displaces the free atoms by seeded noise: atoms on top of each other give
-    the minimiser no direction. A minimiser that fails leaves the conformer as it was."""
+    ``bonded_only`` drops MMFF94's torsion, van der Waals and charge terms. ``jitter`` (Å) first
+    displaces the free atoms by seeded noise: atoms on top of each other give the minimiser no
+    direction. A minimiser that fails leaves the conformer as it was."""
+    free = set(free)
     conf = mol.GetConformer(conf_id)
     start = conf.GetPositions()
     if jitter:
@@ -202,7 +210,8 @@ def guard_bonds(mol: Chem.Mol, conf_id: int = -1, tolerance: float = TOLERANCE, 
     Returns None when every bond is within bounds (nothing moved), else a note saying which
     bonds were out of bounds, how they were repaired, and any left out of bounds.
     """
-    problems = impossible_bonds(mol, conf_id, tolerance)
+    bounds = bond_bounds(mol, tolerance)  # the graph does not change: computed once
+    problems = _outside(mol, conf_id, bounds)
     if not problems:
         return None
     found = "; ".join(map(str, problems[:3])) + (f"; … {len(problems) - 3} more" if len(problems) > 3 else "")
@@ -214,15 +223,15 @@ def guard_bonds(mol: Chem.Mol, conf_id: int = -1, tolerance: float = TOLERANCE, 
     attempts = ((free, True, 0.0, max_iters), (shell, True, 0.0, max_iters),
                 (everything, False, 0.0, 10 * max_iters), (everything, False, 0.05, 10 * max_iters))
     for atoms, bonded_only, jitter, iters in attempts:
-        field = _polish(mol, atoms, conf_id, iters, bonded_only, jitter)
+        field = polish_atoms(mol, atoms, conf_id, iters, bonded_only, jitter)
         if field == "none":
             break
-        if not impossible_bonds(mol, conf_id, tolerance):
+        if not _outside(mol, conf_id, bounds):
             if atoms == everything:
                 return f"{head}; repaired by a whole-molecule {field} minimisation"
             return f"{head}; repaired by a {field} polish of {len(atoms)} atom{'s' if len(atoms) > 1 else ''} (the rest held)"
-    moved = _place_terminal(mol, impossible_bonds(mol, conf_id, tolerance), conf_id)
-    left = impossible_bonds(mol, conf_id, tolerance)
+    moved = _place_terminal(mol, _outside(mol, conf_id, bounds), conf_id)
+    left = _outside(mol, conf_id, bounds)
     if not left:
         return f"{head}; repaired by placing {moved} terminal atom(s) at the expected bond length"
     return f"{head}; still out of bounds after repair: " + "; ".join(map(str, left))

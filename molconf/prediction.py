@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import multiprocessing as mp
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -409,7 +409,7 @@ def predict(
         (see :mod:`molconf.stereo`); what cannot be repaired is reported.
     repair_bonds : bool
         Check every bond length against physical bounds (:mod:`molconf.bond_guard`: covalent
-        radii scaled by bond order, ±15%) and repair the offending atoms with a local MMFF94
+        radii scaled by bond order, ±25%) and repair the offending atoms with a local MMFF94
         polish (the rest of the prediction held fixed); the report notes each repair. With
         ``False`` the network's output is returned as it is (impossible bonds included).
     return_report : bool
@@ -509,8 +509,6 @@ def _caller_level() -> int:
     """``stacklevel`` that points a warning at the user's line, also through the ``molconf.predict``
     / ``molconf.generate`` wrappers of the package (called from a public function: 2 frames up is
     its caller, or the wrapper)."""
-    import sys
-
     return 3 if sys._getframe(2).f_globals.get("__name__") == "molconf" else 2
 
 
@@ -546,14 +544,15 @@ def _finish(mol, coords, i, loaded, relax_with, fix_stereo, report, repair_bonds
                 remaining = after.remaining
             report.stereo[i] = StereoReport(len(target), report.stereo[i].fixed_by + after.fixed_by, remaining,
                                          named_by_cip=True)
-    if repair_bonds and impossible_bonds(out):  # a stereo move (pyramidalisation) can stretch a bond
-        report.note(i, "after stereo repair: " + guard_bonds(out))
+    # a stereo move (pyramidalisation) can stretch a bond; the check alone when all is well
+    if repair_bonds and (note := guard_bonds(out)):
+        report.note(i, "after stereo repair: " + note)
         if target:
             report.stereo[i] = enforce_stereo(out, target)
-    if repair_bonds and (left := impossible_bonds(out)):
-        report.notes.pop(i, None)
-        raise MoleculeError("", "physically impossible bond lengths the bond guard could not repair: "
-                            + "; ".join(map(str, left[:3])))
+        if left := impossible_bonds(out):
+            report.notes.pop(i, None)
+            raise MoleculeError("", "physically impossible bond lengths the bond guard could not repair: "
+                                + "; ".join(map(str, left[:3])))
     if target and report.stereo[i].remaining:
         report.note(i, "stereo not matched: " + "; ".join(report.stereo[i].remaining))
     # perceive the conformer's own stereo so the returned Mol's tags agree with its geometry

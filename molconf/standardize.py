@@ -69,12 +69,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from rdkit import Chem
-from rdkit.Chem import AllChem
 from rdkit.Chem.MolStandardize import rdMolStandardize
 from rdkit.rdBase import BlockLogs
 
 from molconf import _rdkit as _rd
+from molconf.bond_guard import polish_atoms
 from molconf.errors import MoleculeError
+from molconf.metrics import mol_with_coords
 
 SOURCE_PROP = "_molconf_src"  # input index of an atom, carried through fragment choice and uncharger
 POLISH_MAX_ITERS = 200  # MMFF/UFF iterations for the re-placed hydrogens only
@@ -294,27 +295,6 @@ def standardize(mol: Chem.Mol) -> Standardized:
     return Standardized(out, neutral, pairs, stripped, notes)
 
 
-def _polish_hydrogens(mol: Chem.Mol, movable: list[int]) -> None:
-    """Minimise only the ``movable`` atoms of ``mol``'s conformer (MMFF94, else UFF, else nothing)."""
-    ff = None
-    if AllChem.MMFFHasAllMoleculeParams(mol):
-        ff = AllChem.MMFFGetMoleculeForceField(mol, AllChem.MMFFGetMoleculeProperties(mol))
-    elif AllChem.UFFHasAllMoleculeParams(mol):
-        ff = AllChem.UFFGetMoleculeForceField(mol)
-    if ff is None:
-        return
-    moving = set(movable)
-    for i in range(mol.GetNumAtoms()):
-        if i not in moving:
-            ff.AddFixedPoint(i)
-    ff.Initialize()
-    ff.Minimize(maxIts=POLISH_MAX_ITERS)
-    conf = mol.GetConformer()
-    pos = np.asarray(ff.Positions()).reshape(-1, 3)
-    for i in movable:
-        conf.SetAtomPosition(i, pos[i].tolist())
-
-
 def transfer_coordinates(form: Standardized, coords: np.ndarray, polish: bool = True) -> np.ndarray:
     """Coordinates for ``form.mol`` (N_mol, 3) from a conformer of ``form.model_input``.
 
@@ -375,12 +355,7 @@ def transfer_coordinates(form: Standardized, coords: np.ndarray, polish: bool = 
     if polish:
         moved = [a.GetIdx() for u in redo for a in mol.GetAtomWithIdx(u).GetNeighbors() if a.GetAtomicNum() == 1]
         if moved:
-            polished = Chem.Mol(mol)
-            polished.RemoveAllConformers()
-            conf = Chem.Conformer(mol.GetNumAtoms())
-            for i, p in enumerate(out):
-                conf.SetAtomPosition(i, p.tolist())
-            polished.AddConformer(conf, assignId=True)
-            _polish_hydrogens(polished, moved)
+            polished = mol_with_coords(mol, out)
+            polish_atoms(polished, moved, max_iters=POLISH_MAX_ITERS)  # the re-placed H alone
             out[moved] = polished.GetConformer().GetPositions()[moved]
     return out
