@@ -154,8 +154,10 @@ def test_damaged_copy_of_shipped_weights_is_refused(tmp_path, name, load):
 def test_hash_computed_once_per_file_version(tmp_path, monkeypatch):
     copy = _copy_with_card(mio.WEIGHTS_DIR / "qm9_rebind.pt", tmp_path)
     calls = []
-    real = mio.hashlib.sha256
-    monkeypatch.setattr(mio.hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
+    import molconf.data.cache as cache  # the hashing mio uses
+
+    real = cache.hashlib.sha256
+    monkeypatch.setattr(cache.hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
     for _ in range(3):
         load_model(copy)
     assert len(calls) == 1

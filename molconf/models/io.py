@@ -18,18 +18,17 @@ and :func:`write_card_sha256` keep the line up to date when weights are written.
 
 from __future__ import annotations
 
-import hashlib
-import os
+import functools
 import re
 from pathlib import Path
 
 import torch
 
+from molconf.data.cache import file_sha256 as hash_file
 from molconf.models.transformer import ConformerTransformer
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"  # shipped with the package
 SHA256_LINE = re.compile(r"^- \*\*sha256\*\*: `([0-9a-f]{64})`", re.MULTILINE)
-_sha256_cache: dict[tuple[str, int, int], str] = {}
 
 
 def card_path(weights: str | Path) -> Path:
@@ -78,14 +77,12 @@ def file_sha256(path: str | Path) -> str:
     """SHA-256 of a file, hex; cached per process by (path, modification time, size)."""
     path = Path(path).resolve()
     st = path.stat()
-    key = (str(path), st.st_mtime_ns, st.st_size)
-    if key not in _sha256_cache:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        _sha256_cache[key] = h.hexdigest()
-    return _sha256_cache[key]
+    return _sha256_of_version(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of_version(path: str, mtime_ns: int, size: int) -> str:
+    return hash_file(Path(path))
 
 
 def is_shipped(path: str | Path) -> bool:
