@@ -79,7 +79,8 @@ def _shorten(note: str, width: int = 60) -> str:
 
 def predict_examples(path: Path, out: Path) -> dict:
     """Predict the example file, write ``predicted.sdf``, print one line per molecule."""
-    items, names = read_inputs(str(path))
+    inputs = read_inputs(str(path))
+    items, names = inputs.items, inputs.names
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the failures are listed below, one per line

@@ -40,9 +40,6 @@ class Inputs:
     names: list[str] = field(default_factory=list)
     where: list[str] = field(default_factory=list)  # "argument 2", "in.smi line 7", "in.sdf record 3"
 
-    def __iter__(self):  # unpacks as ``items, names = read_inputs(path)``
-        return iter((self.items, self.names))
-
     def add(self, item, name: str, where: str) -> None:
         self.items.append(item)
         self.names.append(name)
@@ -146,10 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args)
-    except UsageError as err:
-        print(f"molconf predict: error: {err}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError, ImportError) as err:  # model file, sha256, tblite, options
+    except (UsageError, FileNotFoundError, ValueError, ImportError) as err:  # + model file, sha256, tblite
         print(f"molconf predict: error: {err}", file=sys.stderr)
         return 2
 

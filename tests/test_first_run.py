@@ -50,7 +50,8 @@ def first_run():
 
 # --------------------------------------------------------------------------- example input
 def test_example_file_is_about_fifty_named_valid_molecules():
-    items, names = read_inputs(str(EXAMPLES))  # the reader `molconf predict -i` uses
+    inputs = read_inputs(str(EXAMPLES))  # the reader `molconf predict -i` uses
+    items, names = inputs.items, inputs.names
     assert 45 <= len(items) <= 65
     lines = [ln for ln in EXAMPLES.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     assert len(lines) == len(items)
@@ -132,7 +133,7 @@ def test_first_run_end_to_end_on_a_few_reference_molecules(first_run, tmp_path):
     proc = _run_script(tmp_path, "--n", "5")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    _, names = read_inputs(str(EXAMPLES))
+    names = read_inputs(str(EXAMPLES)).names
     for name in names:  # every example molecule is listed, predicted or failed
         assert f"  {name} " in out
     assert "predicted  aspirin" in out
