@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rdkit import Chem, RDLogger
-from rdkit.Chem import AllChem, rdMolAlign
+from rdkit.Chem import rdMolAlign
 
 ROOT = Path(__file__).resolve().parents[1]
 SDF = ROOT / "datasets/moses_xtb/molecules.sdf.gz"
@@ -215,17 +215,16 @@ def run_predict(inputs: list[Chem.Mol]) -> tuple[list, float, object]:
 
 
 def run_etkdg_mmff(inputs: list[Chem.Mol]) -> tuple[list, float, None]:
+    """molconf.baselines' ETKDGv3 embedding then MMFF94 (the embedding kept where MMFF94 has no
+    parameters); None where embedding fails."""
+    from molconf.baselines import embed, mmff_optimize
+
     out = []
     t = time.perf_counter()
     for inp in inputs:
-        mol = Chem.Mol(inp)
-        params = AllChem.ETKDGv3()
-        params.randomSeed = ETKDG_SEED
-        if AllChem.EmbedMolecule(mol, params) != 0:
-            out.append(None)
-            continue
-        if AllChem.MMFFHasAllMoleculeParams(mol):
-            AllChem.MMFFOptimizeMolecule(mol, maxIters=2000)
+        mol, _, _ = embed(inp, ETKDG_SEED, random_coords=False)
+        if mol is not None:
+            mol = mmff_optimize(mol)[0] or mol
         out.append(mol)
     return out, time.perf_counter() - t, None
 

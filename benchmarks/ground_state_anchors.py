@@ -49,11 +49,11 @@ ROWS = ["ETKDG + MMFF, one conformer", "ETKDG×10 + MMFF, lowest MMFF", "ETKDG×
         "molconf.predict (default)"]
 
 
-def test_references(n: int, seed: int) -> list[str]:
-    """SDF records of ``n`` test-split references drawn with ``seed`` (in file order)."""
+def test_references(n: int, seed: int) -> list[tuple[int, str]]:
+    """``(data-set index, SDF record)`` of ``n`` test-split references drawn with ``seed`` (in file order)."""
     from molconf.data.moses_xtb import split_records
 
-    refs = [record for _, record, _ in split_records(np.load(SPLIT), SDF)]
+    refs = [(index, record) for index, record, _ in split_records(np.load(SPLIT), SDF)]
     pick = sorted(np.random.default_rng(seed).choice(len(refs), min(n, len(refs)), replace=False).tolist())
     return [refs[i] for i in pick]
 
@@ -87,13 +87,6 @@ def _embed_minimise(mol, k: int):
     return m, energies, time.process_time() - t
 
 
-def _pick(m, conf_id: int):
-    from rdkit import Chem
-
-    out = Chem.Mol(m, confId=conf_id)
-    return out
-
-
 def _score(ref, pred, e_ref_ev: float, protocol) -> dict:
     from rdkit import Chem
 
@@ -111,6 +104,13 @@ def _score(ref, pred, e_ref_ev: float, protocol) -> dict:
         gap = None
     return {"failed": False, "d_abs": row["abs_err_sum"], "d_sq": row["sq_err_sum"], "n_pairs": row["n_pairs"],
             "c_rmsd": row["c_rmsd"], "stereo": row["stereo_consistency"], "gap_kcal": gap}
+
+
+def _pick(m, conf_id: int):
+    """A copy of ``m`` holding only conformer ``conf_id``."""
+    from rdkit import Chem
+
+    return Chem.Mol(m, confId=conf_id)
 
 
 def run_molecule(record: str) -> dict:
@@ -228,11 +228,7 @@ def main(argv: list[str] | None = None) -> None:
                 r = json.loads(line)
                 done[r["index"]] = r
     records = test_references(args.n, args.seed)
-    from rdkit import Chem  # noqa: F401  (parent only reads indices)
-
-    from molconf import constants as K
-
-    todo = [rec for rec in records if int(_mol(rec).GetProp(K.SDF_SOURCE_INDEX)) not in done]
+    todo = [record for index, record in records if index not in done]
     print(f"{len(records)} molecules, {len(done)} done before, {len(todo)} to run", flush=True)
     with mp.get_context("fork").Pool(args.workers, initializer=_init) as pool, per_mol.open("a") as fh:
         for k, r in enumerate(pool.imap_unordered(run_molecule, todo)):
@@ -241,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
             fh.flush()
             if (k + 1) % 10 == 0:
                 print(f"{k + 1} / {len(todo)}", flush=True)
-    wanted = {int(_mol(rec).GetProp(K.SDF_SOURCE_INDEX)) for rec in records}
+    wanted = {index for index, _ in records}
     results = [r for i, r in done.items() if i in wanted]
     table = summarise(results)
     command = "python benchmarks/ground_state_anchors.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -17,7 +17,7 @@ import torch
 
 import molconf.ops as ops
 from molconf.constants import ENV_FORCE_REFERENCE_OPS, LJ_R_MIN
-from molconf.ops import _extension, degree_compensating_k, lj_parameters
+from molconf.ops import _FALSE_STRINGS, _extension, degree_compensating_k, lj_parameters
 
 # CI sets this: a compiled extension that does not build then fails the tests that need it
 # (with the build error) instead of skipping them, so a broken build cannot pass unnoticed.
@@ -25,7 +25,7 @@ ENV_REQUIRE_EXTENSION = "MOLCONF_REQUIRE_EXTENSION"
 
 
 def extension_required() -> bool:
-    return os.environ.get(ENV_REQUIRE_EXTENSION, "").strip().lower() not in ("", "0", "false", "no", "off")
+    return os.environ.get(ENV_REQUIRE_EXTENSION, "").strip().lower() not in _FALSE_STRINGS
 
 
 def extension_available() -> bool:
