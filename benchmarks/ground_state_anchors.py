@@ -90,7 +90,7 @@ def _embed_minimise(mol, k: int):
 def _score(ref, pred, e_ref_ev: float, protocol) -> dict:
     from rdkit import Chem
 
-    from molconf.data.xtb_build import xtb_relax
+    from molconf.ground_state.xtb import xtb_relax
     from molconf.metrics import molecule_metrics
 
     if pred is None:
@@ -120,7 +120,7 @@ def run_molecule(record: str) -> dict:
 
     import molconf
     from molconf import constants as K
-    from molconf.data.xtb_build import XtbProtocol, gfn2_energy
+    from molconf.ground_state.xtb import XtbProtocol, gfn2_energy
 
     warnings.simplefilter("ignore")
     protocol = XtbProtocol()

@@ -4,10 +4,10 @@ For each test molecule, three starting geometries: the model's prediction (``mol
 no relaxation), the prediction after MMFF94, and
 ETKDGv3 (seed 42) + MMFF94; with ``--correction`` (the shipped one: what ``relax_with="xtb"``
 does), each MMFF94 start also after the learned GFN2-xTB correction of MMFF94
-(:mod:`molconf.gfn2_prerelax`); with ``--dataset``, a control as well: the data set's own GFN2-xTB
+(:mod:`molconf.ground_state.prerelax`); with ``--dataset``, a control as well: the data set's own GFN2-xTB
 minimum after MMFF94, i.e. the best conformer any start could find, put through the same force
 field (it shows how many steps the MMFF → GFN2-xTB relaxation alone costs).
-Each is optimised with GFN2-xTB by ``molconf.data.xtb_build.xtb_relax`` (the data protocol's optimiser, fmax and step limit).
+Each is optimised with GFN2-xTB by ``molconf.ground_state.xtb.xtb_relax`` (the data protocol's optimiser, fmax and step limit).
 Reported: optimiser steps and wall time of each start, how often each converges, keeps its
 bond graph, and reaches the lower final energy (energies within ``--tie-kcal`` count as the
 same minimum), per molecule against ETKDG + MMFF. Time to make the start is reported separately.
@@ -34,8 +34,8 @@ import molconf.prediction
 from molconf import constants as K
 from molconf.baselines import embed, mmff_optimize
 from molconf.data.geom import HARTREE_KCAL
-from molconf.data.xtb_build import XtbProtocol, xtb_relax
-from molconf.gfn2_prerelax import load_correction, prerelax
+from molconf.ground_state.xtb import XtbProtocol, xtb_relax
+from molconf.ground_state.prerelax import load_correction, prerelax
 
 
 def etkdg_mmff(mol: Chem.Mol) -> tuple[Chem.Mol | None, float]:
@@ -260,7 +260,7 @@ def markdown(s: dict, rows: list[dict]) -> str:
                       "to need fewer."]
     if any(k.endswith("_corrected") for k in s["starts"]):
         lines += ["", "GFN2 correction: the MMFF94 start, then MMFF94 + the learned GFN2-xTB correction "
-                      f"(`{s.get('correction')}`, `molconf.gfn2_prerelax.prerelax`) minimised from it; its time is "
+                      f"(`{s.get('correction')}`, `molconf.ground_state.prerelax.prerelax`) minimised from it; its time is "
                       "included in the median start seconds."]
     return "\n".join(lines) + "\n"
 

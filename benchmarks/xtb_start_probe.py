@@ -19,7 +19,7 @@ GFN2-xTB steps again (same protocol as the data):
   learned correction; and the same with every 1-4 distance held where MMFF94 put it (so the
   fit cannot twist torsions or bend rings out of plane);
 - ``learned: <weights>`` (per ``--correction`` file): MMFF94 + that learned GFN2-xTB
-  correction minimised from the control start (:func:`molconf.gfn2_prerelax.prerelax`, its
+  correction minimised from the control start (:func:`molconf.ground_state.prerelax.prerelax`, its
   torsions held near the start), and the same with the torsions free (``hold_torsions=0``).
 
     nice python benchmarks/xtb_start_probe.py --n 40 --train 2000 --out benchmarks/results \
@@ -41,10 +41,10 @@ import torch
 from rdkit import Chem
 
 from molconf.data.load import load_dataset, load_dataset_split
-from molconf.data.xtb_build import XtbProtocol, xtb_relax
-from molconf.gfn2_prerelax import load_correction, prerelax
+from molconf.ground_state.xtb import XtbProtocol, xtb_relax
+from molconf.ground_state.prerelax import load_correction, prerelax
 from molconf.metrics import mol_with_coords
-from molconf.models.gfn2_correction import pairs_within_hops
+from molconf.ground_state.correction import pairs_within_hops
 from xtb_relax import mmff_start
 
 STARTS = ("control", "oracle 1-2/1-3", "oracle 1-2/1-3 × 0.75", "oracle 1-2/1-3 × 0.5", "oracle 1-2/1-3/1-4",

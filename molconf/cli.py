@@ -49,11 +49,11 @@ def main(argv: list[str] | None = None) -> None:
 
         prepare_main(rest)
     elif command == "build-xtb":
-        from molconf.data.xtb_build import main as build_xtb_main
+        from molconf.ground_state.build import main as build_xtb_main
 
         sys.exit(build_xtb_main(rest))
     elif command == "gfn2-forces":
-        from molconf.data.gfn2_forces import main as gfn2_forces_main
+        from molconf.ground_state.forces import main as gfn2_forces_main
 
         gfn2_forces_main(rest)
     elif command in ("generate", "diffusion"):

@@ -28,7 +28,7 @@ STEREO_OK = "stereo_consistency"
 ENV_FORCE_REFERENCE_OPS = "MOLCONF_REFERENCE_OPS"  # "1": never use the compiled extension
 ENV_CACHE_DIR = "MOLCONF_CACHE_DIR"  # where processed data sets are stored
 
-# --- SDF properties of the GFN2-xTB ground-state data (molconf.data.xtb_build writes them,
+# --- SDF properties of the GFN2-xTB ground-state data (molconf.ground_state.xtb writes them,
 # molconf.data.moses_xtb reads them) -------------------------------------------------------
 SDF_SOURCE_INDEX = "molconf_index"  # record position in the SMILES source = the molecule id
 SDF_SMILES = "input_smiles"  # the SMILES the conformer was built from

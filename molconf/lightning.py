@@ -401,7 +401,7 @@ class ConformerModule(TrainingStateMixin, L.LightningModule):
 
 
 class ForceDataModule(L.LightningDataModule):
-    """Force samples of :mod:`molconf.data.gfn2_forces` for :class:`Gfn2CorrectionModule`.
+    """Force samples of :mod:`molconf.ground_state.forces` for :class:`Gfn2CorrectionModule`.
 
     Parameters
     ----------
@@ -410,7 +410,7 @@ class ForceDataModule(L.LightningDataModule):
     val_every : int
         Molecules whose data-set row is a multiple of this are held out for validation
         (every sample of a molecule on the same side).
-    max_hops : the pairs each graph lists (:func:`~molconf.models.gfn2_correction.pair_graph`);
+    max_hops : the pairs each graph lists (:func:`~molconf.ground_state.correction.pair_graph`);
         must match the model's (checked when fitting starts).
     batch_size, num_workers, seed : loader settings (shuffled with ``seed``).
     """
@@ -425,8 +425,8 @@ class ForceDataModule(L.LightningDataModule):
             return
         import json
 
-        from molconf.data.gfn2_forces import ForceSampleDataset, load_force_data
-        from molconf.models.gfn2_correction import pair_graph
+        from molconf.ground_state.forces import ForceSampleDataset, load_force_data
+        from molconf.ground_state.correction import pair_graph
 
         meta = json.loads((Path(self.hparams.data_dir) / "meta.json").read_text())
         data, _ = load_force_data(self.hparams.data_dir)
@@ -438,7 +438,7 @@ class ForceDataModule(L.LightningDataModule):
         self.val_set = ForceSampleDataset(data, graphs, val_rows)
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
-        from molconf.data.gfn2_forces import collate_force_samples
+        from molconf.ground_state.forces import collate_force_samples
 
         gen = torch.Generator().manual_seed(self.hparams.seed)
         return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, generator=gen,
@@ -452,7 +452,7 @@ class ForceDataModule(L.LightningDataModule):
 
 
 class Gfn2CorrectionModule(TrainingStateMixin, L.LightningModule):
-    """Fits :class:`~molconf.models.gfn2_correction.Gfn2Correction` to F(GFN2-xTB) − F(MMFF94).
+    """Fits :class:`~molconf.ground_state.correction.Gfn2Correction` to F(GFN2-xTB) − F(MMFF94).
 
     Loss: mean squared error of the correction's forces (eV/Å)². Logged: ``val/force_mae``
     and ``val/force_mae_uncorrected`` (MMFF94's own error, the correction's baseline).

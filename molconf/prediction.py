@@ -103,7 +103,7 @@ class PredictionReport:
 
 def available_models() -> list[str]:
     """Names of the conformer models shipped inside the package (not the GFN2-xTB correction
-    of :mod:`molconf.gfn2_prerelax`, which lives beside them)."""
+    of :mod:`molconf.ground_state.prerelax`, which lives beside them)."""
     return sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt") if "gfn2_correction" not in p.stem)
 
 
@@ -334,9 +334,9 @@ def relax(mol: Chem.Mol, method: str, max_iters: int = 2000) -> str | None:
 
     ``"xtb"`` (needs tblite) first optimises with MMFF94 (UFF where MMFF has no parameters),
     as the GFN2-xTB data protocol does, then after MMFF94 minimises MMFF94 + the shipped learned
-    GFN2-xTB correction with torsions held (:func:`molconf.gfn2_prerelax.prerelax`), then
+    GFN2-xTB correction with torsions held (:func:`molconf.ground_state.prerelax.prerelax`), then
     optimises with GFN2-xTB at the data's optimiser settings
-    (:class:`molconf.data.xtb_build.XtbProtocol`), and always returns a note: the start,
+    (:class:`molconf.ground_state.xtb.XtbProtocol`), and always returns a note: the start,
     steps and energy, or why the conformer was left at the start geometry / not converged.
     """
     if method == "mmff":
@@ -348,7 +348,7 @@ def relax(mol: Chem.Mol, method: str, max_iters: int = 2000) -> str | None:
             return "no UFF parameters: conformer left unrelaxed"
         AllChem.UFFOptimizeMolecule(mol, maxIters=max_iters)
     elif method == "xtb":
-        from molconf.data.xtb_build import XtbProtocol, preoptimize, xtb_relax_note  # tblite loads only when asked for
+        from molconf.ground_state.xtb import XtbProtocol, preoptimize, xtb_relax_note  # tblite loads only when asked for
 
         # A raw prediction is a poor GFN2-xTB start: on 100 moses_xtb test molecules it took a
         # median 108 optimiser steps against 24 after MMFF94, and GFN2-xTB changed the bond
@@ -358,7 +358,7 @@ def relax(mol: Chem.Mol, method: str, max_iters: int = 2000) -> str | None:
         _, field = preoptimize(mol, XtbProtocol(ff_max_iters=max_iters))
         start = "the prediction" if field == "none" else f"the {field} geometry"
         if field == "MMFF94":
-            from molconf.gfn2_prerelax import prerelax
+            from molconf.ground_state.prerelax import prerelax
 
             # bond lengths and angles towards GFN2-xTB's: on 100 moses_xtb test molecules a median
             # 18 GFN2-xTB steps instead of 24 (benchmarks/results/xtb_relax.md)
@@ -437,7 +437,7 @@ def predict(
     if relax_with not in RELAX_METHODS:
         raise ValueError(f"relax_with must be one of {RELAX_METHODS}, got {relax_with!r}")
     if relax_with == "xtb":  # a missing tblite is one clear error, not one note per molecule
-        from molconf.data.xtb_build import require_tblite
+        from molconf.ground_state.xtb import require_tblite
 
         require_tblite()
     candidates = resolve_models(model)

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from molconf import baselines
-from molconf.data import xtb_build as xb
+from molconf.ground_state import build as xb
 
 SMILES = ["CCO", "C=CC", "CC(C)O", "c1ccccc1"]
 

@@ -125,7 +125,7 @@ def test_ground_state_anchors_never_draw_the_reference_builds_candidates():
     spec = importlib.util.spec_from_file_location("ground_state_anchors", BENCHMARKS / "ground_state_anchors.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    from molconf.data.xtb_build import XtbProtocol
+    from molconf.ground_state.xtb import XtbProtocol
 
     assert module.CANDIDATE_SEED not in (XtbProtocol().embed_seed, 0)
     row = {"failed": False, "d_abs": 1.0, "d_sq": 1.0, "n_pairs": 4, "c_rmsd": 0.5, "stereo": 1.0, "cpu_s": 0.1}

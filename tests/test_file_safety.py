@@ -15,9 +15,9 @@ from rdkit.Chem import AllChem
 
 import molconf.models.io as mio
 from molconf.diffusion.io import load_denoiser
-from molconf.gfn2_prerelax import DEFAULT_CORRECTION, load_correction, prerelax, save_correction
+from molconf.ground_state.prerelax import DEFAULT_CORRECTION, load_correction, prerelax, save_correction
 from molconf.models import load_model, save_model
-from molconf.models.gfn2_correction import Gfn2Correction
+from molconf.ground_state.correction import Gfn2Correction
 from molconf.models.transformer import ConformerTransformer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def test_public_predict_refuses_a_pickle_payload(hostile):
 
 def test_correction_export_entry_point_refuses_a_pickle_payload(hostile, tmp_path):
     path, marker = hostile
-    proc = subprocess.run([sys.executable, "-m", "molconf.gfn2_prerelax", str(path), "--data-dir",
+    proc = subprocess.run([sys.executable, "-m", "molconf.ground_state.prerelax", str(path), "--data-dir",
                            str(tmp_path / "no_data"), "--out", str(tmp_path / "out.pt")],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode != 0

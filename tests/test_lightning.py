@@ -272,7 +272,7 @@ def _teacher_force_data(tmp_path, monkeypatch) -> None:
     from rdkit.Chem import AllChem
 
     import molconf.lightning as ml
-    from molconf.models.gfn2_correction import Gfn2Correction, batch_pair_graphs, pair_graph
+    from molconf.ground_state.correction import Gfn2Correction, batch_pair_graphs, pair_graph
 
     torch.manual_seed(0)
     teacher = Gfn2Correction(hidden=16, layers=1).double()
@@ -306,7 +306,7 @@ def _teacher_force_data(tmp_path, monkeypatch) -> None:
 def test_gfn2_correction_learns_a_known_force_difference(tmp_path, monkeypatch):
     """ForceDataModule + Gfn2CorrectionModule on force data made by a known 'teacher' correction."""
     from molconf.lightning import ForceDataModule, Gfn2CorrectionModule
-    from molconf.models.gfn2_correction import Gfn2Correction
+    from molconf.ground_state.correction import Gfn2Correction
 
     _teacher_force_data(tmp_path, monkeypatch)
     data = ForceDataModule(str(tmp_path), val_every=4, batch_size=8)  # rows 0 and 4 held out
@@ -321,7 +321,7 @@ def test_gfn2_correction_learns_a_known_force_difference(tmp_path, monkeypatch):
 
 def test_gfn2_correction_refuses_graphs_listing_other_pairs_than_the_model_needs(tmp_path, monkeypatch):
     from molconf.lightning import ForceDataModule, Gfn2CorrectionModule
-    from molconf.models.gfn2_correction import Gfn2Correction
+    from molconf.ground_state.correction import Gfn2Correction
 
     _teacher_force_data(tmp_path, monkeypatch)
     data = ForceDataModule(str(tmp_path), val_every=4, batch_size=8)  # pairs up to 1-4

@@ -365,7 +365,7 @@ def test_precision_auto_follows_the_cpu_and_bad_values_are_refused(tiny_model):
 
 def test_relax_xtb_lowers_the_gfn2_energy_and_notes_steps(tmp_path, tiny_model):
     pytest.importorskip("tblite")
-    from molconf.data.xtb_build import gfn2_energy
+    from molconf.ground_state.xtb import gfn2_energy
 
     [raw] = predict("CCO")
     [relaxed], report = predict("CCO", relax_with="xtb", return_report=True)
@@ -385,7 +385,7 @@ def test_relax_xtb_lowers_the_gfn2_energy_and_notes_steps(tmp_path, tiny_model):
 
 def test_relax_xtb_notes_a_correction_it_could_not_apply(monkeypatch):
     pytest.importorskip("tblite")
-    import molconf.gfn2_prerelax as gp
+    import molconf.ground_state.prerelax as gp
 
     monkeypatch.setattr(gp, "prerelax", lambda mol: gp.PrerelaxResult(False, reason="Si not in the correction's "
                                                                                    "training data"))
@@ -400,7 +400,7 @@ def test_relax_xtb_reports_scf_failure_and_missing_tblite(monkeypatch):
     pytest.importorskip("tblite")
     from ase.calculators.calculator import CalculationFailed, Calculator
 
-    from molconf.data import xtb_build
+    from molconf.ground_state import xtb as xtb_module
 
     class Failing(Calculator):
         implemented_properties = ["energy", "forces"]
@@ -408,12 +408,12 @@ def test_relax_xtb_reports_scf_failure_and_missing_tblite(monkeypatch):
         def calculate(self, *args, **kwargs):
             raise CalculationFailed("SCF not converged")
 
-    from molconf.gfn2_prerelax import prerelax
+    from molconf.ground_state.prerelax import prerelax
 
     [start] = predict("CCO", relax_with="mmff")
     assert prerelax(start).applied  # the start relax_with="xtb" hands to GFN2-xTB
     with monkeypatch.context() as m:
-        m.setattr(xtb_build, "gfn2_calculator", lambda *a, **k: Failing())
+        m.setattr(xtb_module, "gfn2_calculator", lambda *a, **k: Failing())
         [mol], report = predict("CCO", relax_with="xtb", return_report=True)
     assert report.notes[0] == ["GFN2-xTB SCF failure (SCF not converged): conformer left at the MMFF94 + "
                                "GFN2-correction geometry"]

@@ -1,6 +1,6 @@
 """The GFN2-xTB ground states of MOSES molecules (``datasets/moses_xtb``) as a molconf cache.
 
-``molecules.sdf.gz`` is written by :func:`molconf.data.xtb_build.merge_dataset`; each record
+``molecules.sdf.gz`` is written by :func:`molconf.ground_state.build.merge_dataset`; each record
 holds a molecule with explicit H, its GFN2-xTB ground-state coordinates and the properties
 of :mod:`molconf.constants` (``SDF_*``). The cache has the QM9 cache's format: bonds and bond
 orders come from the SDF (the input SMILES' graph, not re-perceived), stereo from the 3D

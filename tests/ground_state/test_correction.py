@@ -10,7 +10,7 @@ import torch
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
-from molconf.models.gfn2_correction import Gfn2Correction, batch_pair_graphs, pair_graph
+from molconf.ground_state.correction import Gfn2Correction, batch_pair_graphs, pair_graph
 
 REAL = ["CC(=O)Nc1ccc(O)cc1", "CN1C=NC2=C1C(=O)N(C(=O)N2C)C", "C1CC1C(=O)O", "OCC(O)CO", "c1ccc2[nH]ccc2c1"]
 
@@ -149,7 +149,7 @@ def test_bad_max_hops_is_refused():
 def test_torsion_cosines_and_sines_match_rdkit_on_real_and_random_molecules():
     from rdkit.Chem import rdMolTransforms
 
-    from molconf.models.gfn2_correction import torsion_cos_sin, torsion_quadruples
+    from molconf.ground_state.correction import torsion_cos_sin, torsion_quadruples
 
     for seed, smiles in enumerate(REAL + _random_smiles(10, seed=11)):
         mol = _embedded(smiles, seed)
@@ -164,7 +164,7 @@ def test_torsion_cosines_and_sines_match_rdkit_on_real_and_random_molecules():
 
 
 def test_out_of_plane_heights_match_an_svd_plane_normal():
-    from molconf.models.gfn2_correction import improper_quadruples, out_of_plane_height
+    from molconf.ground_state.correction import improper_quadruples, out_of_plane_height
 
     for seed, smiles in enumerate(REAL + ["CN(C)C", "Nc1ccccc1", "CC(C)C"]):
         mol = _embedded(smiles, seed)

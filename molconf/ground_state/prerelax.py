@@ -1,6 +1,6 @@
 """Move an MMFF94 geometry towards GFN2-xTB's minimum with a learned correction.
 
-:func:`prerelax` minimises E(MMFF94) + ΔE(:class:`~molconf.models.gfn2_correction.Gfn2Correction`)
+:func:`prerelax` minimises E(MMFF94) + ΔE(:class:`~molconf.ground_state.correction.Gfn2Correction`)
 with SciPy's L-BFGS-B, every proper torsion held near its start by a restraint: the correction
 fixes bond lengths, angles and out-of-plane geometry, while the conformer stays the one the
 caller chose. ``predict(relax_with="xtb")`` runs it between MMFF94 and GFN2-xTB with the shipped
@@ -23,14 +23,14 @@ import numpy as np
 import torch
 from rdkit import Chem
 
-from molconf.data.gfn2_forces import KCAL_TO_EV, mmff_forcefield
-from molconf.models.gfn2_correction import Gfn2Correction, batch_pair_graphs, torsion_cos_sin
+from molconf.ground_state.forces import KCAL_TO_EV, mmff_forcefield
+from molconf.ground_state.correction import Gfn2Correction, batch_pair_graphs, torsion_cos_sin
 from molconf.models.io import is_shipped, load_torch_file, read_model_file, write_card_sha256
 
 
 # Shipped with the package and used by predict(relax_with="xtb"): fitted to the moses_xtb training
 # split's force data (configs/gfn2_correction_dihedral_moses_xtb.yaml; card beside it).
-DEFAULT_CORRECTION = Path(__file__).parent / "weights" / "moses_xtb_gfn2_correction_dihedral.pt"
+DEFAULT_CORRECTION = Path(__file__).parents[1] / "weights" / "moses_xtb_gfn2_correction_dihedral.pt"
 
 
 @dataclass
@@ -139,7 +139,7 @@ def prerelax(mol: Chem.Mol, model: Gfn2Correction | str = str(DEFAULT_CORRECTION
     from scipy.optimize import minimize
     from threadpoolctl import threadpool_limits
 
-    from molconf.data.xtb_build import bond_changes
+    from molconf.ground_state.xtb import bond_changes
 
     if isinstance(model, (str, Path)):
         model = load_correction(model)
@@ -177,7 +177,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, data_dir: str | P
     summary and the checkpoint's validation force error."""
     import json
 
-    from molconf.data.gfn2_forces import load_force_data
+    from molconf.ground_state.forces import load_force_data
     from molconf.data.load import load_dataset
 
     blob = load_torch_file(checkpoint, what="checkpoint")  # first: a bad checkpoint fails before the data is read
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     import json
 
-    p = argparse.ArgumentParser(prog="python -m molconf.gfn2_prerelax",
+    p = argparse.ArgumentParser(prog="python -m molconf.ground_state.prerelax",
                                 description="Export a trained GFN2-xTB correction checkpoint as a weights file.")
     p.add_argument("checkpoint")
     p.add_argument("--data-dir", required=True, help="the force data it was trained on (molconf gfn2-forces --out)")

@@ -12,7 +12,8 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 
 from molconf import constants as K
-from molconf.data import xtb_build as xb
+from molconf.ground_state import build as xb
+from molconf.ground_state import xtb as xt
 from molconf.data.load import load_dataset, load_dataset_split
 from molconf.data.scaffolds import murcko_scaffold, scaffold_split
 from molconf.data.smiles_source import SmilesSource, moses_data_file, read_smiles_file
@@ -44,11 +45,11 @@ def _embedded(smiles, seed=0):
 
 # --- protocol ---------------------------------------------------------------------------
 def test_protocol_round_trips_and_validates():
-    p = xb.XtbProtocol(num_xtb=2, optimizer="BFGS")
-    assert xb.XtbProtocol.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+    p = xt.XtbProtocol(num_xtb=2, optimizer="BFGS")
+    assert xt.XtbProtocol.from_dict(json.loads(json.dumps(p.to_dict()))) == p
     for bad in ({"optimizer": "SD"}, {"forcefield": "gaff"}, {"fmax": 0}, {"num_xtb": 0}, {"method": "GFN1-xTB"}):
         with pytest.raises(ValueError):
-            xb.XtbProtocol(**bad)
+            xt.XtbProtocol(**bad)
 
 
 # --- one molecule -----------------------------------------------------------------------
@@ -61,16 +62,16 @@ def test_ground_state_of_ethanol(tblite):
     assert 1 <= r.candidates <= r.conformers <= 10
     assert r.energy_hartree == pytest.approx(r.energy_ev / Hartree) and -12 < r.energy_hartree < -11
     # the stored geometry is the one the energy belongs to, and a minimum of it
-    assert xb.gfn2_energy(r.mol) == pytest.approx(r.energy_ev, abs=1e-6)
-    assert xb.bond_changes(r.mol, r.mol.GetConformer().GetPositions()) == []
+    assert xt.gfn2_energy(r.mol) == pytest.approx(r.energy_ev, abs=1e-6)
+    assert xt.bond_changes(r.mol, r.mol.GetConformer().GetPositions()) == []
     start = _embedded("CCO")
-    assert xb.gfn2_energy(start) > r.energy_ev
+    assert xt.gfn2_energy(start) > r.energy_ev
     # SDF properties
     sdf = r.to_sdf_mol()
     assert sdf.GetProp(K.SDF_SOURCE_INDEX) == "7" and sdf.GetProp(K.SDF_SMILES) == "CCO"
     assert float(sdf.GetProp(K.SDF_ENERGY_EH)) == pytest.approx(r.energy_hartree, abs=1e-8)
     assert sdf.GetProp(K.SDF_CONVERGED) == "1" and int(sdf.GetProp(K.SDF_STEPS)) == r.steps
-    assert sdf.GetProp(K.SDF_PROTOCOL) == xb.XtbProtocol().key() != xb.XtbProtocol(fmax=0.01).key()
+    assert sdf.GetProp(K.SDF_PROTOCOL) == xt.XtbProtocol().key() != xt.XtbProtocol(fmax=0.01).key()
 
 
 @pytest.mark.parametrize("smiles, reason", [
@@ -82,10 +83,10 @@ def test_ground_state_of_ethanol(tblite):
     ("[Og]", "element not in GFN2-xTB"),
 ])
 def test_input_is_refused_with_its_reason(smiles, reason):
-    with pytest.raises(xb.XtbError) as info:
+    with pytest.raises(xt.XtbError) as info:
         xb.build_ground_state(smiles, index=3)
     err = info.value
-    assert isinstance(err, MoleculeError) and err.stage == xb.STAGE_INPUT
+    assert isinstance(err, MoleculeError) and err.stage == xt.STAGE_INPUT
     assert err.molecule.startswith("#3") and err.reason.startswith(reason)
     # picklable with its stage (worker processes return it)
     import pickle
@@ -95,15 +96,15 @@ def test_input_is_refused_with_its_reason(smiles, reason):
 
 
 def test_charged_input_built_when_allowed(tblite):
-    r = xb.build_ground_state("[NH4+]", xb.XtbProtocol(allow_charged=True, num_conformers=1))
+    r = xb.build_ground_state("[NH4+]", xt.XtbProtocol(allow_charged=True, num_conformers=1))
     assert r.converged and r.mol.GetNumAtoms() == 5
 
 
 def test_embedding_failure(monkeypatch):
-    monkeypatch.setattr(xb.AllChem, "EmbedMultipleConfs", lambda *a, **k: [])
-    with pytest.raises(xb.XtbError, match="embedding failed") as info:
+    monkeypatch.setattr(xt.AllChem, "EmbedMultipleConfs", lambda *a, **k: [])
+    with pytest.raises(xt.XtbError, match="embedding failed") as info:
         xb.build_ground_state("CCO")
-    assert info.value.stage == xb.STAGE_EMBED
+    assert info.value.stage == xt.STAGE_EMBED
 
 
 def test_scf_failure(tblite, monkeypatch):
@@ -115,72 +116,72 @@ def test_scf_failure(tblite, monkeypatch):
         def calculate(self, *args, **kwargs):
             raise CalculationFailed("SCF did not converge in 250 iterations")
 
-    monkeypatch.setattr(xb, "gfn2_calculator", lambda *a, **k: Failing())
-    with pytest.raises(xb.XtbError, match="SCF failure") as info:
+    monkeypatch.setattr(xt, "gfn2_calculator", lambda *a, **k: Failing())
+    with pytest.raises(xt.XtbError, match="SCF failure") as info:
         xb.build_ground_state("CCO")
-    assert info.value.stage == xb.STAGE_XTB and "250 iterations" in info.value.reason
+    assert info.value.stage == xt.STAGE_XTB and "250 iterations" in info.value.reason
 
 
 def test_not_converged_within_max_steps(tblite):
-    protocol = xb.XtbProtocol(num_conformers=2, num_xtb=1, max_steps=1, fmax=1e-4)
-    with pytest.raises(xb.XtbError, match="not converged") as info:
+    protocol = xt.XtbProtocol(num_conformers=2, num_xtb=1, max_steps=1, fmax=1e-4)
+    with pytest.raises(xt.XtbError, match="not converged") as info:
         xb.build_ground_state("CCO", protocol)
-    assert info.value.stage == xb.STAGE_CONVERGE and "1 steps" in info.value.reason
+    assert info.value.stage == xt.STAGE_CONVERGE and "1 steps" in info.value.reason
 
 
 def test_bond_graph_check():
     m = _embedded("CCO")
     pos = m.GetConformer().GetPositions()
-    assert xb.bond_changes(m, pos) == []
+    assert xt.bond_changes(m, pos) == []
     far = pos.copy()
     far[2] += 2.0 * (pos[2] - pos[1])  # O pulled off its carbon (its H stays behind)
-    assert "broken C1-O2" in xb.bond_changes(m, far)
+    assert "broken C1-O2" in xt.bond_changes(m, far)
     close = pos.copy()
     h_on_o = next(a.GetIdx() for a in m.GetAtomWithIdx(2).GetNeighbors() if a.GetAtomicNum() == 1)
     close[h_on_o] = pos[0] + (pos[0] - pos[1]) / np.linalg.norm(pos[0] - pos[1]) * 1.0  # H onto C0
-    assert any(c.startswith("formed C0-H") for c in xb.bond_changes(m, close))
+    assert any(c.startswith("formed C0-H") for c in xt.bond_changes(m, close))
 
 
 def test_connectivity_change_fails_the_molecule(tblite, monkeypatch):
     def broken(numbers, positions, protocol, charge=0):
         pos = np.array(positions)
         pos[2] += 3.0 * (pos[2] - pos[1])
-        return xb.Gfn2Optimisation(pos, -300.0, True, 5, 0.01)
+        return xt.Gfn2Optimisation(pos, -300.0, True, 5, 0.01)
 
-    monkeypatch.setattr(xb, "gfn2_optimize", broken)
-    with pytest.raises(xb.XtbError, match="connectivity changed") as info:
+    monkeypatch.setattr(xt, "gfn2_optimize", broken)
+    with pytest.raises(xt.XtbError, match="connectivity changed") as info:
         xb.build_ground_state("CCO")
-    assert info.value.stage == xb.STAGE_CONNECTIVITY and "broken C1-O2" in info.value.reason
+    assert info.value.stage == xt.STAGE_CONNECTIVITY and "broken C1-O2" in info.value.reason
 
 
 def test_stereo_check_sees_a_mirror_image():
     m = _embedded("C[C@H](N)O")
     pos = m.GetConformer().GetPositions()
-    assert xb.stereo_changes(m, pos) == []
-    assert xb.stereo_changes(m, pos * np.array([-1.0, 1.0, 1.0])) == ["atom 1: R -> S"]
+    assert xt.stereo_changes(m, pos) == []
+    assert xt.stereo_changes(m, pos * np.array([-1.0, 1.0, 1.0])) == ["atom 1: R -> S"]
 
 
 def test_forcefield_fallbacks_and_candidates():
-    protocol = xb.XtbProtocol(num_conformers=3)
-    boronic = xb.embed_conformers(Chem.AddHs(Chem.MolFromSmiles("OB(O)c1ccccc1")), protocol, "b")
+    protocol = xt.XtbProtocol(num_conformers=3)
+    boronic = xt.embed_conformers(Chem.AddHs(Chem.MolFromSmiles("OB(O)c1ccccc1")), protocol, "b")
     assert not AllChem.MMFFHasAllMoleculeParams(boronic)
-    energies, ff = xb.preoptimize(boronic, protocol)
+    energies, ff = xt.preoptimize(boronic, protocol)
     assert ff == "UFF" and len(energies) == boronic.GetNumConformers()
-    assert xb.preoptimize(boronic, xb.XtbProtocol(forcefield="none")) == (None, "none")
-    assert xb.pick_candidates([4, 5, 6], None, 2, 0.01) == [4, 5]
-    assert xb.pick_candidates([0, 1, 2, 3], [2.0, float("nan"), 1.0, 1.005], 3, 0.01) == [2, 0, 1]
+    assert xt.preoptimize(boronic, xt.XtbProtocol(forcefield="none")) == (None, "none")
+    assert xt.pick_candidates([4, 5, 6], None, 2, 0.01) == [4, 5]
+    assert xt.pick_candidates([0, 1, 2, 3], [2.0, float("nan"), 1.0, 1.005], 3, 0.01) == [2, 0, 1]
 
 
 def test_preoptimize_one_conformer_falls_back_to_uff_then_to_nothing():
     # as predict(relax_with="xtb") uses it on a single predicted conformer
-    assert xb.preoptimize(_embedded("CCO", seed=1), xb.XtbProtocol(ff_max_iters=200))[1] == "MMFF94"
+    assert xt.preoptimize(_embedded("CCO", seed=1), xt.XtbProtocol(ff_max_iters=200))[1] == "MMFF94"
     boron = _embedded("CB(C)C", seed=1)  # MMFF94 has no boron parameters, UFF has
     before = boron.GetConformer().GetPositions()
-    assert xb.preoptimize(boron, xb.XtbProtocol(ff_max_iters=200))[1] == "UFF"
+    assert xt.preoptimize(boron, xt.XtbProtocol(ff_max_iters=200))[1] == "UFF"
     assert not np.allclose(before, boron.GetConformer().GetPositions())
     dummy = _embedded("C*", seed=1)  # neither field has parameters for a dummy atom
     before = dummy.GetConformer().GetPositions()
-    assert xb.preoptimize(dummy, xb.XtbProtocol()) == (None, "none")
+    assert xt.preoptimize(dummy, xt.XtbProtocol()) == (None, "none")
     assert np.array_equal(before, dummy.GetConformer().GetPositions())
 
 
@@ -190,7 +191,7 @@ def test_build_writes_shards_summary_and_failures(built):
     build = root / "build"
     assert summary["complete"] and summary["molecules"] == 5 and summary["succeeded"] == 4
     assert summary["failed_by_stage"] == {"input": 1} and summary["failed_by_reason"] == {"invalid SMILES": 1}
-    assert summary["protocol"] == xb.XtbProtocol().to_dict() and summary["protocol_key"] == xb.XtbProtocol().key()
+    assert summary["protocol"] == xt.XtbProtocol().to_dict() and summary["protocol_key"] == xt.XtbProtocol().key()
     assert json.loads((build / "build.json").read_text())["protocol"] == summary["protocol"]
     assert summary["versions"]["tblite"] and summary["versions"]["rdkit"]
     assert summary["shards"] == {"done": 3, "total": 3}
@@ -229,7 +230,7 @@ def test_resume_after_a_kill_redoes_only_the_missing_shard(tblite, tmp_path, mon
     xb.build_dataset(smiles, tmp_path, workers=1, shard_size=2, progress=False)
     assert calls == []
     with pytest.raises(ValueError, match="another protocol"):
-        xb.build_dataset(smiles, tmp_path, xb.XtbProtocol(fmax=0.01), workers=1, shard_size=2, progress=False)
+        xb.build_dataset(smiles, tmp_path, xt.XtbProtocol(fmax=0.01), workers=1, shard_size=2, progress=False)
 
 
 def test_worker_processes_give_the_same_result(tblite, built, tmp_path):
@@ -260,8 +261,8 @@ def test_a_crashing_worker_costs_its_molecule_not_the_build():
     try:
         results = dict(workers.map_unordered(_crash_on_boom, items))
         assert [results[k] for k in (0, 2, 3)] == ["A", "B", "C"]
-        assert isinstance(results[1], xb.XtbError) and "crashed" in results[1].reason
-        assert results[1].stage == xb.STAGE_XTB and results[1].molecule == "#1 boom"
+        assert isinstance(results[1], xt.XtbError) and "crashed" in results[1].reason
+        assert results[1].stage == xt.STAGE_XTB and results[1].molecule == "#1 boom"
     finally:
         workers.close()
 
@@ -271,7 +272,7 @@ def test_merge_then_prepare_and_load_like_qm9(built, tmp_path):
     root, _, report = built
     dest = root / "moses_xtb"
     sdf = dest / "molecules.sdf.gz"
-    assert report["merged"]["molecules"] == 4 and report["protocol"] == xb.XtbProtocol().to_dict()
+    assert report["merged"]["molecules"] == 4 and report["protocol"] == xt.XtbProtocol().to_dict()
     assert json.loads((dest / "build_report.json").read_text())["split"]["train"] == 4
     assert (dest / "failures.csv").read_text().count("\n") == 2
     with gzip.open(sdf, "rt") as fh:
@@ -290,7 +291,7 @@ def test_merge_then_prepare_and_load_like_qm9(built, tmp_path):
     assert list(store.mol_ids) == [0, 1, 2, 3] and list(store.num_atoms) == [3, 9, 12, 6]
     info = store.manifest["info"]
     assert info["dropped"] == 0 and info["smiles_agreement_exact"] == 1.0
-    assert info["build"]["protocol"] == xb.XtbProtocol().to_dict()
+    assert info["build"]["protocol"] == xt.XtbProtocol().to_dict()
     assert store.manifest["fingerprint"]["dataset"] == "moses_xtb"
     ref = next(iter(Chem.ForwardSDMolSupplier(gzip.open(sdf), removeHs=False)))
     assert np.allclose(store.graph(0).pos, ref.GetConformer().GetPositions(), atol=1e-4)
@@ -384,7 +385,7 @@ def test_restore_refuses_another_protocol_layout_source_or_a_gap(built, tmp_path
     root, _, _ = built
     data = root / "moses_xtb"
     with pytest.raises(ValueError, match="another protocol"):
-        xb.build_dataset(TINY, tmp_path / "p", xb.XtbProtocol(fmax=0.01), workers=1, shard_size=2,
+        xb.build_dataset(TINY, tmp_path / "p", xt.XtbProtocol(fmax=0.01), workers=1, shard_size=2,
                          progress=False, restore_from=data)
     with pytest.raises(ValueError, match="another --shard-size"):
         xb.build_dataset(TINY, tmp_path / "s", workers=1, shard_size=3, progress=False, restore_from=data)

@@ -5,7 +5,7 @@ import pytest
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
-from molconf.data import gfn2_forces as gf
+from molconf.ground_state import forces as gf
 
 
 @pytest.fixture

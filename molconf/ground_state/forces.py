@@ -1,7 +1,7 @@
 """GFN2-xTB and MMFF94 forces on geometries around MMFF94 and GFN2-xTB minima.
 
-The training data of :class:`molconf.models.gfn2_correction.Gfn2Correction`, the learned
-correction that moves an MMFF94 minimum towards the GFN2-xTB one (:mod:`molconf.gfn2_prerelax`).
+The training data of :class:`molconf.ground_state.correction.Gfn2Correction`, the learned
+correction that moves an MMFF94 minimum towards the GFN2-xTB one (:mod:`molconf.ground_state.prerelax`).
 GFN2-xTB's optimiser spends most of its steps from an MMFF94 start on bond lengths and angles
 (``benchmarks/xtb_start_probe.py``), so the samples cover exactly that region, per molecule:
 
@@ -39,7 +39,8 @@ import torch
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
-from molconf.data.xtb_build import XtbProtocol, _atoms, _Workers, _write_atomic
+from molconf.ground_state.build import _Workers, _write_atomic
+from molconf.ground_state.xtb import XtbProtocol, _atoms
 
 KCAL_TO_EV = 0.0433641043  # kcal/mol → eV
 SHARD_SIZE = 250
@@ -222,7 +223,7 @@ class ForceSampleDataset(torch.utils.data.Dataset):
 
 def collate_force_samples(items) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """(flat graph batch, positions (N, 3), target ΔF (N, 3))."""
-    from molconf.models.gfn2_correction import batch_pair_graphs
+    from molconf.ground_state.correction import batch_pair_graphs
 
     graphs, pos, delta = zip(*items)
     return (batch_pair_graphs(list(graphs)), torch.from_numpy(np.concatenate(pos)),

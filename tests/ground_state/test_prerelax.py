@@ -10,12 +10,12 @@ import torch
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
-from molconf.data.gfn2_forces import KCAL_TO_EV, mmff_energy_forces, mmff_forcefield
-from molconf.gfn2_prerelax import CorrectedMMFF, load_correction, prerelax, save_correction
-from molconf.models.gfn2_correction import Gfn2Correction
+from molconf.ground_state.forces import KCAL_TO_EV, mmff_energy_forces, mmff_forcefield
+from molconf.ground_state.prerelax import CorrectedMMFF, load_correction, prerelax, save_correction
+from molconf.ground_state.correction import Gfn2Correction
 
 
-REPO = Path(__file__).parents[1]
+REPO = Path(__file__).parents[2]
 CORRECTION = REPO / "benchmarks" / "results" / "weights" / "moses_xtb_gfn2_correction.pt"
 DIHEDRAL_CORRECTION = REPO / "molconf" / "weights" / "moses_xtb_gfn2_correction_dihedral.pt"  # used by predict
 
@@ -145,7 +145,7 @@ def test_committed_correction_brings_mmff_bonds_and_angles_towards_gfn2(weights)
 def test_held_torsions_stay_near_their_start_while_bonds_still_move():
     from rdkit.Chem import rdMolTransforms
 
-    from molconf.models.gfn2_correction import torsion_quadruples
+    from molconf.ground_state.correction import torsion_quadruples
 
     ref = _shipped_test_minima(8)[-1]
     start = Chem.Mol(ref)

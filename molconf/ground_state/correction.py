@@ -13,8 +13,8 @@ with h a message-passing embedding of the molecular graph and φ two polynomial 
 distance from a per-hop centre plus Gaussian radial functions. With ``dihedrals``, terms in
 cos nφ of every proper torsion (n = 1…3) and in h², h⁴ of the out-of-plane height of every atom
 with three neighbours are added, their coefficients again from the graph. It is fitted to the
-difference of GFN2-xTB and MMFF94 forces (:mod:`molconf.data.gfn2_forces`). Minimising
-MMFF94 + ΔE from an MMFF94 minimum, torsions held (:func:`molconf.gfn2_prerelax.prerelax`),
+difference of GFN2-xTB and MMFF94 forces (:mod:`molconf.ground_state.forces`). Minimising
+MMFF94 + ΔE from an MMFF94 minimum, torsions held (:func:`molconf.ground_state.prerelax.prerelax`),
 brings its bonds and angles closer to GFN2-xTB's, and GFN2-xTB then needs fewer steps
 (``benchmarks/xtb_relax.py --correction``; README, "GFN2-xTB from a prediction").
 
