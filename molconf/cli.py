@@ -5,7 +5,8 @@
 conformers for SMILES or files (:mod:`molconf.predict_cli`). Other subcommands have their own parsers:
 ``molconf baselines`` (RDKit ETKDG / MMFF on a split), ``molconf prepare`` (build a
 data-set cache), ``molconf build-xtb`` (GFN2-xTB ground states from SMILES) and
-``molconf gfn2-forces`` (training data of the learned GFN2-xTB correction of MMFF94).
+``molconf gfn2-forces`` (training data of the learned GFN2-xTB correction of MMFF94) and
+``molconf conformer-energies`` (GFN2-xTB energies of conformer pools, :mod:`molconf.ground_state.energies`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ commands:
   prepare                           build a data-set cache (python -m molconf.data.prepare)
   build-xtb                         GFN2-xTB ground states from SMILES / MOSES (molconf build-xtb --help)
   gfn2-forces                       GFN2-xTB and MMFF94 forces around a data set's minima (trains the GFN2 correction)
+  conformer-energies                GFN2-xTB energies of ETKDG+MMFF94 conformer pools (rankers' data)
   generate | diffusion              sample conformers with a denoiser; generalisation / Jacobian studies
 """
 
@@ -56,6 +58,10 @@ def main(argv: list[str] | None = None) -> None:
         from molconf.ground_state.forces import main as gfn2_forces_main
 
         gfn2_forces_main(rest)
+    elif command == "conformer-energies":
+        from molconf.ground_state.energies import main as energies_main
+
+        energies_main(rest)
     elif command in ("generate", "diffusion"):
         from molconf.diffusion.cli import main as diffusion_main
 

@@ -127,6 +127,9 @@ def _parser() -> argparse.ArgumentParser:
                         "model covering its elements and size; the summary and SDF property molconf_model say which)")
     p.add_argument("--relax", choices=["mmff", "uff", "xtb"],
                    help="optimisation after prediction: a force field, or MMFF94 then GFN2-xTB (needs tblite)")
+    p.add_argument("--search", nargs="?", type=int, const=-1, default=None, metavar="K",
+                   help="conformer search: the prediction and K-1 ETKDG conformers, MMFF94-minimised, ranked by "
+                        "GFN2-xTB single points of the lowest few (needs tblite); --search alone: the default K")
     p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes (e.g. 2 on two cores: faster for long inputs; default 1)")
@@ -146,6 +149,16 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, FileNotFoundError, ValueError, ImportError) as err:  # + model file, sha256, tblite
         print(f"molconf predict: error: {err}", file=sys.stderr)
         return 2
+
+
+def _search_arg(value: int | None) -> bool | int:
+    if value is None:
+        return False
+    if value == -1:
+        return True
+    if value < 1:
+        raise UsageError(f"--search K needs K >= 1, got {value}")
+    return value
 
 
 def _run(args) -> int:
@@ -171,7 +184,8 @@ def _run(args) -> int:
         mols, report = predict(inputs.items, model=args.model, batch_size=args.batch_size, relax_with=args.relax,
                                num_threads=args.threads, fix_stereo=not args.no_fix_stereo,
                                repair_bonds=not args.no_repair_bonds, return_report=True,
-                               progress=len(inputs.items) > 100, precision=args.precision, workers=args.workers)
+                               progress=len(inputs.items) > 100, precision=args.precision, workers=args.workers,
+                               search=_search_arg(args.search))
     for mol, name in zip(mols, inputs.names):
         if mol is not None:
             mol.SetProp("_Name", name)

@@ -96,6 +96,8 @@ class PredictionReport:
     failures: list[Failure] = field(default_factory=list)
     notes: dict[int, list[str]] = field(default_factory=dict)  # index -> remarks (not failures)
     stereo: dict[int, StereoReport] = field(default_factory=dict)
+    # index -> the search's outcome (``search=K``): winning source, candidates, relative energies
+    search: dict[int, dict] = field(default_factory=dict)
 
     def note(self, index: int, text: str) -> None:
         self.notes.setdefault(index, []).append(text)
@@ -383,6 +385,7 @@ def predict(
     progress: bool = False,
     precision: str = "auto",
     workers: int = 1,
+    search: bool | int = False,
 ):
     """Predict one ground-state conformer per molecule.
 
@@ -425,6 +428,14 @@ def predict(
         not available, 1). ``workers=2`` on two cores also runs the per-molecule Python work
         (featurisation, stereo check, relaxation) in parallel; results are the same up to
         float rounding of one vs several torch threads.
+    search : bool or int
+        ``K`` (or ``True`` for :data:`~molconf.ground_state.search.DEFAULT_CANDIDATES`): a
+        conformer search per molecule (:mod:`molconf.ground_state.search`): the prediction and
+        K − 1 ETKDG conformers, each minimised with MMFF94, ranked by GFN2-xTB single points of
+        the lowest few (needs tblite), the lowest returned (then relaxed with ``relax_with`` if
+        given). The report's ``search`` names each molecule's winning source and the
+        candidates' relative energies; a molecule whose search fails keeps the single
+        prediction, with a note. ``False`` (default): the prediction alone.
 
     Returns
     -------
@@ -436,8 +447,9 @@ def predict(
     items = [mols] if single else list(mols)
     if relax_with not in RELAX_METHODS:
         raise ValueError(f"relax_with must be one of {RELAX_METHODS}, got {relax_with!r}")
-    if relax_with == "xtb":  # a missing tblite is one clear error, not one note per molecule
-        from molconf.ground_state.xtb import require_tblite
+    settings = _search_settings(search)
+    if relax_with == "xtb" or (settings is not None and settings.rank == "gfn2"):
+        from molconf.ground_state.xtb import require_tblite  # a missing tblite: one clear error, not one per molecule
 
         require_tblite()
     candidates = resolve_models(model)
@@ -480,7 +492,7 @@ def predict(
         order = sorted((i for i in prepared if chosen[i] is loaded), key=lambda i: prepared[i].GetNumAtoms())
         jobs += [(m, order[s : s + batch_size]) for s in range(0, len(order), batch_size)]
     state = _BatchState(prepared, candidates, relax_with, fix_stereo, report.precision, items, repair_bonds,
-                        forms=forms)
+                        forms=forms, search=settings)
     workers = _usable_workers(workers, len(jobs))
     if workers == 1:
         with _threads(num_threads):
@@ -503,6 +515,54 @@ def predict(
             stacklevel=_caller_level(),
         )
     return (results, report) if return_report else results
+
+
+def _search_settings(search: bool | int):
+    """``predict``'s ``search`` argument as search settings (None: no search)."""
+    if search is None or search is False or (not isinstance(search, bool) and search == 0):
+        return None
+    from molconf.ground_state.search import DEFAULT_CANDIDATES, SearchSettings
+
+    if search is True:
+        return SearchSettings(candidates=DEFAULT_CANDIDATES)
+    if isinstance(search, bool) or not isinstance(search, (int, np.integer)) or search < 1:
+        raise ValueError(f"search must be True, False or a number of candidates >= 1, got {search!r}")
+    return SearchSettings(candidates=int(search))
+
+
+def _search_from(prediction: Chem.Mol, mol: Chem.Mol, i: int, settings, relax_with, report) -> Chem.Mol:
+    """The search's winner for ``mol`` with ``prediction`` as one candidate, relaxed with
+    ``relax_with``; the prediction itself (noted) if the search fails."""
+    from molconf.ground_state.search import search
+
+    try:
+        result = search(mol, settings, network=prediction)
+    except Exception as err:  # RDKit / tblite errors too: the molecule keeps its prediction
+        report.note(i, f"search failed ({' '.join(str(err).split())[:200]}): the single prediction is returned")
+        out = prediction
+    else:
+        out = result.mol
+        report.note(i, result.note())
+        report.search[i] = {"source": result.winner.source, "ranker": result.ranker,
+                            "candidates": len(result.candidates),
+                            "relative_kcal": [None if c.rank_kcal is None else c.rank_kcal - result.winner.rank_kcal
+                                              for c in result.candidates],
+                            "sources": [c.source for c in result.candidates]}
+    if relax_with is not None:
+        note = relax(out, relax_with)
+        if note:
+            report.note(i, note)
+    target = stereo_spec(mol)
+    if target:
+        report.stereo[i] = enforce_stereo(out, target)
+        if report.stereo[i].remaining:
+            report.note(i, "stereo not matched: " + "; ".join(report.stereo[i].remaining))
+    Chem.AssignStereochemistryFrom3D(out)
+    for name in prediction.GetPropNames():
+        out.SetProp(name, prediction.GetProp(name))
+    if i in report.search:
+        out.SetProp("molconf_search_source", report.search[i]["source"])
+    return out
 
 
 def _caller_level() -> int:
@@ -583,6 +643,7 @@ class _BatchState:
     items: list
     repair_bonds: bool = True
     forms: dict[int, Standardized] = field(default_factory=dict)  # charged / salt inputs (index -> form)
+    search: object = None  # SearchSettings, or None for the prediction alone
 
     def run(self, job: tuple[int, list[int]], as_binary: bool = False) -> _BatchOutcome:
         m, idx = job
@@ -606,8 +667,10 @@ class _BatchState:
             if i in self.forms:  # its neutral form was predicted: carry it over to the input's own form
                 mol, coords = self.forms[i].mol, transfer_coordinates(self.forms[i], coords)
             try:
-                out = _finish(mol, coords, i, loaded, self.relax_with, self.fix_stereo, report,
-                              self.repair_bonds)
+                out = _finish(mol, coords, i, loaded, None if self.search else self.relax_with, self.fix_stereo,
+                              report, self.repair_bonds)
+                if self.search is not None:
+                    out = _search_from(out, mol, i, self.search, self.relax_with, report)
             except MoleculeError as err:  # a geometry the bond guard could not make physical
                 report.failures.append(Failure(i, _describe(self.items[i]), err.reason))
                 continue
@@ -644,6 +707,7 @@ def _collect(outcomes, results: list, report: PredictionReport, bar) -> None:
         for i, notes in outcome.report.notes.items():
             report.notes.setdefault(i, []).extend(notes)
         report.stereo.update(outcome.report.stereo)
+        report.search.update(outcome.report.search)
         if bar is not None:
             bar.update(len(outcome.mols) + len(outcome.report.failures))
 

@@ -1,0 +1,232 @@
+"""Conformer search: candidates from several sources, refined with MMFF94, ranked, lowest kept.
+
+A flexible molecule's ground state is a search problem: a single prediction averages over the
+molecule's minima, while a handful of ETKDG conformers, each minimised with MMFF94, nearly
+always holds a conformer close to the GFN2-xTB ground state; what decides is the choice among
+them (issue #24; ``benchmarks/ground_state_anchors.py``). :func:`search` does, per molecule:
+
+1. **candidates** (``settings.candidates`` = K in all): the network's own prediction (when the
+   caller passes it) and ETKDGv3 embeddings (seed ``settings.seed``, one thread) for the rest;
+2. **refine**: every candidate minimised with MMFF94 (``mmff_iters``); candidates whose MMFF94
+   energies agree within ``dedup_kcal`` count once (they are almost always the same minimum);
+3. **rank** (``settings.rank``):
+
+   ``"gfn2"``
+       GFN2-xTB single points (tblite) of the ``gfn2_top`` lowest MMFF94 minima, lowest kept;
+   ``"correction"``
+       MMFF94 + ΔE of the learned GFN2-xTB correction (:mod:`~molconf.ground_state.correction`,
+       the shipped ``moses_xtb_gfn2_correction_dihedral``) at each minimum;
+   ``"mmff"``
+       the lowest MMFF94 energy.
+
+Stereo: ETKDG embeds the stereo the input specifies, the network's candidate arrives already
+checked by ``predict``, and a candidate whose CIP labels differ from the input's after MMFF94
+is dropped. The returned :class:`SearchResult` names the winning source and every candidate's
+energies relative to the winner.
+
+``molconf.predict(mols, search=K)`` calls this with the network's prediction as one candidate
+(``search=True``: :data:`DEFAULT_CANDIDATES`); a molecule whose search fails keeps the single
+prediction, with a note.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from rdkit import Chem
+from rdkit.Chem import AllChem
+
+from molconf.stereo import stereo_spec
+
+RANKERS = ("gfn2", "correction", "mmff")
+DEFAULT_CANDIDATES = 10
+# Not 42, the seed of the moses_xtb build's own ETKDG stream (a search with it would regenerate
+# the reference's candidates), and not 0 (RDKit 2026.09 returns K identical conformers for it).
+DEFAULT_SEED = 7
+EV_TO_KCAL = 23.060548
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Every knob of :func:`search` (see the module docstring)."""
+
+    candidates: int = DEFAULT_CANDIDATES  # K, the network's candidate included
+    seed: int = DEFAULT_SEED  # ETKDGv3 random seed
+    rank: str = "gfn2"  # one of RANKERS
+    gfn2_top: int = 4  # single points on this many lowest-MMFF94 minima ("gfn2" only)
+    mmff_iters: int = 500
+    dedup_kcal: float = 0.05  # MMFF94 energies closer than this: the same minimum
+
+    def __post_init__(self):
+        if self.rank not in RANKERS:
+            raise ValueError(f"rank must be one of {RANKERS}, not {self.rank!r}")
+        if self.candidates < 1 or self.gfn2_top < 1:
+            raise ValueError("candidates and gfn2_top must be >= 1")
+        if self.seed == 0:
+            raise ValueError("seed 0 makes RDKit embed identical conformers; use another seed")
+
+
+@dataclass
+class Candidate:
+    """One refined candidate: where it came from and its energies (kcal/mol; None: not computed)."""
+
+    source: str  # "network" or "etkdg"
+    conf_id: int
+    mmff_kcal: float
+    rank_kcal: float | None = None  # the ranker's energy (GFN2-xTB, MMFF94 + ΔE, or MMFF94)
+
+
+@dataclass
+class SearchResult:
+    """The molecule with the winning conformer (its only one) and what the search saw."""
+
+    mol: Chem.Mol
+    winner: Candidate
+    candidates: list[Candidate] = field(default_factory=list)  # unique minima, ranked ones first
+    ranker: str = "gfn2"
+
+    def note(self) -> str:
+        ranked = sorted(c.rank_kcal - self.winner.rank_kcal for c in self.candidates
+                        if c.rank_kcal is not None and c is not self.winner)
+        rel = ", ".join(f"{e:+.2f}" for e in ranked[:5])
+        n_ranked = sum(c.rank_kcal is not None for c in self.candidates)
+        return (f"search: {len(self.candidates)} unique MMFF94 minima, {n_ranked} ranked by {self.ranker}; winner from "
+                f"{self.winner.source}" + (f"; next lowest {rel} kcal/mol" if rel else ""))
+
+
+def etkdg_candidates(mol: Chem.Mol, n: int, seed: int) -> Chem.Mol:
+    """``mol`` (explicit H) with up to ``n`` ETKDGv3 conformers (one thread), no others."""
+    m = Chem.Mol(mol)
+    m.RemoveAllConformers()
+    if n <= 0:
+        return m
+    params = AllChem.ETKDGv3()
+    params.randomSeed = seed
+    params.numThreads = 1
+    if not list(AllChem.EmbedMultipleConfs(m, n, params)):
+        params.useRandomCoords = True
+        AllChem.EmbedMultipleConfs(m, n, params)
+    return m
+
+
+def mmff_minimise(mol: Chem.Mol, max_iters: int = 500) -> list[float] | None:
+    """MMFF94-minimise every conformer in place: energies (kcal/mol; inf where the minimiser
+    failed), or None when MMFF94 has no parameters for the molecule."""
+    if not AllChem.MMFFHasAllMoleculeParams(mol):
+        return None
+    res = AllChem.MMFFOptimizeMoleculeConfs(mol, numThreads=1, maxIters=max_iters)
+    return [e if not_conv in (0, 1) else float("inf") for not_conv, e in res]
+
+
+def unique_minima(energies: list[float], dedup_kcal: float) -> list[int]:
+    """Positions of the minima kept, lowest energy first: one per group of energies within
+    ``dedup_kcal`` of the last kept (infinite energies dropped).
+
+    >>> unique_minima([1.0, 0.0, 0.02, 5.0, float("inf")], 0.05)
+    [1, 0, 3]
+    """
+    order = [i for i in np.argsort(energies, kind="stable").tolist() if np.isfinite(energies[i])]
+    kept: list[int] = []
+    for i in order:
+        if not kept or energies[i] - energies[kept[-1]] > dedup_kcal:
+            kept.append(i)
+    return kept
+
+
+def gfn2_single_points(mol: Chem.Mol, conf_ids: list[int]) -> list[float]:
+    """GFN2-xTB energies (kcal/mol; inf where the SCF failed) at the given conformers."""
+    from molconf.ground_state.xtb import XtbProtocol, gfn2_energy
+
+    protocol = XtbProtocol()
+    out = []
+    for cid in conf_ids:
+        try:
+            out.append(gfn2_energy(mol, protocol, conf_id=cid) * EV_TO_KCAL)
+        except RuntimeError:
+            out.append(float("inf"))
+    return out
+
+
+def corrected_energies(mol: Chem.Mol, conf_ids: list[int], model=None) -> list[float] | None:
+    """MMFF94 + ΔE of the learned correction (kcal/mol) at the given conformers; None when the
+    correction does not cover the molecule's elements or MMFF94 has no parameters."""
+    import torch
+
+    from molconf.ground_state.correction import batch_pair_graphs
+    from molconf.ground_state.forces import KCAL_TO_EV, mmff_forcefield
+    from molconf.ground_state.prerelax import DEFAULT_CORRECTION, read_correction
+
+    model = read_correction(DEFAULT_CORRECTION) if model is None else model
+    known = getattr(model, "trained_elements", ())
+    if known and any(a.GetAtomicNum() not in known for a in mol.GetAtoms()):
+        return None
+    ff = mmff_forcefield(mol, conf_ids[0]) if conf_ids else None
+    if ff is None:
+        return None
+    batch = batch_pair_graphs([model.graph(mol)])
+    out = []
+    with torch.no_grad():
+        coefficients = model.coefficients(batch)
+        for cid in conf_ids:
+            pos = mol.GetConformer(cid).GetPositions()
+            de = float(model.energy(torch.from_numpy(pos), coefficients, batch).sum()) / KCAL_TO_EV
+            out.append(ff.CalcEnergy(pos.reshape(-1).tolist()) + de)
+    return out
+
+
+def rank_energies(mol: Chem.Mol, conf_ids: list[int], mmff_kcal: list[float], rank: str,
+                  gfn2_top: int) -> list[float | None]:
+    """The ranker's energy per conformer (kcal/mol), None where it was not computed (for
+    ``"gfn2"``: beyond the ``gfn2_top`` lowest MMFF94 energies; ``conf_ids`` come lowest first)."""
+    if rank == "mmff":
+        return list(mmff_kcal)
+    if rank == "correction":
+        energies = corrected_energies(mol, conf_ids)
+        return list(mmff_kcal) if energies is None else energies
+    top = conf_ids[:gfn2_top]
+    return gfn2_single_points(mol, top) + [None] * (len(conf_ids) - len(top))
+
+
+def search(mol: Chem.Mol, settings: SearchSettings = SearchSettings(), network: Chem.Mol | None = None) -> SearchResult:
+    """The lowest-ranked of ``settings.candidates`` refined conformers of ``mol`` (explicit H).
+
+    ``network``: the network's prediction for ``mol`` (same atoms; its first conformer is a
+    candidate). Raises ``ValueError`` naming the reason when no candidate survives (no MMFF94
+    parameters, no embedding, every candidate's stereo wrong); the caller keeps its prediction.
+
+    >>> m = Chem.AddHs(Chem.MolFromSmiles("CCCCO"))
+    >>> r = search(m, SearchSettings(candidates=4, rank="mmff"))
+    >>> r.mol.GetNumConformers(), r.winner.source
+    (1, 'etkdg')
+    """
+    n_network = 1 if network is not None and network.GetNumConformers() else 0
+    pool = etkdg_candidates(mol, settings.candidates - n_network, settings.seed)
+    sources = ["etkdg"] * pool.GetNumConformers()
+    if n_network:
+        conf = Chem.Conformer(network.GetConformer())
+        pool.AddConformer(conf, assignId=True)
+        sources.append("network")
+    if pool.GetNumConformers() == 0:
+        raise ValueError("no candidate conformer: ETKDG embedded none")
+    energies = mmff_minimise(pool, settings.mmff_iters)
+    if energies is None:
+        raise ValueError("no MMFF94 parameters for the molecule")
+    ids = [c.GetId() for c in pool.GetConformers()]
+    spec = stereo_spec(mol)
+    for i, cid in enumerate(ids):  # a candidate whose stereo moved is not a conformer of this molecule
+        if spec.mismatches(pool.GetConformer(cid).GetPositions()):
+            energies[i] = float("inf")
+    keep = unique_minima(energies, settings.dedup_kcal)
+    if not keep:
+        raise ValueError("no candidate kept the input's stereo after MMFF94 minimisation")
+    kept_ids = [ids[i] for i in keep]
+    ranked = rank_energies(pool, kept_ids, [energies[i] for i in keep], settings.rank, settings.gfn2_top)
+    cands = [Candidate(sources[i], ids[i], energies[i], r) for i, r in zip(keep, ranked)]
+    scored = [c for c in cands if c.rank_kcal is not None and np.isfinite(c.rank_kcal)]
+    winner = min(scored, key=lambda c: c.rank_kcal) if scored else cands[0]
+    if winner.rank_kcal is None or not np.isfinite(winner.rank_kcal):
+        winner.rank_kcal = winner.mmff_kcal
+    out = Chem.Mol(pool, confId=winner.conf_id)
+    out.GetConformer().SetId(0)
+    return SearchResult(out, winner, cands, settings.rank)

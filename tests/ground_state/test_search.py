@@ -1,0 +1,194 @@
+"""The conformer search, its pool data and the rankers' scores: against slow, obvious references."""
+
+import itertools
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rdkit import Chem
+from rdkit.Chem import AllChem
+
+from molconf import constants as K
+from molconf.ground_state import energies as E
+from molconf.ground_state import ranking as R
+from molconf.ground_state import search as S
+from molconf.data.moses_xtb import iter_sdf_records
+
+REPO = Path(__file__).parents[2]
+SAMPLE = REPO / "datasets" / "reference" / "moses_xtb_test_sample.sdf"
+
+
+@pytest.fixture
+def tblite():
+    return pytest.importorskip("tblite")
+
+
+def _unique_minima_by_hand(energies, dedup):
+    """Slow reference: walk the energies in sorted order, keep one per group within ``dedup``."""
+    finite = sorted((e, i) for i, e in enumerate(energies) if np.isfinite(e))
+    kept, last = [], None
+    for e, i in finite:
+        if last is None or e - last > dedup:
+            kept.append(i)
+            last = e
+    return kept
+
+
+def test_unique_minima_matches_the_obvious_walk():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        e = np.round(rng.normal(0, 1, rng.integers(1, 12)), 2).tolist()
+        if rng.random() < 0.3:
+            e[0] = float("inf")
+        assert S.unique_minima(e, 0.05) == _unique_minima_by_hand(e, 0.05)
+
+
+def test_settings_refuse_the_identical_conformer_seed_and_unknown_rankers():
+    with pytest.raises(ValueError, match="identical"):
+        S.SearchSettings(seed=0)
+    with pytest.raises(ValueError, match="rank"):
+        S.SearchSettings(rank="energy")
+    with pytest.raises(ValueError, match="42"):
+        E.PoolSettings(seed=42)
+
+
+def test_mmff_search_returns_the_lowest_mmff_minimum_with_the_input_stereo():
+    mol = Chem.AddHs(Chem.MolFromSmiles("C[C@@H](O)CC[C@H](N)CC=C"))
+    r = S.search(mol, S.SearchSettings(candidates=8, rank="mmff"))
+    assert r.mol.GetNumConformers() == 1 and r.mol.GetNumAtoms() == mol.GetNumAtoms()
+    assert r.winner.mmff_kcal == min(c.mmff_kcal for c in r.candidates)
+    # the same candidates by hand: ETKDG seed 7, MMFF94, the lowest energy
+    by_hand = Chem.Mol(mol)
+    p = AllChem.ETKDGv3()
+    p.randomSeed, p.numThreads = 7, 1
+    AllChem.EmbedMultipleConfs(by_hand, 8, p)
+    lowest = min(e for _, e in AllChem.MMFFOptimizeMoleculeConfs(by_hand, maxIters=500))
+    assert r.winner.mmff_kcal == pytest.approx(lowest, abs=1e-6)
+    assert not S.stereo_spec(mol).mismatches(r.mol.GetConformer().GetPositions())
+    ff = AllChem.MMFFGetMoleculeForceField(r.mol, AllChem.MMFFGetMoleculeProperties(r.mol))
+    assert ff.CalcEnergy() == pytest.approx(r.winner.mmff_kcal, abs=1e-4)
+
+
+def test_network_candidate_takes_part_and_wrong_stereo_candidates_do_not():
+    mol = Chem.AddHs(Chem.MolFromSmiles("C[C@@H](O)CC"))
+    mirror = Chem.Mol(mol)
+    AllChem.EmbedMolecule(mirror, randomSeed=3)
+    mirror.GetConformer().SetPositions(mirror.GetConformer().GetPositions() * [-1, 1, 1])  # wrong hand
+    r = S.search(mol, S.SearchSettings(candidates=3, rank="mmff"), network=mirror)
+    assert "network" not in [c.source for c in r.candidates]  # dropped: its stereo is not the input's
+    right = Chem.Mol(mol)
+    AllChem.EmbedMolecule(right, randomSeed=3)
+    r = S.search(mol, S.SearchSettings(candidates=1, rank="mmff"), network=right)
+    assert r.winner.source == "network"
+
+
+def test_search_names_why_it_failed():
+    mol = Chem.AddHs(Chem.MolFromSmiles("C[Se]C"))  # no MMFF94 parameters? then said so
+    if AllChem.MMFFHasAllMoleculeParams(mol):
+        pytest.skip("MMFF94 covers this molecule in this RDKit")
+    with pytest.raises(ValueError, match="MMFF94"):
+        S.search(mol, S.SearchSettings(candidates=2, rank="mmff"))
+
+
+def test_gfn2_ranking_picks_the_lowest_single_point_of_the_lowest_minima(tblite):
+    from molconf.ground_state.xtb import XtbProtocol, gfn2_energy
+
+    mol = Chem.AddHs(Chem.MolFromSmiles("OCCCCO"))
+    r = S.search(mol, S.SearchSettings(candidates=6, rank="gfn2", gfn2_top=3))
+    ranked = [c for c in r.candidates if c.rank_kcal is not None]
+    assert len(ranked) == min(3, len(r.candidates))
+    assert r.winner.rank_kcal == min(c.rank_kcal for c in ranked)
+    assert r.winner.rank_kcal == pytest.approx(gfn2_energy(r.mol, XtbProtocol()) * S.EV_TO_KCAL, abs=1e-6)
+
+
+def _read(record):
+    supplier = Chem.SDMolSupplier()
+    supplier.SetData(record, removeHs=False)
+    return supplier[0]
+
+
+def _small_split(tmp_path, n=3):
+    records = list(itertools.islice(iter_sdf_records(SAMPLE), 40))
+    mols = [_read(r) for r in records]
+    picked = np.argsort([m.GetNumAtoms() for m in mols])[:n]  # the smallest: a quick GFN2-xTB
+    sdf = tmp_path / "molecules.sdf"
+    sdf.write_text("".join(records[i] for i in picked))
+    ids = [int(mols[i].GetProp(K.SDF_SOURCE_INDEX)) for i in picked]
+    np.save(tmp_path / "split_test.npy", np.asarray(ids))
+    return sdf, ids
+
+
+def test_pools_resume_and_store_what_a_direct_computation_gives(tblite, tmp_path, monkeypatch):
+    from molconf.ground_state.xtb import XtbProtocol, gfn2_energy
+    from molconf.metrics import mol_with_coords
+
+    sdf, ids = _small_split(tmp_path)
+    settings = E.PoolSettings(conformers=3)
+    out = tmp_path / "pools"
+    E.build_pools("test", out, settings, sdf=sdf, progress=False)
+    pools, failures = E.load_pools(out)
+    assert sorted(p.index for p in pools) + [i for i, _ in failures] == sorted(ids) or not failures
+    ref = {int(m.GetProp(K.SDF_SOURCE_INDEX)): m for m in Chem.SDMolSupplier(str(sdf), removeHs=False)}
+    p = pools[0]
+    mol = mol_with_coords(ref[p.index], p.pos[1])
+    assert p.e_gfn2[1] == pytest.approx(gfn2_energy(mol, XtbProtocol()) * S.EV_TO_KCAL, abs=1e-3)  # float32 positions
+    ff = AllChem.MMFFGetMoleculeForceField(mol, AllChem.MMFFGetMoleculeProperties(mol))
+    assert p.e_mmff[1] == pytest.approx(ff.CalcEnergy(), abs=1e-2)
+    calls = []
+    monkeypatch.setattr(E, "molecule_pool", lambda *a: calls.append(a) or (a[0], "should not run"))
+    E.build_pools("test", out, settings, sdf=sdf, progress=False)  # every shard exists: nothing recomputed
+    assert calls == []
+    with pytest.raises(ValueError, match="other settings"):
+        E.build_pools("test", out, E.PoolSettings(conformers=4), sdf=sdf, progress=False)
+    assert json.loads((out / "summary.json").read_text())["molecules"] == len(pools)
+
+
+def _pool(index, e_mmff, e_gfn2, rmsd):
+    k = len(e_mmff)
+    return E.Pool(index, 0.0, np.zeros((k, 2, 3)), np.asarray(e_mmff, float), np.asarray(e_gfn2, float),
+                  np.ones(k, bool), np.asarray(rmsd, float))
+
+
+def test_ranker_scores_on_pools_made_by_hand():
+    pools = [_pool(0, [0, 1, 2, 3], [3, 2, 1, 0], [0.9, 0.8, 0.7, 0.1]),
+             _pool(1, [0, 1, 2, 3], [0, 1, 2, 3], [0.2, 0.8, 0.9, 1.0])]
+    rows = {r["ranker"]: r for r in R.score_rankers(pools, {}, {k: R.RANKERS[k] for k in
+                                                                ("mmff", "gfn2", "gfn2_top2", "oracle")})}
+    assert rows["gfn2"]["spearman"] == pytest.approx(1.0) and rows["gfn2"]["top1"] == 1.0
+    assert rows["mmff"]["spearman"] == pytest.approx(0.0)  # -1 and +1
+    assert rows["mmff"]["top1"] == 0.5 and rows["mmff"]["c_rmsd"] == pytest.approx((0.9 + 0.2) / 2)
+    assert rows["gfn2_top2"]["c_rmsd"] == pytest.approx((0.8 + 0.2) / 2)  # only the 2 lowest MMFF get a single point
+    assert rows["oracle"]["c_rmsd"] == pytest.approx((0.1 + 0.2) / 2) and rows["oracle"]["under_05"] == 1.0
+    assert rows["gfn2_top2"]["gfn2_per_mol"] == 2 and rows["gfn2"]["gfn2_per_mol"] == 4
+
+
+def test_predict_search_from_a_fresh_interpreter_keeps_good_molecules_beside_bad():
+    code = textwrap.dedent("""
+        import warnings, molconf
+        for attempt in range(2):
+            with warnings.catch_warnings(record=True) as w:
+                warnings.simplefilter("always")
+                mols, rep = molconf.predict(["CC(=O)Nc1ccc(O)cc1", "C1=CC=CN1(", "OCC[C@@H](N)CCCC"],
+                                            search=4, return_report=True)
+            assert mols[1] is None and "C1=CC=CN1(" in str(w[0].message)
+            for i in (0, 2):
+                m = mols[i]
+                assert m.GetNumConformers() == 1 and m.GetProp("molconf_search_source") in ("network", "etkdg")
+                assert rep.search[i]["candidates"] >= 1 and min(x for x in rep.search[i]["relative_kcal"] if x is not None) == 0
+            assert not rep.stereo[2].remaining
+        try:
+            molconf.predict("CCO", search=-3)
+        except ValueError as err:
+            assert "search" in str(err)
+        else:
+            raise AssertionError("search=-3 accepted")
+        print("ok")
+    """)
+    pytest.importorskip("tblite")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
