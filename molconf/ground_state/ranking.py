@@ -65,13 +65,7 @@ def gfn2_top(k: int) -> Callable[[Pool, Chem.Mol | None], np.ndarray]:
 
 def correction(pool: Pool, mol: Chem.Mol | None = None) -> np.ndarray:
     """MMFF94 + ΔE of the shipped correction; MMFF94 alone where it does not apply."""
-    from molconf.ground_state.search import corrected_energies
-
-    m = mol_with_coords(mol, pool.pos[0])
-    for x in pool.pos[1:]:
-        m.AddConformer(mol_with_coords(mol, x).GetConformer(), assignId=True)
-    e = corrected_energies(m, [c.GetId() for c in m.GetConformers()])
-    return pool.e_mmff.copy() if e is None else np.asarray(e)
+    return learned(None)(pool, mol)
 
 
 def oracle(pool: Pool, mol: Chem.Mol | None = None) -> np.ndarray:
@@ -79,9 +73,9 @@ def oracle(pool: Pool, mol: Chem.Mol | None = None) -> np.ndarray:
 
 
 RANKERS: dict[str, Callable] = {"first": first, "mmff": mmff, "correction": correction,
-                                "gfn2_top2": gfn2_top(2), "gfn2_top4": gfn2_top(4), "gfn2": gfn2,
+                                "gfn2_top2": gfn2_top(2), "gfn2_top3": gfn2_top(3), "gfn2_top4": gfn2_top(4), "gfn2": gfn2,
                                 "oracle": oracle}
-_GFN2_COST = {"gfn2_top2": 2, "gfn2_top4": 4}
+_GFN2_COST = {"gfn2_top2": 2, "gfn2_top3": 3, "gfn2_top4": 4}
 
 
 def score_rankers(pools: Sequence[Pool], mols: dict[int, Chem.Mol], rankers: dict[str, Callable] = RANKERS) -> list[dict]:
@@ -105,3 +99,110 @@ def score_rankers(pools: Sequence[Pool], mols: dict[int, Chem.Mol], rankers: dic
                      "top1": float(np.mean(hit)), "c_rmsd": float(rmsd.mean()), "under_05": float((rmsd < 0.5).mean()),
                      "gfn2_per_mol": float(np.mean(cost))})
     return rows
+
+
+# --------------------------------------------------------------------------- a learned ranker
+TARGETS = ("energy", "ground_state")
+RMSD_TEMPERATURE = 0.1  # Å: how sharply the "ground_state" target prefers the conformer nearest the reference
+SCORE_TEMPERATURE = 1.0  # kcal/mol: softmax scale of the scores in the "ground_state" loss
+
+
+def _prepared(pools: Sequence[Pool], mols: dict[int, Chem.Mol], model) -> list[tuple]:
+    """Per usable pool: (graph batch, positions (K', N, 3), MMFF94 energies (K',) kcal/mol, GFN2-xTB
+    single points (K',) kcal/mol, C-RMSD to the reference (K',)) over its stereo-correct conformers
+    with finite energies; molecules outside the model's elements skipped."""
+    import torch
+
+    from molconf.ground_state.correction import batch_pair_graphs
+
+    known = getattr(model, "trained_elements", ())
+    out = []
+    for p in pools:
+        mol = mols.get(p.index)
+        ok = p.stereo_ok & np.isfinite(p.e_gfn2) & np.isfinite(p.e_mmff)
+        if mol is None or ok.sum() < 2 or (known and any(a.GetAtomicNum() not in known for a in mol.GetAtoms())):
+            continue
+        out.append((batch_pair_graphs([model.graph(mol)]), *(torch.from_numpy(np.asarray(a[ok], np.float64))
+                                                              for a in (p.pos, p.e_mmff, p.e_gfn2, p.rmsd_ref))))
+    return out
+
+
+def _loss(model, item, target: str):
+    """``"energy"``: MSE (kcal/mol²) of the within-molecule differences of MMFF94 + ΔE against
+    GFN2-xTB's (a constant per molecule is free). ``"ground_state"``: cross-entropy of a softmax over
+    −(MMFF94 + ΔE) against one over −C-RMSD to the reference ground state (the pool's conformers
+    nearest the data set's GFN2-xTB ground state should score lowest)."""
+    import torch
+
+    from molconf.ground_state.forces import KCAL_TO_EV
+
+    batch, pos, e_mmff, e_gfn2, rmsd = item  # pos (K', N, 3); the rest (K',)
+    coefficients = model.coefficients(batch)
+    score = e_mmff + torch.stack([model.energy(x, coefficients, batch)[0] for x in pos]) / KCAL_TO_EV  # (K',) kcal/mol
+    if target == "energy":
+        d = (score - score.mean()) - (e_gfn2 - e_gfn2.mean())
+        return (d**2).mean()
+    want = torch.softmax(-rmsd / RMSD_TEMPERATURE, 0)
+    return -(want * torch.log_softmax(-(score - score.min().detach()) / SCORE_TEMPERATURE, 0)).sum()
+
+
+def fit_ranker(train: Sequence[Pool], mols: dict[int, Chem.Mol], base, target: str = "energy", epochs: int = 10,
+               lr: float = 1e-4, val_fraction: float = 0.1, seed: int = 0, log=print):
+    """The correction ``base`` fine-tuned as a ranker: MMFF94 + ΔE trained on the training pools with
+    the loss of ``target`` (:func:`_loss`). Returns ``(model, history)``; the epoch with the lowest loss
+    on the held-out ``val_fraction`` of the molecules is kept."""
+    import copy
+
+    import torch
+
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
+    torch.manual_seed(seed)
+    model = copy.deepcopy(base).double()
+    items = _prepared(train, mols, model)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(items))
+    n_val = max(1, int(len(items) * val_fraction))
+    val, fit = [items[i] for i in order[:n_val]], [items[i] for i in order[n_val:]]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+
+    def val_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            return float(np.mean([float(_loss(model, it, target)) for it in val]))
+
+    best = (val_loss(), copy.deepcopy(model.state_dict()), 0)
+    history = [{"epoch": 0, "val": best[0]}]
+    log(f"ranker ({target}): {len(fit)} training / {len(val)} validation pools; epoch 0 val loss {best[0]:.4f}")
+    for epoch in range(1, epochs + 1):
+        model.train()
+        losses = []
+        for i in rng.permutation(len(fit)):
+            opt.zero_grad()
+            loss = _loss(model, fit[i], target)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        v = val_loss()
+        history.append({"epoch": epoch, "train": float(np.mean(losses)), "val": v})
+        log(f"epoch {epoch}: train {np.mean(losses):.4f}, val {v:.4f}")
+        if v < best[0]:
+            best = (v, copy.deepcopy(model.state_dict()), epoch)
+    model.load_state_dict(best[1])
+    model.trained_elements = getattr(base, "trained_elements", ())
+    return model.eval(), history + [{"best_epoch": best[2]}]
+
+
+def learned(model) -> Callable[[Pool, Chem.Mol | None], np.ndarray]:
+    """MMFF94 + ΔE of a fitted ranker (:func:`fit_ranker`), as a ranker of pools."""
+    from molconf.ground_state.search import corrected_energies
+
+    def rank(pool: Pool, mol: Chem.Mol | None = None) -> np.ndarray:
+        m = mol_with_coords(mol, pool.pos[0])
+        for x in pool.pos[1:]:
+            m.AddConformer(mol_with_coords(mol, x).GetConformer(), assignId=True)
+        e = corrected_energies(m, [c.GetId() for c in m.GetConformers()], model)
+        return pool.e_mmff.copy() if e is None else np.asarray(e)
+
+    rank.__name__ = "learned" if model is not None else "correction"
+    return rank

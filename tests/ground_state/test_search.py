@@ -192,3 +192,32 @@ def test_predict_search_from_a_fresh_interpreter_keeps_good_molecules_beside_bad
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
+
+
+def test_fit_ranker_learns_a_known_energy_ordering():
+    """Pools whose 'GFN2-xTB' energies are MMFF94 plus a known function of one distance: the fitted
+    ranker must order them better than MMFF94 alone, and the ground-state target must run."""
+    from molconf.ground_state.correction import Gfn2Correction
+
+    mol = Chem.AddHs(Chem.MolFromSmiles("OCCCCO"))
+    pools, mols = [], {}
+    for index, seed in enumerate((1, 2, 3, 4)):
+        m = Chem.Mol(mol)
+        p = AllChem.ETKDGv3()
+        p.randomSeed = seed
+        AllChem.EmbedMultipleConfs(m, 8, p)
+        e_mmff = np.array([e for _, e in AllChem.MMFFOptimizeMoleculeConfs(m, maxIters=500)])
+        pos = np.stack([c.GetPositions() for c in m.GetConformers()])
+        r_oo = np.linalg.norm(pos[:, 0] - pos[:, 5], axis=1)  # the two O atoms
+        e_gfn2 = e_mmff + 3.0 * r_oo  # favours the O···O contact
+        pools.append(E.Pool(index, 0.0, pos, e_mmff, e_gfn2, np.ones(len(pos), bool), r_oo - r_oo.min()))
+        mols[index] = mol
+    base = Gfn2Correction(hidden=16, layers=1, max_hops=3)
+    before = R.score_rankers(pools, mols, {"mmff": R.mmff})[0]["spearman"]
+    model, history = R.fit_ranker(pools, mols, base, target="energy", epochs=30, lr=3e-3, val_fraction=0.25,
+                                  log=lambda *_: None)
+    after = R.score_rankers(pools, mols, {"learned": R.learned(model)})[0]["spearman"]
+    assert history[-1]["best_epoch"] > 0 and after > before
+    model, _ = R.fit_ranker(pools, mols, base, target="ground_state", epochs=2, log=lambda *_: None)
+    with pytest.raises(ValueError, match="target"):
+        R.fit_ranker(pools, mols, base, target="rmsd")
