@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from molconf.ground_state.prerelax import DEFAULT_CORRECTION, read_correction, save_correction
-    from molconf.ground_state.ranking import RANKERS, TARGETS, fit_ranker, learned, score_rankers
+    from molconf.ground_state.ranking import RANKERS, TARGETS, among_lowest_mmff, fit_ranker, learned, score_rankers
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pools", type=Path, default=Path("runs/pools/test"))
@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
 
     mols = molecules(meta["split"])
     rankers = {k: RANKERS[k] for k in args.rankers}
+    if "correction" in rankers:
+        rankers["correction, 3 lowest MMFF"] = among_lowest_mmff(3, rankers["correction"])
     fitted = {}
     if args.train_pools:
         train, _ = load_pools(args.train_pools)
@@ -67,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
             fitted[target] = {"history": history, "fit_cpu_s": time.process_time() - t,
                               "train_pools": len(train), "epochs": args.epochs, "lr": args.lr}
             rankers[f"learned ({target})"] = learned(model)
+            rankers[f"learned ({target}), 3 lowest MMFF"] = among_lowest_mmff(3, learned(model))
             if args.save_dir:
                 args.save_dir.mkdir(parents=True, exist_ok=True)
                 save_correction(model.float(), args.save_dir / f"ranker_{target}.pt",

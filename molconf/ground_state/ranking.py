@@ -47,20 +47,26 @@ def gfn2(pool: Pool, mol: Chem.Mol | None = None) -> np.ndarray:
     return pool.e_gfn2.copy()
 
 
-def gfn2_top(k: int) -> Callable[[Pool, Chem.Mol | None], np.ndarray]:
-    """Single points of the ``k`` lowest MMFF94 minima (deduplicated at 0.05 kcal/mol, as the
-    search does); the others rank after them, by MMFF94."""
+def among_lowest_mmff(k: int, inner: Callable, name: str | None = None) -> Callable[[Pool, Chem.Mol | None], np.ndarray]:
+    """``inner``'s scores for the ``k`` lowest MMFF94 minima (deduplicated at 0.05 kcal/mol, as the
+    search does); the others rank after them, by MMFF94. The moses_xtb protocol itself relaxed only
+    its three lowest MMFF94 minima."""
     from molconf.ground_state.search import unique_minima
 
     def rank(pool: Pool, mol: Chem.Mol | None = None) -> np.ndarray:
         e = np.where(pool.stereo_ok, pool.e_mmff, np.inf)
         top = unique_minima(e.tolist(), 0.05)[:k]
-        score = 1e6 + pool.e_mmff  # after every single point
-        score[top] = pool.e_gfn2[top]
+        score = 1e6 + pool.e_mmff  # after every ranked one
+        score[top] = inner(pool, mol)[top]
         return score
 
-    rank.__name__ = f"gfn2_top{k}"
+    rank.__name__ = name or f"{inner.__name__}_top{k}"
     return rank
+
+
+def gfn2_top(k: int) -> Callable[[Pool, Chem.Mol | None], np.ndarray]:
+    """Single points of the ``k`` lowest MMFF94 minima, what the search's ``"gfn2"`` ranking does."""
+    return among_lowest_mmff(k, gfn2)
 
 
 def correction(pool: Pool, mol: Chem.Mol | None = None) -> np.ndarray:

@@ -9,13 +9,17 @@ them (issue #24; ``benchmarks/ground_state_anchors.py``). :func:`search` does, p
    caller passes it) and ETKDGv3 embeddings (seed ``settings.seed``, one thread) for the rest;
 2. **refine**: every candidate minimised with MMFF94 (``mmff_iters``); candidates whose MMFF94
    energies agree within ``dedup_kcal`` count once (they are almost always the same minimum);
-3. **rank** (``settings.rank``):
+3. **rank** (``settings.rank``) the ``top`` lowest MMFF94 minima (the moses_xtb protocol, too,
+   takes its three lowest further):
 
    ``"gfn2"``
-       GFN2-xTB single points (tblite) of the ``gfn2_top`` lowest MMFF94 minima, lowest kept;
+       GFN2-xTB single points (tblite), lowest kept;
+   ``"learned"``
+       MMFF94 + ΔE of the learned ranker (``molconf/weights/moses_xtb_gfn2_ranker.pt``: the
+       GFN2-xTB correction fine-tuned on GFN2-xTB energies of conformer pools,
+       :func:`~molconf.ground_state.ranking.fit_ranker`): no quantum chemistry at all;
    ``"correction"``
-       MMFF94 + ΔE of the learned GFN2-xTB correction (:mod:`~molconf.ground_state.correction`,
-       the shipped ``moses_xtb_gfn2_correction_dihedral``) at each minimum;
+       MMFF94 + ΔE of the shipped GFN2-xTB correction (:mod:`~molconf.ground_state.correction`);
    ``"mmff"``
        the lowest MMFF94 energy.
 
@@ -32,6 +36,7 @@ prediction, with a note.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from rdkit import Chem
@@ -39,7 +44,8 @@ from rdkit.Chem import AllChem
 
 from molconf.stereo import stereo_spec
 
-RANKERS = ("gfn2", "correction", "mmff")
+RANKERS = ("gfn2", "learned", "correction", "mmff")
+DEFAULT_RANKER = Path(__file__).parents[1] / "weights" / "moses_xtb_gfn2_ranker.pt"
 DEFAULT_CANDIDATES = 10
 # Not 42, the seed of the moses_xtb build's own ETKDG stream (a search with it would regenerate
 # the reference's candidates), and not 0 (RDKit 2026.09 returns K identical conformers for it).
@@ -54,17 +60,18 @@ class SearchSettings:
     candidates: int = DEFAULT_CANDIDATES  # K, the network's candidate included
     seed: int = DEFAULT_SEED  # ETKDGv3 random seed
     rank: str = "gfn2"  # one of RANKERS
-    # single points on this many lowest MMFF94 minima ("gfn2" only): the moses_xtb protocol also relaxes
-    # its three lowest; on 300 test pools of 10, the pick is GFN2-xTB's lowest of all ten for 96 % with 4
-    gfn2_top: int = 3
+    # the ranker sees this many lowest MMFF94 minima (not "mmff"): the moses_xtb protocol relaxed its
+    # three lowest; on 300 test pools of 10, GFN2-xTB single points of the 3 (4) lowest pick GFN2-xTB's
+    # lowest of all ten for 88 % (96 %) of the molecules (benchmarks/results/rankers.md)
+    top: int = 3
     mmff_iters: int = 500
     dedup_kcal: float = 0.05  # MMFF94 energies closer than this: the same minimum
 
     def __post_init__(self):
         if self.rank not in RANKERS:
             raise ValueError(f"rank must be one of {RANKERS}, not {self.rank!r}")
-        if self.candidates < 1 or self.gfn2_top < 1:
-            raise ValueError("candidates and gfn2_top must be >= 1")
+        if self.candidates < 1 or self.top < 1:
+            raise ValueError("candidates and top must be >= 1")
         if self.seed == 0:
             raise ValueError("seed 0 makes RDKit embed identical conformers; use another seed")
 
@@ -157,9 +164,9 @@ def corrected_energies(mol: Chem.Mol, conf_ids: list[int], model=None) -> list[f
 
     from molconf.ground_state.correction import batch_pair_graphs
     from molconf.ground_state.forces import KCAL_TO_EV, mmff_forcefield
-    from molconf.ground_state.prerelax import DEFAULT_CORRECTION, read_correction
+    from molconf.ground_state.prerelax import DEFAULT_CORRECTION, load_correction
 
-    model = read_correction(DEFAULT_CORRECTION) if model is None else model
+    model = load_correction(DEFAULT_CORRECTION) if model is None else model
     known = getattr(model, "trained_elements", ())
     if known and any(a.GetAtomicNum() not in known for a in mol.GetAtoms()):
         return None
@@ -178,16 +185,21 @@ def corrected_energies(mol: Chem.Mol, conf_ids: list[int], model=None) -> list[f
 
 
 def rank_energies(mol: Chem.Mol, conf_ids: list[int], mmff_kcal: list[float], rank: str,
-                  gfn2_top: int) -> list[float | None]:
-    """The ranker's energy per conformer (kcal/mol), None where it was not computed (for
-    ``"gfn2"``: beyond the ``gfn2_top`` lowest MMFF94 energies; ``conf_ids`` come lowest first)."""
+                  top: int) -> list[float | None]:
+    """The ranker's energy per conformer (kcal/mol), None where it was not computed: beyond the
+    ``top`` lowest MMFF94 energies (``conf_ids`` come lowest first), except for ``"mmff"``. The
+    learned energies fall back to MMFF94 where the model does not cover the molecule."""
     if rank == "mmff":
         return list(mmff_kcal)
-    if rank == "correction":
-        energies = corrected_energies(mol, conf_ids)
-        return list(mmff_kcal) if energies is None else energies
-    top = conf_ids[:gfn2_top]
-    return gfn2_single_points(mol, top) + [None] * (len(conf_ids) - len(top))
+    ids = conf_ids[:top]
+    if rank == "gfn2":
+        energies = gfn2_single_points(mol, ids)
+    else:
+        from molconf.ground_state.prerelax import load_correction
+
+        model = load_correction(DEFAULT_RANKER) if rank == "learned" else None
+        energies = corrected_energies(mol, ids, model) or list(mmff_kcal[:top])
+    return energies + [None] * (len(conf_ids) - len(ids))
 
 
 def search(mol: Chem.Mol, settings: SearchSettings = SearchSettings(), network: Chem.Mol | None = None) -> SearchResult:
@@ -223,7 +235,7 @@ def search(mol: Chem.Mol, settings: SearchSettings = SearchSettings(), network: 
     if not keep:
         raise ValueError("no candidate kept the input's stereo after MMFF94 minimisation")
     kept_ids = [ids[i] for i in keep]
-    ranked = rank_energies(pool, kept_ids, [energies[i] for i in keep], settings.rank, settings.gfn2_top)
+    ranked = rank_energies(pool, kept_ids, [energies[i] for i in keep], settings.rank, settings.top)
     cands = [Candidate(sources[i], ids[i], energies[i], r) for i, r in zip(keep, ranked)]
     scored = [c for c in cands if c.rank_kcal is not None and np.isfinite(c.rank_kcal)]
     winner = min(scored, key=lambda c: c.rank_kcal) if scored else cands[0]

@@ -98,7 +98,7 @@ def test_gfn2_ranking_picks_the_lowest_single_point_of_the_lowest_minima(tblite)
     from molconf.ground_state.xtb import XtbProtocol, gfn2_energy
 
     mol = Chem.AddHs(Chem.MolFromSmiles("OCCCCO"))
-    r = S.search(mol, S.SearchSettings(candidates=6, rank="gfn2", gfn2_top=3))
+    r = S.search(mol, S.SearchSettings(candidates=6, rank="gfn2", top=3))
     ranked = [c for c in r.candidates if c.rank_kcal is not None]
     assert len(ranked) == min(3, len(r.candidates))
     assert r.winner.rank_kcal == min(c.rank_kcal for c in ranked)
@@ -221,3 +221,13 @@ def test_fit_ranker_learns_a_known_energy_ordering():
     model, _ = R.fit_ranker(pools, mols, base, target="ground_state", epochs=2, log=lambda *_: None)
     with pytest.raises(ValueError, match="target"):
         R.fit_ranker(pools, mols, base, target="rmsd")
+
+
+def test_no_candidate_stream_regenerates_the_reference_builds():
+    """The moses_xtb references were picked from build-xtb's own ETKDG stream: the search and the
+    pool data must draw theirs with another seed (issue #24, item 5)."""
+    from molconf.ground_state.xtb import XtbProtocol
+
+    build_seed = XtbProtocol().embed_seed
+    assert E.BUILD_SEED == build_seed
+    assert S.SearchSettings().seed != build_seed and E.PoolSettings().seed != build_seed
