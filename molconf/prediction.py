@@ -385,7 +385,7 @@ def predict(
     progress: bool = False,
     precision: str = "auto",
     workers: int = 1,
-    search: bool | int = False,
+    search=False,
 ):
     """Predict one ground-state conformer per molecule.
 
@@ -428,14 +428,15 @@ def predict(
         not available, 1). ``workers=2`` on two cores also runs the per-molecule Python work
         (featurisation, stereo check, relaxation) in parallel; results are the same up to
         float rounding of one vs several torch threads.
-    search : bool or int
+    search : bool, int or molconf.ground_state.search.SearchSettings
         ``K`` (or ``True`` for :data:`~molconf.ground_state.search.DEFAULT_CANDIDATES`): a
         conformer search per molecule (:mod:`molconf.ground_state.search`): the prediction and
         K − 1 ETKDG conformers, each minimised with MMFF94, ranked by GFN2-xTB single points of
         the lowest few (needs tblite), the lowest returned (then relaxed with ``relax_with`` if
         given). The report's ``search`` names each molecule's winning source and the
         candidates' relative energies; a molecule whose search fails keeps the single
-        prediction, with a note. ``False`` (default): the prediction alone.
+        prediction, with a note. ``False`` (default): the prediction alone. A ``SearchSettings``
+        sets every knob (the ranker, the seed, how many minima are ranked).
 
     Returns
     -------
@@ -517,16 +518,18 @@ def predict(
     return (results, report) if return_report else results
 
 
-def _search_settings(search: bool | int):
+def _search_settings(search):
     """``predict``'s ``search`` argument as search settings (None: no search)."""
     if search is None or search is False or (not isinstance(search, bool) and search == 0):
         return None
     from molconf.ground_state.search import DEFAULT_CANDIDATES, SearchSettings
 
+    if isinstance(search, SearchSettings):
+        return search
     if search is True:
         return SearchSettings(candidates=DEFAULT_CANDIDATES)
     if isinstance(search, bool) or not isinstance(search, (int, np.integer)) or search < 1:
-        raise ValueError(f"search must be True, False or a number of candidates >= 1, got {search!r}")
+        raise ValueError(f"search must be True, False, a number of candidates >= 1 or SearchSettings, got {search!r}")
     return SearchSettings(candidates=int(search))
 
 
