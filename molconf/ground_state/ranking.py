@@ -187,6 +187,8 @@ def fit_ranker(train: Sequence[Pool], mols: dict[int, Chem.Mol], base, target: s
             opt.zero_grad()
             loss = _loss(model, fit[i], target)
             loss.backward()
+            # one molecule per step: a pool with a 30 kcal/mol outlier must not throw the model away
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             losses.append(float(loss.detach()))
         v = val_loss()

@@ -231,3 +231,21 @@ def test_no_candidate_stream_regenerates_the_reference_builds():
     build_seed = XtbProtocol().embed_seed
     assert E.BUILD_SEED == build_seed
     assert S.SearchSettings().seed != build_seed and E.PoolSettings().seed != build_seed
+
+
+def test_shipped_ranker_scores_are_mmff_plus_its_correction():
+    """The learned ranker's energies against CorrectedMMFF (prerelax's objective, no torsion hold)."""
+    from molconf.ground_state.forces import KCAL_TO_EV
+    from molconf.ground_state.prerelax import CorrectedMMFF, load_correction
+
+    model = load_correction(S.DEFAULT_RANKER)  # sha256-checked against its card
+    mol = Chem.AddHs(Chem.MolFromSmiles("Clc1ccc(cc1)C(=O)NCCO"))
+    p = AllChem.ETKDGv3()
+    p.randomSeed = 11
+    ids = list(AllChem.EmbedMultipleConfs(mol, 3, p))
+    AllChem.MMFFOptimizeMoleculeConfs(mol, maxIters=500)
+    fast = S.corrected_energies(mol, ids, model)
+    slow = [CorrectedMMFF(mol, model, cid)(mol.GetConformer(cid).GetPositions().reshape(-1))[0] / KCAL_TO_EV for cid in ids]
+    assert fast == pytest.approx(slow, abs=1e-6)
+    r = S.search(mol, S.SearchSettings(candidates=4, rank="learned"))
+    assert r.ranker == "learned" and sum(c.rank_kcal is not None for c in r.candidates) <= 3
