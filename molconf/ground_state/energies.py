@@ -183,6 +183,27 @@ def summarise(out_dir: str | Path, seconds: float | None = None) -> dict:
     return summary
 
 
+def export_energies(out_dir: str | Path, path: str | Path) -> int:
+    """The pools' energies, without coordinates, as a gzipped CSV (one row per conformer:
+    ``index, conformer, e_mmff, e_gfn2, stereo_ok, rmsd_ref, e_ref``; kcal/mol, Å); the geometries
+    follow from ``meta.json``'s settings (ETKDG with one thread and MMFF94 are deterministic for an
+    RDKit version). Returns the number of rows."""
+    import csv
+    import gzip
+
+    pools, _ = load_pools(out_dir)
+    rows = 0
+    with gzip.open(path, "wt", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["index", "conformer", "e_mmff", "e_gfn2", "stereo_ok", "rmsd_ref", "e_ref"])
+        for p in pools:
+            for k in range(len(p.e_mmff)):
+                w.writerow([p.index, k, f"{p.e_mmff[k]:.4f}", f"{p.e_gfn2[k]:.4f}", int(p.stereo_ok[k]),
+                            f"{p.rmsd_ref[k]:.4f}", f"{p.e_ref:.4f}"])
+                rows += 1
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     import os
 
@@ -195,7 +216,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--limit", type=int, help="first N molecules of the split (file order) only")
     p.add_argument("--sdf", type=Path, help="a moses_xtb-style molecules.sdf.gz (default: the shipped one)")
+    p.add_argument("--export", type=Path, metavar="CSV_GZ",
+                   help="only write the energies already in --out to this .csv.gz (no coordinates)")
     args = p.parse_args(argv)
+    if args.export:
+        print(f"{export_energies(args.out, args.export)} conformers written to {args.export}")
+        return
     summary = build_pools(args.split, args.out, PoolSettings(args.conformers, args.seed), args.workers, args.limit,
                           args.sdf, progress=os.environ.get("MOLCONF_NO_PROGRESS") is None)
     print(json.dumps({k: v for k, v in summary.items() if k != "failures"} | {"failures": len(summary["failures"])},
