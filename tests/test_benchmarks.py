@@ -2,9 +2,11 @@
 
 import dataclasses
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -118,19 +120,102 @@ def test_xtb_relax_summary_counts_each_start_against_etkdg_and_the_pairs():
     assert "correction not applied 1 times (bond graph changed (C1-C2): 1)" in md and "`c.pt`" in md
 
 
-def test_ground_state_anchors_never_draw_the_reference_builds_candidates():
-    """The reference build drew ETKDG seed 42 (10 conformers): the anchors' candidates must not be
-    that stream, nor RDKit's seed 0 (identical conformers); the energy-gap summary counts a lower
-    minimum than the reference's as such."""
+@pytest.fixture
+def anchors():
     spec = importlib.util.spec_from_file_location("ground_state_anchors", BENCHMARKS / "ground_state_anchors.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # the worker pool pickles run_pair by its module's name
     spec.loader.exec_module(module)
-    from molconf.ground_state.xtb import XtbProtocol
+    yield module
+    del sys.modules[spec.name]
 
-    assert module.CANDIDATE_SEED not in (XtbProtocol().embed_seed, 0)
+
+def test_ground_state_anchors_never_draw_the_reference_builds_candidates(anchors, monkeypatch):
+    """The reference build drew ETKDG seed 42 (10 conformers): the anchors' candidates must not be
+    that stream, nor RDKit's seed 0 (identical conformers) -- the data-set protocol row included; the
+    energy-gap summary counts a lower minimum than the reference's as such."""
+    from rdkit import Chem
+
+    from molconf.ground_state import xtb
+
+    assert anchors.CANDIDATE_SEED not in (xtb.XtbProtocol().embed_seed, 0)
+    seen = []
+
+    def build(smiles, protocol):
+        seen.append(protocol)
+        raise xtb.XtbError(smiles, "not run in this test", xtb.STAGE_EMBED)
+
+    monkeypatch.setattr(xtb, "build_ground_state", build)
+    pred, cpu = anchors.data_set_protocol(Chem.AddHs(Chem.MolFromSmiles("CCO")))
+    assert pred is None and cpu >= 0
+    assert seen == [dataclasses.replace(xtb.XtbProtocol(), embed_seed=anchors.CANDIDATE_SEED)]
     row = {"failed": False, "d_abs": 1.0, "d_sq": 1.0, "n_pairs": 4, "c_rmsd": 0.5, "stereo": 1.0, "cpu_s": 0.1}
-    results = [{"index": i, "rows": {name: {**row, "gap_kcal": gap} for name in module.ROWS}}
+    results = [{"index": i, "rows": {name: {**row, "gap_kcal": gap} for name in anchors.ROWS}}
                for i, gap in enumerate([-1.0, 0.05, 2.0, None])]
-    [first, *_] = module.summarise(results)
+    [first, *_] = anchors.summarise(results)
     assert first["at_or_below_ref"] == 2 / 3 and first["below_ref"] == 1 / 3 and first["no_gap"] == 1
-    assert first["d_mae"] == 0.25 and first["failed"] == 0
+    assert first["d_mae"] == 0.25 and first["failed"] == 0 and first["n"] == 4
+
+
+def _anchor_record(smiles: str, index: int) -> str:
+    """An SDF record as the moses_xtb references carry it (index and GFN2-xTB energy)."""
+    import io
+
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    AllChem.EmbedMolecule(mol, randomSeed=3)
+    mol.SetProp("molconf_index", str(index))
+    mol.SetProp("gfn2_energy_eV", "-100.0")
+    buf = io.StringIO()
+    with Chem.SDWriter(buf) as writer:
+        writer.write(mol)
+    return buf.getvalue()
+
+
+def test_ground_state_anchors_resume_per_molecule_and_row(anchors, monkeypatch, tmp_path, capsys):
+    """A rerun computes only missing (molecule, row) pairs; a new row adds lines for molecules
+    already there (merged on read); a row whose optional modules are missing is skipped."""
+    from rdkit import Chem
+
+    records = [(i, _anchor_record(smiles, i)) for i, smiles in ((5, "CCO"), (9, "CC(=O)N"))]
+    monkeypatch.setattr(anchors, "test_references", lambda n, seed: records[:n])
+    monkeypatch.setattr(anchors, "_score", lambda ref, pred, e_ref, protocol: {
+        "failed": False, "d_abs": 1.0, "d_sq": 1.0, "n_pairs": 4, "c_rmsd": 0.5, "stereo": 1.0, "gap_kcal": 0.0})
+
+    def reversed_atoms(bare):  # a SMILES-built row: its conformer in another atom order
+        from rdkit.Chem import AllChem
+
+        mol = Chem.RenumberAtoms(bare, list(range(bare.GetNumAtoms()))[::-1])
+        AllChem.EmbedMolecule(mol, randomSeed=1)
+        return anchors._in_atom_order(mol, bare), 0.001
+
+    monkeypatch.setattr(anchors, "ROWS", {"a": reversed_atoms})
+    monkeypatch.setattr(anchors, "NEEDS", {"c": ["no_such_module_for_anchors"]})
+    per_mol = tmp_path / anchors.PER_MOLECULE
+
+    def run(*rows):
+        anchors.main(["--n", "2", "--workers", "1", "--out", str(tmp_path), *(["--rows", *rows] if rows else [])])
+        return per_mol.read_text().splitlines()
+
+    assert len(run()) == 2
+    assert len(run("a")) == 2 and "0 pairs to run" in capsys.readouterr().out
+    anchors.ROWS.update({"b": reversed_atoms, "c": reversed_atoms})
+    lines = run()
+    assert len(lines) == 4 and "skipping 'c'" in capsys.readouterr().out
+    merged = anchors.read_results(per_mol)
+    assert sorted(merged) == [5, 9] and all(sorted(r["rows"]) == ["a", "b"] for r in merged.values())
+    table = json.loads((tmp_path / "ground_state_anchors.json").read_text())["table"]
+    assert [r["method"] for r in table] == ["a", "b"]
+    anchors.ROWS["d"] = reversed_atoms  # a partial row: the table adds the molecules every row ran on
+    assert len(run("d", "--limit", "1")) == 5
+    summary = json.loads((tmp_path / "ground_state_anchors.json").read_text())
+    assert [r["n"] for r in summary["table"]] == [2, 2, 1]
+    assert [r["n"] for r in summary["table_common_molecules"]] == [1, 1, 1]
+    bare = Chem.AddHs(Chem.MolFromSmiles("CC(=O)N"))
+    pred, _ = reversed_atoms(bare)
+    assert [a.GetAtomicNum() for a in pred.GetAtoms()] == [a.GetAtomicNum() for a in bare.GetAtoms()]
+    positions = pred.GetConformer().GetPositions()  # coordinates moved with their atoms: bonds stay short
+    assert all(np.linalg.norm(positions[b.GetBeginAtomIdx()] - positions[b.GetEndAtomIdx()]) < 1.6
+               for b in bare.GetBonds())
