@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
                           "at_or_below": float(np.mean(gaps <= 0.1)) if len(gaps) else float("nan")})
     lines = ["# Ground-state rows by molecule size (heavy atoms)", "",
              "From `benchmarks/results/ground_state_anchors_per_molecule.jsonl`; command: "
-             "`python benchmarks/ground_state_by_size.py`.", "",
+             f"`python benchmarks/ground_state_by_size.py {' '.join(repr(a) if ' ' in a else a for a in sys.argv[1:])}`.", "",
              "| row | heavy atoms | n | C-RMSD (Å) | ≤ ref |", "|---|---|---|---|---|"]
     lines += [f"| {t['row']} | {t['bin']} | {t['n']} | {t['c_rmsd']:.3f} | {t['at_or_below']:.0%} |" for t in table]
     (args.results / "ground_state_by_size.md").write_text("\n".join(lines) + "\n")
