@@ -249,3 +249,18 @@ def test_shipped_ranker_scores_are_mmff_plus_its_correction():
     assert fast == pytest.approx(slow, abs=1e-6)
     r = S.search(mol, S.SearchSettings(candidates=4, rank="learned"))
     assert r.ranker == "learned" and sum(c.rank_kcal is not None for c in r.candidates) <= 3
+
+
+def test_rankers_benchmark_scores_pools_into_its_table(tblite, tmp_path):
+    import importlib.util
+
+    sdf, ids = _small_split(tmp_path, n=2)
+    E.build_pools("test", tmp_path / "pools", E.PoolSettings(conformers=3), sdf=sdf, progress=False)
+    spec = importlib.util.spec_from_file_location("rankers_bench", REPO / "benchmarks" / "rankers.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--pools", str(tmp_path / "pools"), "--out", str(tmp_path / "out"), "--rankers", "mmff", "gfn2", "oracle"])
+    rows = {r["ranker"]: r for r in json.loads((tmp_path / "out" / "rankers.json").read_text())["rows"]}
+    assert set(rows) >= {"mmff", "gfn2", "oracle"} and rows["gfn2"]["top1"] == 1.0
+    assert rows["oracle"]["c_rmsd"] <= rows["mmff"]["c_rmsd"] and rows["mmff"]["molecules"] == 2
+    assert "| gfn2 | 2 |" in (tmp_path / "out" / "rankers.md").read_text()
