@@ -8,6 +8,8 @@ itself as σ for hydrogen only; ``h_sigma_convention="reference"`` keeps that qu
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 # Z -> (x_i [Å], D_i [kcal/mol]); UFF (Rappé et al. 1992), matches RDKit's UFF tables.
@@ -48,8 +50,15 @@ def _lookup_tables(h_sigma_convention: str) -> tuple[torch.Tensor, torch.Tensor]
     return sigma, eps
 
 
+@functools.lru_cache(maxsize=None)
+def _tables_on(h_sigma_convention: str, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The σ and ε tables on ``device``, made once per (convention, device): shared, read-only."""
+    sigma, eps = _lookup_tables(h_sigma_convention)
+    return sigma.to(device), eps.to(device)
+
+
 def lj_parameters(
-    atomic_numbers: torch.Tensor, h_sigma_convention: str = "uff"
+    atomic_numbers: torch.Tensor, h_sigma_convention: str = "uff", check: bool | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-atom LJ ``σ`` and ``ε`` for a tensor of atomic numbers (0 = padding).
 
@@ -59,11 +68,17 @@ def lj_parameters(
         Integer tensor of any shape; 0 marks padding.
     h_sigma_convention : str
         ``"uff"`` (σ = x/2^(1/6) for every element) or ``"reference"`` (σ_H = x_H).
+    check : bool, optional
+        Raise ``ValueError`` for atomic numbers without parameters. Reading the answer needs the
+        values on the host, so by default it runs only for CPU tensors: on an accelerator the
+        lookup stays on the device with no synchronisation (tables are built once per device),
+        and an unsupported element gives NaN parameters (the data pipeline and ``predict``
+        refuse such molecules before they reach a model).
 
     Returns
     -------
     sigma, epsilon : torch.Tensor
-        Float64 tensors with the shape of ``atomic_numbers``.
+        Float64 tensors with the shape of ``atomic_numbers``, on its device.
 
     Examples
     --------
@@ -71,16 +86,19 @@ def lj_parameters(
     >>> [round(v, 3) for v in s.tolist()], e.tolist()
     ([3.431, 2.571, 0.0], [0.105, 0.044, 0.0])
     """
-    sigma_table, eps_table = _lookup_tables(h_sigma_convention)
-    z = atomic_numbers.long().cpu()
-    if z.numel() and (z.min() < 0 or z.max() >= _MAX_Z):
-        raise ValueError(f"atomic numbers must lie in [0, {_MAX_Z - 1}]")
-    sigma, eps = sigma_table[z], eps_table[z]
-    bad = torch.isnan(sigma)
-    if bad.any():
-        missing = sorted(set(z[bad].tolist()))
-        raise ValueError(
-            f"no UFF Lennard-Jones parameters for atomic number(s) {missing}; "
-            f"supported: {list(SUPPORTED_ELEMENTS)}"
-        )
-    return sigma.to(atomic_numbers.device), eps.to(atomic_numbers.device)
+    sigma_table, eps_table = _tables_on(h_sigma_convention, str(atomic_numbers.device))
+    z = atomic_numbers.long()
+    if check if check is not None else z.device.type == "cpu":
+        if z.numel() and (z.min() < 0 or z.max() >= _MAX_Z):
+            raise ValueError(f"atomic numbers must lie in [0, {_MAX_Z - 1}]")
+        bad = torch.isnan(sigma_table[z])
+        if bad.any():
+            missing = sorted(set(z[bad].tolist()))
+            raise ValueError(
+                f"no UFF Lennard-Jones parameters for atomic number(s) {missing}; "
+                f"supported: {list(SUPPORTED_ELEMENTS)}"
+            )
+    else:
+        # out of range: the NaN row of an element without parameters (Z = 118)
+        z = torch.where((z < 0) | (z >= _MAX_Z), torch.full_like(z, _MAX_Z - 1), z)
+    return sigma_table[z], eps_table[z]

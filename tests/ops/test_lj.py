@@ -318,3 +318,24 @@ def test_torch_compile_fullgraph_forward_and_backward():
         grads.append((value.detach(), pos.grad))
     torch.testing.assert_close(grads[0][0], grads[1][0])
     torch.testing.assert_close(grads[0][1], grads[1][1])
+
+
+def test_lj_parameters_match_the_uff_table_and_stay_on_the_device():
+    """Against the UFF table written out by hand; a device tensor is looked up without a host copy
+    (a meta tensor has no values to copy: any ``.cpu()`` or host check would raise)."""
+    from molconf.ops.lj_params import UFF_VDW
+
+    z = torch.tensor([[6, 1, 8, 0], [35, 7, 16, 0]])
+    sigma, eps = ops.lj_parameters(z)
+    for (i, j), zz in zip(((0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)), (6, 1, 8, 35, 7, 16)):
+        assert sigma[i, j].item() == pytest.approx(UFF_VDW[zz][0] / 2 ** (1 / 6))
+        assert eps[i, j].item() == pytest.approx(UFF_VDW[zz][1])
+    assert sigma[:, 3].tolist() == [0.0, 0.0] and eps[:, 3].tolist() == [0.0, 0.0]  # padding
+    s_ref, _ = ops.lj_parameters(z, "reference")
+    assert s_ref[0, 1].item() == pytest.approx(UFF_VDW[1][0])
+    s_meta, e_meta = ops.lj_parameters(z.to("meta"))
+    assert s_meta.device.type == "meta" and s_meta.shape == z.shape and e_meta.dtype == torch.float64
+    with pytest.raises(ValueError, match=r"\[2\]"):
+        ops.lj_parameters(torch.tensor([6, 2]))
+    unchecked, _ = ops.lj_parameters(torch.tensor([6, 2, -1, 500]), check=False)
+    assert torch.isnan(unchecked[1:]).all() and not torch.isnan(unchecked[0])
