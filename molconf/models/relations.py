@@ -60,11 +60,17 @@ class ForceRewiringRelations(nn.Module):
 
 class RowMaxDistanceRelations(nn.Module):
     """GTMGC: bonds, plus ``D_rs[i, j] = max_k D[i, k] − D[i, j]`` of the cache conformer
-    (row maximum over real atoms; diagonal and padding 0)."""
+    (row maximum over real atoms; diagonal and padding 0).
+
+    ``detach=False`` (default), as GTMGC's reference computes it: the loss reaches the cache
+    conformer, and through it the encoder, also by way of the decoder's relation. ``True``
+    (no gradient through the relation) is an ablation (``configs/gtmgc_detached.yaml``); models
+    trained before this default (the shipped ``moses_xtb_gtmgc``) were trained that way.
+    """
 
     n_relations = 2  # bond, row-max-subtracted distance
 
-    def __init__(self, detach: bool = True):
+    def __init__(self, detach: bool = False):
         super().__init__()
         self.detach = detach
 

@@ -142,3 +142,18 @@ def test_coordinates_come_out_in_float32_under_bf16_autocast():
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             out = net(batch)
         assert out[K.POS_PRED].dtype == torch.float32 and out[K.POS_ENC].dtype == torch.float32
+
+
+def test_gtmgc_relation_passes_gradient_to_the_cache_conformer_unless_detached():
+    """GTMGC's reference differentiates through the cache conformer's distances (issue #25);
+    ``detach=True`` is the ablation."""
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    bonds = torch.zeros(1, 4, 4, dtype=torch.bool)
+    for detach, expect_grad in ((False, True), (True, False)):
+        pos = torch.randn(1, 4, 3, requires_grad=True)
+        rel = RowMaxDistanceRelations(detach=detach)(pos, torch.ones(1, 4, dtype=torch.long), bonds, mask)
+        assert rel.requires_grad == expect_grad
+        if expect_grad:
+            (grad,) = torch.autograd.grad(rel[:, 1].sum(), pos)
+            assert grad.abs().sum() > 0
+    assert RowMaxDistanceRelations().detach is False
