@@ -157,3 +157,70 @@ def test_gtmgc_relation_passes_gradient_to_the_cache_conformer_unless_detached()
             (grad,) = torch.autograd.grad(rel[:, 1].sum(), pos)
             assert grad.abs().sum() > 0
     assert RowMaxDistanceRelations().detach is False
+
+
+def _loop_rewire(pos, mask, bond_adj, z):
+    """Slow reference of ReBind's rewiring for one molecule: UFF LJ forces on every non-bonded
+    pair, per atom the top-K_i by |F| (K_i = max degree − degree), split by the sign of F."""
+    from molconf.ops.lj_params import UFF_VDW
+
+    n = int(mask.sum())
+    deg = bond_adj[:n, :n].sum(1)
+    attr = torch.zeros_like(bond_adj, dtype=torch.bool)
+    rep = torch.zeros_like(attr)
+    sig = {k: x / 2 ** (1 / 6) for k, (x, _) in UFF_VDW.items()}
+    for i in range(n):
+        forces = []
+        for j in range(n):
+            if j == i or bond_adj[i, j]:
+                continue
+            r = float(torch.dist(pos[i], pos[j]))
+            s, e = (sig[int(z[i])] + sig[int(z[j])]) / 2, (UFF_VDW[int(z[i])][1] * UFF_VDW[int(z[j])][1]) ** 0.5
+            forces.append((24 * e / r * (2 * (s / r) ** 12 - (s / r) ** 6), j))
+        forces.sort(key=lambda fj: -abs(fj[0]))
+        for f, j in forces[: int(deg.max() - deg[i])]:
+            if f < 0:
+                attr[i, j] = True
+            elif f > 0:
+                rep[i, j] = True
+    return attr, rep
+
+
+def test_rebind_decoder_sees_the_rewiring_of_its_encoders_conformer_and_attends_as_written():
+    """The decoder's relations are bonds + the LJ rewiring of the encoder's own conformer
+    (checked against loops), and each block's attention is softmax((S + S ⊙ Σ_r β_r A_r)/√d_h) V
+    with padded keys masked, recomputed here by hand (issue #25)."""
+    from molconf.data import batch_from_smiles
+    from molconf import constants as K
+
+    torch.manual_seed(0)
+    model = ConformerTransformer("rebind", d_model=32, n_heads=4, ffn_dim=64, n_encoder_layers=2,
+                                 n_decoder_layers=2, pe_dim=8).double().eval()
+    batch = batch_from_smiles(["CC(=O)Nc1ccc(O)cc1", "OCC(N)C"], pe_dim=8)
+    batch = {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in batch.items()}
+    seen = {}
+    model.decoder[0].attn.register_forward_hook(lambda mod, args, out: seen.update(args=args, out=out))
+    with torch.no_grad():
+        out = model(batch)
+    h, rel, mask = seen["args"]
+    pos_enc = out[K.POS_ENC]
+    for b in range(2):
+        n = int(mask[b].sum())
+        attr, rep = _loop_rewire(pos_enc[b], mask[b], batch[K.BOND_ADJ][b], batch[K.ATOMIC_NUMBERS][b])
+        assert torch.equal(rel[b, 0, :n, :n].bool(), batch[K.BOND_ADJ][b, :n, :n].bool())
+        assert torch.equal(rel[b, 1, :n, :n].bool(), attr[:n, :n])
+        assert torch.equal(rel[b, 2, :n, :n].bool(), rep[:n, :n])
+    attn = model.decoder[0].attn
+    dh = attn.d_head
+    q, k, v = attn.qkv(h).split(h.shape[-1], -1)
+    by_hand = torch.zeros_like(h)
+    for b in range(2):
+        n = int(mask[b].sum())
+        heads = []
+        for hd in range(attn.n_heads):
+            sl = slice(hd * dh, (hd + 1) * dh)
+            s = q[b, :n, sl] @ k[b, :n, sl].T  # real keys only: padding masked
+            a = sum(attn.beta[r, hd] * rel[b, r, :n, :n] for r in range(rel.shape[1]))
+            heads.append(torch.softmax((s + s * a) / dh**0.5, -1) @ v[b, :n, sl])
+        by_hand[b, :n] = attn.out(torch.cat(heads, -1))
+        assert torch.allclose(seen["out"][b, :n], by_hand[b, :n], atol=1e-10)
