@@ -297,3 +297,27 @@ def test_stereo_legacy_fallback(monkeypatch):
     expected = [stereo_labels(chiral), stereo_labels(butene)]
     monkeypatch.setattr(metrics.rdCIPLabeler, "AssignCIPLabels", give_up)
     assert [stereo_labels(chiral), stereo_labels(butene)] == expected
+
+
+def test_local_distance_errors_against_bonds_and_angles_by_hand():
+    """1-2 pairs are RDKit's bonds, 1-3 pairs the ends of every angle: the errors summed by hand."""
+    from molconf.metrics import local_distance_errors, mol_with_coords
+
+    m = Chem.AddHs(Chem.MolFromSmiles("OC1CCN(C(=O)c2ccccc2Cl)CC1"))
+    AllChem.EmbedMolecule(m, randomSeed=4)
+    rng = np.random.default_rng(0)
+    pred = mol_with_coords(m, m.GetConformer().GetPositions() + rng.normal(0, 0.1, (m.GetNumAtoms(), 3)))
+    a, b = m.GetConformer().GetPositions(), pred.GetConformer().GetPositions()
+
+    def err(i, j):
+        return abs(np.linalg.norm(b[i] - b[j]) - np.linalg.norm(a[i] - a[j]))
+
+    bonds = {tuple(sorted((x.GetBeginAtomIdx(), x.GetEndAtomIdx()))) for x in m.GetBonds()}
+    angles = set()
+    for atom in m.GetAtoms():
+        nb = [n.GetIdx() for n in atom.GetNeighbors()]
+        angles |= {tuple(sorted((i, j))) for i in nb for j in nb if i != j}
+    angles -= bonds  # a 3-ring's ends are bonded: 1 bond apart
+    got = local_distance_errors(m, pred)
+    assert got[1][1] == len(bonds) and got[1][0] == pytest.approx(sum(err(*p) for p in bonds))
+    assert got[2][1] == len(angles) and got[2][0] == pytest.approx(sum(err(*p) for p in angles))
