@@ -134,7 +134,7 @@ def _smiles(bare) -> str:
 # --- rows: bare mol (explicit H, no conformer) -> (mol with one conformer or None, CPU seconds)
 def etkdg_mmff(bare, k: int, rank: str = "mmff"):
     """K ETKDG + MMFF minima; the lowest MMFF energy, or (``rank="gfn2"``) GFN2-xTB single point."""
-    from molconf.ground_state.xtb import XtbProtocol, gfn2_energy
+    from molconf.ground_state.search import gfn2_single_points
 
     m, energies, cpu = _embed_minimise(bare, k)
     if m is None:
@@ -143,12 +143,7 @@ def etkdg_mmff(bare, k: int, rank: str = "mmff"):
     if rank == "mmff":
         return _pick(m, ids[int(np.argmin(energies))]), cpu
     t = time.process_time()
-    sp = []
-    for cid in ids:
-        try:
-            sp.append(gfn2_energy(m, XtbProtocol(), conf_id=cid))
-        except RuntimeError:
-            sp.append(float("inf"))
+    sp = gfn2_single_points(m, ids)  # inf where the SCF failed, as the search ranks
     return _pick(m, ids[int(np.argmin(sp))]), cpu + time.process_time() - t
 
 
