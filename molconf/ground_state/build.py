@@ -585,6 +585,7 @@ def merge_dataset(
     split_seed: int = 0,
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
     partial: bool = False,
+    extend_split: str | Path | None = None,
 ) -> dict:
     """Write the committed data set from a finished build (or, with ``partial``, from the
     shards finished so far).
@@ -601,8 +602,14 @@ def merge_dataset(
     partial build holds the sample's lowest indices: unbiased only if the source file's order
     carries no chemistry (MOSES's does, a little: 21.3 heavy atoms on average in its first
     200,000 lines, 22.1 in its second half).
+
+    ``extend_split`` (a folder with ``split_{train,val,test}.npy``, typically ``dest`` itself
+    before a grown build is merged again) keeps an earlier split: its molecules stay in their
+    parts and only the new ones are placed
+    (:func:`~molconf.data.scaffolds.extend_scaffold_split`), so benchmarks drawn from the old
+    test split keep their molecules. The files are read before anything is written.
     """
-    from molconf.data.scaffolds import scaffold_split
+    from molconf.data.scaffolds import extend_scaffold_split, scaffold_split
 
     build_dir = Path(build_dir)
     dest = Path(dest) if dest is not None else default_dataset_dir()
@@ -626,6 +633,7 @@ def merge_dataset(
                          "or merge the finished shards with partial=True (--partial)")
     if not done:
         raise ValueError(f"the build in {build_dir} has no finished shard")
+    previous = _read_split(Path(extend_split)) if extend_split is not None else None
     dest.mkdir(parents=True, exist_ok=True)
     ids: list[int] = []
     smiles: list[str] = []
@@ -642,19 +650,32 @@ def merge_dataset(
                 smiles.append(props[K.SDF_SMILES])
                 gz.write(record.encode())
     os.replace(tmp, dest / MERGED_SDF)
-    parts = scaffold_split(ids, smiles, fractions, split_seed)
+    if previous is None:
+        parts = scaffold_split(ids, smiles, fractions, split_seed)
+    else:
+        parts = extend_scaffold_split(ids, smiles, previous, fractions, split_seed)
     for part, part_ids in parts.items():
         np.save(dest / f"split_{part}.npy", part_ids.astype(np.int32 if max(ids, default=0) < 2**31 else np.int64))
     report = {**summary, "merged": {"molecules": len(ids), "file": MERGED_SDF,
                                     "bytes": (dest / MERGED_SDF).stat().st_size},
               "split": {"kind": "Bemis-Murcko scaffold", "seed": split_seed, "fractions": list(fractions),
                         **{p: len(v) for p, v in parts.items()}}}
+    if previous is not None:
+        report["split"]["extends"] = {p: len(v) for p, v in previous.items()}
     if len(done) < summary["shards"]["total"]:
         report["partial_build"] = {"shards_merged": done, "shards_total": summary["shards"]["total"],
                                    "note": "the build was stopped early; only the finished shards are merged"}
     _write_atomic(dest / "build_report.json", json.dumps(report, indent=1) + "\n")
     shutil.copyfile(build_dir / FAILURES_FILE, dest / FAILURES_FILE)
     return report
+
+
+def _read_split(folder: Path) -> dict[str, np.ndarray]:
+    paths = {part: folder / f"split_{part}.npy" for part in ("train", "val", "test")}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"no earlier split to extend: {', '.join(missing)} not found")
+    return {part: np.load(path) for part, path in paths.items()}
 
 
 # --- command line ----------------------------------------------------------------------
@@ -690,6 +711,9 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--merge", action="store_true", help="write molecules.sdf.gz + scaffold split to --dest")
     merge.add_argument("--dest", help="merge destination (default datasets/moses_xtb)")
     merge.add_argument("--split-seed", type=int, default=0, help="scaffold split seed (default 0)")
+    merge.add_argument("--extend-split", metavar="DATASET",
+                       help="keep the split of this data set (e.g. datasets/moses_xtb) for its molecules; "
+                            "place only the new ones")
     merge.add_argument("--partial", action="store_true",
                        help="merge the finished shards of an unfinished build (recorded in the report)")
     prot = p.add_argument_group("protocol (stored with the data; a resumed build must keep it)")
@@ -720,12 +744,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _merge(args) -> int:
-    report = merge_dataset(args.out, args.dest, args.split_seed, partial=args.partial)
+    report = merge_dataset(args.out, args.dest, args.split_seed, partial=args.partial,
+                           extend_split=args.extend_split)
     dest = Path(args.dest) if args.dest else default_dataset_dir()
     split = report["split"]
     print(f"{report['merged']['molecules']} molecules -> {dest / MERGED_SDF} "
           f"({report['merged']['bytes'] / 1e6:.1f} MB); scaffold split "
-          f"{split['train']} / {split['val']} / {split['test']}")
+          f"{split['train']} / {split['val']} / {split['test']}"
+          + (" (extending {train} / {val} / {test})".format(**split["extends"]) if "extends" in split else ""))
     return 0
 
 

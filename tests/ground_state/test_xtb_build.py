@@ -15,7 +15,7 @@ from molconf import constants as K
 from molconf.ground_state import build as xb
 from molconf.ground_state import xtb as xt
 from molconf.data.load import load_dataset, load_dataset_split
-from molconf.data.scaffolds import murcko_scaffold, scaffold_split
+from molconf.data.scaffolds import extend_scaffold_split, murcko_scaffold, scaffold_split
 from molconf.data.smiles_source import SmilesSource, moses_data_file, read_smiles_file
 from molconf.errors import MoleculeError
 
@@ -430,6 +430,28 @@ def test_scaffold_split_is_disjoint_and_deterministic():
         scaffold_split(ids, smiles, fractions=(0.5, 0.5, 0.5))
 
 
+def test_extended_split_keeps_the_old_parts_and_whole_scaffolds():
+    smiles = _library(120, seed=3)
+    ids = list(range(len(smiles)))
+    old = scaffold_split(ids[:60], smiles[:60], seed=0)
+    new = extend_scaffold_split(ids, smiles, old, seed=5)
+    assert sorted(np.concatenate(list(new.values())).tolist()) == ids
+    assert all(set(old[p].tolist()) <= set(new[p].tolist()) for p in old)
+    scaffolds = {p: {murcko_scaffold(smiles[i]) for i in v} for p, v in new.items()}
+    assert not (scaffolds["train"] & scaffolds["val"] or scaffolds["train"] & scaffolds["test"]
+                or scaffolds["val"] & scaffolds["test"])
+    # a fresh split of the grown set would move old molecules between parts; the extension does not
+    fresh = scaffold_split(ids, smiles, seed=5)
+    assert any(not set(old[p].tolist()) <= set(fresh[p].tolist()) for p in old)
+    # extending with nothing new changes nothing
+    same = extend_scaffold_split(ids[:60], smiles[:60], old, seed=5)
+    assert all(np.array_equal(same[p], old[p]) for p in old)
+    with pytest.raises(ValueError, match="not in the grown data set"):
+        extend_scaffold_split(ids[1:], smiles[1:], old)
+    with pytest.raises(ValueError, match="in both"):
+        extend_scaffold_split(ids, smiles, {"train": [0], "val": [0], "test": []})
+
+
 # --- SMILES sources ---------------------------------------------------------------------
 def test_smiles_files_of_every_kind(tmp_path):
     (tmp_path / "a.smi").write_text("SMILES\nCCO ethanol\n# note\n\nc1ccccc1\tbenzene\n")
@@ -479,3 +501,11 @@ def test_partial_merge_of_an_unfinished_build_is_explicit_and_recorded(tblite, t
     saved = json.loads((tmp_path / "d" / "build_report.json").read_text())
     assert saved["partial_build"]["shards_total"] == 3
     assert sum(len(np.load(tmp_path / "d" / f"split_{p}.npy")) for p in ("train", "val", "test")) == 2
+    # the build grows (resumed) and is merged again, keeping the first merge's split
+    old = {p: np.load(tmp_path / "d" / f"split_{p}.npy") for p in ("train", "val", "test")}
+    xb.build_dataset(["O", "C", "CC"], tmp_path / "b", workers=1, shard_size=1, progress=False)
+    grown = xb.merge_dataset(tmp_path / "b", tmp_path / "d", extend_split=tmp_path / "d")
+    assert grown["merged"]["molecules"] == 3 and grown["split"]["extends"] == {p: len(v) for p, v in old.items()}
+    assert all(set(v.tolist()) <= set(np.load(tmp_path / "d" / f"split_{p}.npy").tolist()) for p, v in old.items())
+    with pytest.raises(FileNotFoundError, match="no earlier split"):
+        xb.merge_dataset(tmp_path / "b", tmp_path / "e", extend_split=tmp_path / "e")
