@@ -5,6 +5,8 @@ Examples::
     molconf predict "CCO" "c1ccccc1O" -o out.sdf
     molconf predict -i molecules.smi -o out.xyz --relax mmff
     cat molecules.smi | molconf predict -i - > out.sdf
+    molconf predict -i library.smi -o out/             # a library: resumable blocks in out/
+    molconf predict -i library.smi -o out/ --ray auto  # ... as Ray tasks on a cluster
 
 A summary (every failure with its input line and reason, every note) goes to stderr. Exit
 codes: 0 when at least one molecule was predicted, 1 when none was, 2 for an unusable call
@@ -139,6 +141,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fix-stereo", action="store_true", help="do not repair stereochemistry")
     p.add_argument("--no-repair-bonds", action="store_true",
                    help="return the network's bond lengths even where they are physically impossible")
+    lib = p.add_argument_group("libraries (-o DIR/: resumable output blocks; molconf.library)")
+    lib.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                     help="run the blocks as Ray tasks: on the cluster at ADDRESS ('auto': the one this machine "
+                          "joined), or alone on a private local Ray of --workers cores (needs molconf[cluster])")
+    lib.add_argument("--block-size", type=int, default=1000, help="molecules per output block (default 1000)")
+    lib.add_argument("--out-format", choices=["sdf", "parquet"], default="sdf",
+                     help="output blocks: SDF + failures.csv, or Parquet (smiles, molblock, model, note)")
+    lib.add_argument("--max-blocks", type=int, help="stop after N new blocks (rerun to continue)")
     return p
 
 
@@ -161,7 +171,32 @@ def _search_arg(value: int | None) -> bool | int:
     return value
 
 
+def _library_mode(args) -> bool:
+    return args.ray is not None or args.output.endswith(("/", "\\")) or Path(args.output).is_dir()
+
+
+def _run_library(args) -> int:
+    from molconf.library import LibrarySettings, predict_library
+
+    if not args.input or args.input == "-" or args.smiles:
+        raise UsageError("library mode (-o DIR/ or --ray) reads one input file: -i library.smi|.csv|.parquet")
+    settings = LibrarySettings(model=args.model, relax_with=args.relax, search=_search_arg(args.search),
+                               precision=args.precision, fix_stereo=not args.no_fix_stereo,
+                               repair_bonds=not args.no_repair_bonds, batch_size=args.batch_size,
+                               threads=args.threads or 1)
+    summary = predict_library(args.input, args.output, settings, block_size=args.block_size, fmt=args.out_format,
+                              engine="local" if args.ray is None else "ray", address=args.ray or None,
+                              workers=args.workers, max_blocks=args.max_blocks, progress=True)
+    state = "complete" if summary["complete"] else "unfinished: rerun the same command to continue"
+    print(f"molconf predict: {summary['predicted']} of {summary['molecules']} molecules predicted, "
+          f"{summary['failed']} failed (each in {Path(args.output) / 'failures.csv'}); blocks "
+          f"{summary['blocks']['done']} of {summary['blocks']['total']} ({state})", file=sys.stderr)
+    return 0 if summary["predicted"] else 1
+
+
 def _run(args) -> int:
+    if _library_mode(args):
+        return _run_library(args)
     inputs = Inputs()
     for k, smi in enumerate(args.smiles):
         inputs.add(smi, smi, f"argument {k + 1}")

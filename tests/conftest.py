@@ -41,3 +41,13 @@ def qm9_small(isolated_cache_dir):
     from molconf.data import load_qm9
 
     return load_qm9(limit=N_QM9_SMALL, workers=1)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A private Ray on this machine (2 CPUs, loopback only), started once, stopped at the end."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
+             object_store_memory=200 * 1024**2)
+    yield ray
+    ray.shutdown()

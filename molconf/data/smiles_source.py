@@ -32,12 +32,35 @@ def read_smiles_file(path: str | Path) -> Iterator[str]:
     """SMILES records of a file, in order (streamed; ``.gz`` is decompressed on the fly).
 
     ``.csv``: the column named ``smiles`` (any case; the header row is skipped), else the
-    first column of every row. Other files (``.smi``, ``.txt``): the first token of each line;
-    blank lines, ``#`` comments and a first line reading ``smiles`` are skipped. Unreadable
-    SMILES are still records (they fail at the "input" stage with their index).
+    first column of every row. ``.parquet``: the column named ``smiles`` (needs pyarrow).
+    Other files (``.smi``, ``.txt``): the first token of each line; blank lines, ``#``
+    comments and a first line reading ``smiles`` are skipped. Unreadable SMILES are still
+    records (they fail at the "input" stage with their index).
+    """
+    return (smiles for smiles, _, _ in read_named_smiles(path))
+
+
+def read_named_smiles(path: str | Path) -> Iterator[tuple[str, str, str]]:
+    """``(smiles, name, where)`` for each record of :func:`read_smiles_file`'s files, streamed.
+
+    ``name`` is the rest of a ``.smi`` line, or the ``name`` column of a ``.csv`` / ``.parquet``
+    (``""`` when there is none); ``where`` says where the record is (``"lib.smi line 7"``,
+    ``"lib.parquet row 12"``; physical lines, counting blank and comment lines), for messages
+    that name a molecule of a file with 10⁸ of them.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "lib.smi"
+    >>> _ = f.write_text("SMILES name\\nCCO ethanol\\n\\n# a comment\\nc1ccccc1\\n")
+    >>> list(read_named_smiles(f))
+    [('CCO', 'ethanol', 'lib.smi line 2'), ('c1ccccc1', '', 'lib.smi line 5')]
     """
     path = Path(path)
     stem = path.name[:-3] if path.name.endswith(".gz") else path.name
+    if stem.lower().endswith(".parquet"):
+        yield from _read_parquet(path)
+        return
     with _open_text(path) as fh:
         if stem.lower().endswith(".csv"):
             reader = csv.reader(fh)
@@ -46,23 +69,45 @@ def read_smiles_file(path: str | Path) -> Iterator[str]:
                 return
             names = [h.strip().lower() for h in header]
             col = names.index("smiles") if "smiles" in names else 0
+            name_col = names.index("name") if "name" in names else None
             if "smiles" not in names and header:  # no header: the first row is a record
-                yield header[0].strip()
+                yield header[0].strip(), "", f"{path.name} line 1"
             for row in reader:
                 if row:
-                    yield row[col].strip() if len(row) > col else ""
+                    name = row[name_col].strip() if name_col is not None and len(row) > name_col else ""
+                    yield (row[col].strip() if len(row) > col else "", name, f"{path.name} line {reader.line_num}")
             return
         first = True
-        for line in fh:
+        for k, line in enumerate(fh, start=1):
             text = line.strip()
             if not text or text.startswith("#"):
                 continue
-            token = text.split()[0]
-            if first and token.lower() == "smiles":
+            parts = text.split(maxsplit=1)
+            if first and parts[0].lower() == "smiles":
                 first = False
                 continue
             first = False
-            yield token
+            yield parts[0], parts[1].strip() if len(parts) > 1 else "", f"{path.name} line {k}"
+
+
+def _read_parquet(path: Path, batch_rows: int = 65_536) -> Iterator[tuple[str, str, str]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as err:
+        raise ImportError(f"{path}: reading .parquet needs pyarrow (pip install pyarrow, "
+                          "or pip install 'molconf[cluster]')") from err
+    table = pq.ParquetFile(path)
+    columns = {c.lower(): c for c in table.schema_arrow.names}
+    if "smiles" not in columns:
+        raise ValueError(f"{path}: no 'smiles' column (found: {', '.join(table.schema_arrow.names)})")
+    wanted = [columns["smiles"]] + ([columns["name"]] if "name" in columns else [])
+    row = 0
+    for batch in table.iter_batches(batch_size=batch_rows, columns=wanted):
+        smiles = batch.column(0).to_pylist()
+        names = batch.column(1).to_pylist() if batch.num_columns > 1 else [""] * len(smiles)
+        for smi, name in zip(smiles, names):
+            row += 1
+            yield ("" if smi is None else str(smi).strip(), "" if name is None else str(name), f"{path.name} row {row}")
 
 
 def moses_data_file(part: str = "train") -> Path:

@@ -50,6 +50,7 @@ from molconf import constants as K
 from molconf.ground_state.xtb import (FORCEFIELDS, OPTIMIZERS, STAGE_XTB, STAGES, XtbError, XtbProtocol,
                                      XtbResult, _label, build_ground_state, require_tblite)
 from molconf.data.smiles_source import MOSES_PARTS, SmilesSource, as_source
+from molconf.shards import ShardFiles, write_atomic
 
 DEFAULT_SHARD_SIZE = 200  # molecules per shard: minutes of work, the unit of resumption
 BUILD_FILE = "build.json"
@@ -186,42 +187,14 @@ def _versions() -> dict:
             "ase": ase.__version__, "numpy": np.__version__, "python": sys.version.split()[0]}
 
 
-def _write_atomic(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data.encode() if isinstance(data, str) else data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-class _Shards:
+class _Shards(ShardFiles):
     """The shard files of one build folder."""
 
     def __init__(self, out_dir: Path):
-        self.dir = out_dir / SHARDS_DIR
-        self.dir.mkdir(parents=True, exist_ok=True)
-        for leftover in self.dir.glob("*.tmp"):  # written when a run died
-            leftover.unlink()
-
-    def path(self, i: int, kind: str) -> Path:
-        return self.dir / f"shard_{i:06d}.{kind}"
+        super().__init__(out_dir / SHARDS_DIR, "shard", ("sdf", "failures.csv"))
 
     def write(self, i: int, sdf: str, failures_csv: str, record: dict) -> None:
-        """One finished shard; the ``.json`` is the completion mark: written last, after the data files."""
-        _write_atomic(self.path(i, "sdf"), sdf)
-        _write_atomic(self.path(i, "failures.csv"), failures_csv)
-        _write_atomic(self.path(i, "json"), json.dumps(record, indent=1) + "\n")
-
-    def done(self, i: int) -> dict | None:
-        """The shard's record if it is complete (its ``.json`` is written last), else None."""
-        try:
-            record = json.loads(self.path(i, "json").read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-            return None
-        if not (self.path(i, "sdf").is_file() and self.path(i, "failures.csv").is_file()):
-            return None
-        return record
+        self.write_unit(i, {"sdf": sdf, "failures.csv": failures_csv}, record)
 
 
 def _check_build_file(out_dir: Path, want: dict) -> None:
@@ -236,7 +209,7 @@ def _check_build_file(out_dir: Path, want: dict) -> None:
             )
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, json.dumps(want, indent=1) + "\n")
+        write_atomic(path, json.dumps(want, indent=1) + "\n")
 
 
 def _size_bin(n_atoms: int) -> str:
@@ -253,7 +226,14 @@ def _run_shard(i: int, chunk: list[tuple[int, str]], shards: _Shards, protocol: 
     for item in map(work, chunk) if pool is None else pool.map_unordered(work, chunk):
         bar.update(1)
         results.append(item)
-    results.sort(key=lambda r: r[0])
+    sdf, failures, record = _format_shard(i, chunk, results, round(time.time() - start, 2))
+    shards.write(i, sdf, failures, record)
+    return record
+
+
+def _format_shard(i: int, chunk: list[tuple[int, str]], results: list, seconds_wall: float) -> tuple[str, str, dict]:
+    """A shard's SDF text, failures CSV and record, from its ``(id, result)`` pairs (any order)."""
+    results = sorted(results, key=lambda r: r[0])
     smiles_of = dict(chunk)
     sdf, failures = io.StringIO(), io.StringIO()
     fails = csv.writer(failures)
@@ -279,9 +259,39 @@ def _run_shard(i: int, chunk: list[tuple[int, str]], shards: _Shards, protocol: 
             stats["max_atoms"] = max(stats["max_atoms"], n)
             stats[f"forcefield_{item.forcefield}"] += 1
             stats["seconds_molecules"] += item.seconds
-    record = _shard_record(i, chunk, by_stage, by_reason, stats, timing, round(time.time() - start, 2))
-    shards.write(i, sdf.getvalue(), failures.getvalue(), record)
-    return record
+    record = _shard_record(i, chunk, by_stage, by_reason, stats, timing, seconds_wall)
+    return sdf.getvalue(), failures.getvalue(), record
+
+
+def _ray_shard(unit: tuple[int, list[tuple[int, str]]], protocol: XtbProtocol) -> tuple[str, str, dict]:
+    """One shard in one Ray task (one core): its molecules in turn, formatted for the driver to write."""
+    _init_worker()
+    i, chunk = unit
+    start = time.time()
+    results = [_run_one(item, protocol) for item in chunk]
+    return _format_shard(i, chunk, results, round(time.time() - start, 2))
+
+
+def _ray_shard_one_by_one(key: int, unit, reason: str, protocol: XtbProtocol) -> tuple[str, str, dict]:
+    """A shard whose task died: one task per molecule, so the molecule that kills its worker
+    is recorded as a failure and the others are kept."""
+    from molconf.cluster import run_tasks
+
+    i, chunk = unit
+    start = time.time()
+
+    def crashed(k, item, why):
+        index, smiles = item
+        return index, XtbError(_label(smiles, index), f"worker process crashed ({why})", STAGE_XTB)
+
+    work = functools.partial(_run_one_initialised, protocol=protocol)
+    results = [r for _, r in run_tasks(work, ((k, item) for k, item in enumerate(chunk)), crashed, max_retries=0)]
+    return _format_shard(i, chunk, results, round(time.time() - start, 2))
+
+
+def _run_one_initialised(item: tuple[int, str], protocol: XtbProtocol):
+    _init_worker()
+    return _run_one(item, protocol)
 
 
 def _shard_record(i: int, chunk: list[tuple[int, str]], by_stage, by_reason, stats, timing: dict,
@@ -306,6 +316,7 @@ def build_dataset(
     max_shards: int | None = None,
     progress: bool = True,
     restore_from: str | Path | None = None,
+    ray_address: str | None | bool = False,
 ) -> dict:
     """Build GFN2-xTB ground states for a SMILES source, resuming a previous run.
 
@@ -330,6 +341,13 @@ def build_dataset(
         A data set merged from an earlier build of the same source and protocol (e.g.
         ``datasets/moses_xtb``): its shards are written back into ``out_dir`` first
         (:func:`restore_shards`), so the build continues where that one stopped.
+    ray_address : str, None or False
+        ``False`` (default): worker processes of this machine. Otherwise each shard is one
+        Ray task (one core, its molecules in turn; :mod:`molconf.cluster`) on the cluster at
+        this address (``"auto"``, ``"HOST:PORT"``), or with ``None`` on a private local Ray of
+        ``workers`` cores; this process writes the same shard files. A shard whose worker
+        dies is rerun one task per molecule, so only the molecule that crashes is lost (as a
+        failure).
 
     Returns
     -------
@@ -353,9 +371,10 @@ def build_dataset(
     if plan is not None:
         _write_restored(plan, shards)
     bar = tqdm(total=total, desc="GFN2-xTB", unit="mol", mininterval=2.0, disable=not progress)
-    pool = None
-    new = 0
-    try:
+    waiting: dict[int, list[tuple[int, str]]] = {}
+
+    def todo() -> Iterator[tuple[int, list[tuple[int, str]]]]:
+        new = 0
         for i, chunk in enumerate(_chunks(src, shard_size)):
             record = shards.done(i)
             if record is not None:
@@ -364,12 +383,29 @@ def build_dataset(
                 bar.update(len(chunk))
                 continue
             if max_shards is not None and new >= max_shards:
-                break
-            if pool is None and workers > 1:
-                require_tblite()
-                pool = _Workers(workers)
-            _run_shard(i, chunk, shards, protocol, pool, bar)
+                return
             new += 1
+            waiting[i] = chunk
+            yield i, chunk
+
+    pool = None
+    try:
+        if ray_address is False:
+            for i, chunk in todo():
+                if pool is None and workers > 1:
+                    require_tblite()
+                    pool = _Workers(workers)
+                _run_shard(i, chunk, shards, protocol, pool, bar)
+        else:
+            from molconf.cluster import ray_session, run_tasks
+
+            require_tblite()
+            with ray_session(ray_address, num_cpus=workers):
+                work = functools.partial(_ray_shard, protocol=protocol)
+                fallback = functools.partial(_ray_shard_one_by_one, protocol=protocol)
+                for i, (sdf, failures, record) in run_tasks(work, ((i, (i, c)) for i, c in todo()), fallback):
+                    shards.write(i, sdf, failures, record)
+                    bar.update(len(waiting.pop(i)))
     finally:
         bar.close()
         if pool is not None:
@@ -439,7 +475,7 @@ def write_summary(out_dir: Path, protocol: XtbProtocol, source: dict, num_shards
         "seconds_this_run": round(seconds_this_run, 1),
         "workers_this_run": workers,
     }
-    _write_atomic(out_dir / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
+    write_atomic(out_dir / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
     return summary
 
 
@@ -665,7 +701,7 @@ def merge_dataset(
     if len(done) < summary["shards"]["total"]:
         report["partial_build"] = {"shards_merged": done, "shards_total": summary["shards"]["total"],
                                    "note": "the build was stopped early; only the finished shards are merged"}
-    _write_atomic(dest / "build_report.json", json.dumps(report, indent=1) + "\n")
+    write_atomic(dest / "build_report.json", json.dumps(report, indent=1) + "\n")
     shutil.copyfile(build_dir / FAILURES_FILE, dest / FAILURES_FILE)
     return report
 
@@ -707,6 +743,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restore-from", metavar="DATASET",
                    help="a merged data set of this source and protocol (e.g. datasets/moses_xtb): "
                         "its shards are restored into --out and not recomputed")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the shards as Ray tasks: on the cluster at ADDRESS ('auto': the one this machine "
+                        "joined), or on a private local Ray of --workers cores (needs molconf[cluster])")
     merge = p.add_argument_group("merge (after the build)")
     merge.add_argument("--merge", action="store_true", help="write molecules.sdf.gz + scaffold split to --dest")
     merge.add_argument("--dest", help="merge destination (default datasets/moses_xtb)")
@@ -738,7 +777,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return _merge(args) if args.merge else _build(args)
-    except (ValueError, FileNotFoundError) as err:  # another build in --out, unfinished build, no data
+    except (ValueError, FileNotFoundError, ImportError) as err:  # another build in --out, no data, no ray
         print(f"molconf build-xtb: {err}", file=sys.stderr)
         return 2
 
@@ -761,7 +800,8 @@ def _build(args) -> int:
     else:
         source = SmilesSource(path=args.smiles_file, n=args.n, seed=args.seed)
     summary = build_dataset(source, args.out, _protocol_from_args(args), args.workers, args.shard_size,
-                            args.max_shards, progress=not args.no_progress, restore_from=args.restore_from)
+                            args.max_shards, progress=not args.no_progress, restore_from=args.restore_from,
+                            ray_address=False if args.ray is None else (args.ray or None))
     state = "complete" if summary["complete"] else (
         f"stopped after {summary['shards']['done']} of {summary['shards']['total']} shards; rerun to continue")
     print(f"{summary['succeeded']} of {summary['molecules']} molecules built, {summary['failed']} failed "

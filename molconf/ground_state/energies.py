@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 from rdkit import Chem
 
-from molconf.ground_state.build import _Workers, _write_atomic
+from molconf.ground_state.build import _Workers
+from molconf.shards import write_atomic
 from molconf.ground_state.search import DEFAULT_SEED, EV_TO_KCAL, etkdg_candidates, gfn2_single_points, mmff_minimise
 
 SHARD_SIZE = 100
@@ -116,7 +117,7 @@ def build_pools(split: str, out_dir: str | Path, settings: PoolSettings = PoolSe
     meta_path = out_dir / "meta.json"
     if meta_path.exists() and json.loads(meta_path.read_text()) != json.loads(json.dumps(meta)):
         raise ValueError(f"{out_dir} holds pools of other settings ({meta_path}); use another --out")
-    _write_atomic(meta_path, json.dumps(meta, indent=1))
+    write_atomic(meta_path, json.dumps(meta, indent=1))
     pool = _Workers(workers)
     bar = tqdm(total=len(records), disable=not progress, desc="conformer energies", unit="mol")
     t0 = time.perf_counter()
@@ -135,7 +136,7 @@ def build_pools(split: str, out_dir: str | Path, settings: PoolSettings = PoolSe
             parts.sort(key=lambda p: p["index"])
             buf = io.BytesIO()
             np.savez_compressed(buf, **_shard_arrays(parts, failures))
-            _write_atomic(path, buf.getvalue())
+            write_atomic(path, buf.getvalue())
     finally:
         pool.close()
         bar.close()
@@ -179,7 +180,7 @@ def summarise(out_dir: str | Path, seconds: float | None = None) -> dict:
                "stereo_kept": float(np.mean(np.concatenate([p.stereo_ok for p in pools]))) if pools else None}
     if seconds is not None:
         summary["seconds_this_run"] = round(seconds, 1)
-    _write_atomic(Path(out_dir) / "summary.json", json.dumps(summary, indent=1))
+    write_atomic(Path(out_dir) / "summary.json", json.dumps(summary, indent=1))
     return summary
 
 

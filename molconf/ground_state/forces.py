@@ -39,7 +39,8 @@ import torch
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
-from molconf.ground_state.build import _Workers, _write_atomic
+from molconf.ground_state.build import _Workers
+from molconf.shards import write_atomic
 from molconf.ground_state.xtb import XtbProtocol, _atoms
 
 KCAL_TO_EV = 0.0433641043  # kcal/mol → eV
@@ -154,7 +155,7 @@ def build_force_data(dataset: str, split: str, out_dir: str | Path, workers: int
     meta_path = out_dir / "meta.json"
     if meta_path.exists() and json.loads(meta_path.read_text()) != json.loads(json.dumps(meta)):
         raise ValueError(f"{out_dir} holds force data of other settings ({meta_path}); use another --out")
-    _write_atomic(meta_path, json.dumps(meta, indent=1))
+    write_atomic(meta_path, json.dumps(meta, indent=1))
     pool = _Workers(workers)
     shards = range(0, len(rows), SHARD_SIZE)
     bar = tqdm(total=len(rows), disable=not progress, desc="GFN2-xTB forces", unit="mol")
@@ -179,7 +180,7 @@ def build_force_data(dataset: str, split: str, out_dir: str | Path, workers: int
             np.savez_compressed(buf, **_concat(parts) if parts else {},
                                 failed_rows=np.asarray([r for r, _ in failures], np.int64),
                                 failed_reasons=np.asarray([why for _, why in failures], dtype=str))
-            _write_atomic(path, buf.getvalue())
+            write_atomic(path, buf.getvalue())
     finally:
         pool.close()
         bar.close()
@@ -243,7 +244,7 @@ def summarise(out_dir: str | Path, seconds: float | None = None) -> dict:
                "mean_abs_force_difference_ev_per_a": float(np.abs(data["f_gfn2"] - data["f_mmff"]).mean())}
     if seconds is not None:
         summary["seconds_this_run"] = round(seconds, 1)
-    _write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1))
+    write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1))
     return summary
 
 

@@ -1,0 +1,65 @@
+"""Folders of numbered work units written atomically: the resumption rule of long jobs.
+
+A long job (a GFN2-xTB data build, a library prediction) cuts its input into units and
+writes each finished unit as a few files, the ``.json`` record last. A killed run loses only
+the units in flight; a rerun skips every unit whose record exists. Files are written to a
+temporary name, synced and renamed, so no reader sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` through a synced temporary file and a rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class ShardFiles:
+    """The unit files of one folder: ``{prefix}_{i:06d}.{kind}`` for each data kind, then ``.json``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> units = ShardFiles(Path(tempfile.mkdtemp()), "block", ("sdf",))
+    >>> units.done(0) is None
+    True
+    >>> units.write_unit(0, {"sdf": "$$$$\\n"}, {"molecules": 1})
+    >>> units.done(0), units.path(0, "sdf").name
+    ({'molecules': 1}, 'block_000000.sdf')
+    """
+
+    def __init__(self, folder: Path, prefix: str, kinds: tuple[str, ...]):
+        self.dir = Path(folder)
+        self.prefix = prefix
+        self.kinds = kinds
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for leftover in self.dir.glob("*.tmp"):  # written when a run died
+            leftover.unlink()
+
+    def path(self, i: int, kind: str) -> Path:
+        return self.dir / f"{self.prefix}_{i:06d}.{kind}"
+
+    def write_unit(self, i: int, data: dict[str, bytes | str], record: dict) -> None:
+        """One finished unit; the ``.json`` is the completion mark: written last, after the data files."""
+        for kind in self.kinds:
+            write_atomic(self.path(i, kind), data[kind])
+        write_atomic(self.path(i, "json"), json.dumps(record, indent=1) + "\n")
+
+    def done(self, i: int) -> dict | None:
+        """The unit's record if it is complete (its ``.json`` is written last), else None."""
+        try:
+            record = json.loads(self.path(i, "json").read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        if not all(self.path(i, kind).is_file() for kind in self.kinds):
+            return None
+        return record
