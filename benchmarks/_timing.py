@@ -12,11 +12,14 @@ from collections.abc import Callable
 
 
 def time_interleaved(calls: dict[str, Callable[[], object]], min_repeats: int = 5, max_repeats: int = 200,
-                     budget_s: float = 3.0, warmup: int = 1) -> dict[str, list[float]]:
+                     budget_s: float = 3.0, warmup: int = 1,
+                     sync: Callable[[], object] | None = None) -> dict[str, list[float]]:
     """Seconds per call of each named call, measured in alternating rounds.
 
     Runs ``warmup`` untimed rounds, then rounds until every call has ``min_repeats`` timings
-    and ``budget_s`` seconds have passed, or ``max_repeats`` rounds are done.
+    and ``budget_s`` seconds have passed, or ``max_repeats`` rounds are done. ``sync`` (e.g.
+    ``torch.cuda.synchronize``) runs before each timer starts and before it stops, so that
+    asynchronous device work is counted in the call that queued it.
 
     >>> t = time_interleaved({"a": lambda: None, "b": lambda: sum(range(100))}, min_repeats=3, budget_s=0)
     >>> sorted(t), len(t["a"]) == len(t["b"]) >= 3
@@ -30,8 +33,12 @@ def time_interleaved(calls: dict[str, Callable[[], object]], min_repeats: int = 
     rounds = 0
     while rounds < max_repeats and (rounds < min_repeats or time.perf_counter() - start < budget_s):
         for name, call in calls.items():
+            if sync is not None:
+                sync()
             t0 = time.perf_counter()
             call()
+            if sync is not None:
+                sync()
             times[name].append(time.perf_counter() - t0)
         rounds += 1
     return times

@@ -1,6 +1,7 @@
 """Benchmark molconf's compiled CPU ops against the pure-PyTorch reference.
 
-For (B, N) = (256, 18), (256, 44), (64, 128), (16, 180) and two threads, it times
+For (B, N) = (256, 18), (256, 44), (64, 128), (16, 180) and two threads (or on a CUDA
+device, ``--device cuda``: the CUDA kernels against the reference on that device), it times
 ``rewire_by_force`` (forward) and ``lj_energy_forces`` (forward + backward through both
 outputs) for the fused extension op and for ``molconf.ops.reference``, and measures the
 peak memory of one call of each.
@@ -13,11 +14,12 @@ counter, so each (op, variant, shape) runs once more in a fresh subprocess that 
 inputs, warms up, returns freed heap to the OS (malloc_trim), resets the kernel's peak-RSS
 mark (/proc/self/clear_refs) and reads VmHWM after one call. "Peak MB" is that high-water
 mark minus the resident size before the call: the extra memory the call needed, outputs
-included. Linux-only; elsewhere the column is empty.
+included. Linux-only; elsewhere the column is empty. On CUDA: the allocator's peak
+(``torch.cuda.max_memory_allocated``) during one call minus what was allocated before it.
 
 Usage::
 
-    nice python benchmarks/bench_ops.py [--out benchmarks/results] [--quick]
+    nice python benchmarks/bench_ops.py [--out benchmarks/results] [--quick] [--device cuda]
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def make_call(op: str, variant: str, batch: dict):
 
     pos = batch["pos"].clone().requires_grad_()
     rest = (batch["mask"], batch["sigma"], batch["epsilon"], batch["exclude"])
-    w = torch.randn(pos.shape, generator=torch.Generator().manual_seed(1), dtype=pos.dtype)
+    w = torch.randn(pos.shape, generator=torch.Generator().manual_seed(1), dtype=pos.dtype).to(pos.device)
     fn = torch.ops.molconf.lj_energy_forces if variant == "extension" else reference.lj_energy_forces
 
     def fwd_bwd():
@@ -123,20 +125,38 @@ def peak_memory(op: str, variant: str, b: int, n: int, threads: int) -> float | 
     return _memory.peak_mb_in_child([__file__, "--memory-child", op, variant, str(b), str(n), str(threads)])
 
 
+def cuda_peak_memory(call) -> float:
+    """MB the CUDA allocator's peak rose above what was allocated before one call."""
+    call()  # warm-up: lazy initialisation is not the call's memory
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    call()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 # --------------------------------------------------------------------------- report
 
 
-def measure(quick: bool, threads: int) -> tuple[list[dict], dict]:
+def measure(quick: bool, threads: int, device: torch.device = torch.device("cpu"),
+            shapes=SHAPES, memory: bool = True, budget_s: float | None = None) -> tuple[list[dict], dict]:
     torch.set_num_threads(threads)
     load_before = os.getloadavg()
     rows = []
-    for b, n in SHAPES:
-        batch = molecule_batch(b, n)
+    cuda = device.type == "cuda"
+    for b, n in shapes:
+        batch = _to(molecule_batch(b, n), device)
         mean_k = batch["k"][batch["mask"]].float().mean().item()
         for op in ("rewire_by_force", "lj_energy_forces"):
             ext, ref = make_call(op, "extension", batch), make_call(op, "reference", batch)
             t = time_interleaved({"ext": ext, "ref": ref}, min_repeats=15, max_repeats=300,
-                                 budget_s=1.0 if quick else 3.0, warmup=3)
+                                 budget_s=budget_s if budget_s is not None else 1.0 if quick else 3.0, warmup=3,
+                                 sync=torch.cuda.synchronize if cuda else None)
             te, tr = [s * 1e3 for s in t["ext"]], [s * 1e3 for s in t["ref"]]  # ms
             row = {
                 "threads": threads,
@@ -152,9 +172,14 @@ def measure(quick: bool, threads: int) -> tuple[list[dict], dict]:
                 "ref_ms_iqr": _iqr(tr),
             }
             row["speedup"] = row["ref_ms"] / row["ext_ms"]
-            row["target"] = TARGETS.get((b, n))
-            row["ext_peak_mb"] = peak_memory(op, "extension", b, n, threads)
-            row["ref_peak_mb"] = peak_memory(op, "reference", b, n, threads)
+            row["target"] = None if cuda else TARGETS.get((b, n))  # the targets are for the CPU kernels
+            if not memory:
+                row["ext_peak_mb"] = row["ref_peak_mb"] = None
+            elif cuda:
+                row["ext_peak_mb"], row["ref_peak_mb"] = cuda_peak_memory(ext), cuda_peak_memory(ref)
+            else:
+                row["ext_peak_mb"] = peak_memory(op, "extension", b, n, threads)
+                row["ref_peak_mb"] = peak_memory(op, "reference", b, n, threads)
             rows.append(row)
             print(_fmt_row(row), flush=True)
     meta = {
@@ -165,31 +190,50 @@ def measure(quick: bool, threads: int) -> tuple[list[dict], dict]:
     return rows, meta
 
 
-def run(out_dir: Path | None, quick: bool, thread_counts=(THREADS,)) -> list[dict]:
-    if ops.backend() != "extension":
-        sys.exit("the compiled extension is not available: nothing to benchmark")
+def collect(quick: bool, thread_counts=(THREADS,), device: torch.device = torch.device("cpu"),
+            shapes=SHAPES, memory: bool = True, budget_s: float | None = None) -> tuple[list[dict], dict]:
+    """Rows of every (threads, shape, op) and the run's metadata (``memory=False``: no peak
+    memory; ``budget_s``: seconds of timing per cell instead of the ``quick`` default)."""
+    if ops.backend(device) != "extension":
+        raise RuntimeError(f"the compiled extension has no {device.type} kernels here: nothing to benchmark "
+                           f"({ops._extension.state()})")
+    cuda = device.type == "cuda"
     meta = {
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "device": device.type,
         "cpu": cpu_name(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "gpu": torch.cuda.get_device_name(device) if cuda else None,
+        "cuda": torch.version.cuda if cuda else None,
         "dtype": "float32",
-        "memory_method": _memory.METHOD,
+        "memory_method": "torch.cuda.max_memory_allocated during one call minus memory_allocated before it"
+        if cuda else _memory.METHOD,
         "runs": [],
     }
     rows = []
     for threads in thread_counts:
-        r, m = measure(quick, threads)
+        r, m = measure(quick, threads, device, shapes, memory, budget_s)
         rows += r
         meta["runs"].append(m)
+    return rows, meta
+
+
+def run(out_dir: Path | None, quick: bool, thread_counts=(THREADS,), device: torch.device = torch.device("cpu"),
+        shapes=SHAPES) -> list[dict]:
+    try:
+        rows, meta = collect(quick, thread_counts, device, shapes)
+    except RuntimeError as err:
+        sys.exit(str(err))
     md = _markdown(rows, meta)
     print()
     print(md)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "ops_cpu.md").write_text(md)
-        (out_dir / "ops_cpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-        print(f"wrote {out_dir / 'ops_cpu.md'} and {out_dir / 'ops_cpu.json'}")
+        stem = f"ops_{device.type}"
+        (out_dir / f"{stem}.md").write_text(md)
+        (out_dir / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        print(f"wrote {out_dir / stem}.md and .json")
     return rows
 
 
@@ -211,14 +255,24 @@ def _fmt_row(r):
 
 
 def _markdown(rows, meta) -> str:
-    lines = [
-        "# molconf ops: fused CPU extension vs PyTorch reference",
-        "",
-        f"{meta['dtype']}, torch {meta['torch']}, CPU {meta['cpu']} ({meta['cpu_capability']}), "
-        "2 cores shared with other jobs: timings are medians of interleaved ext/ref runs, "
-        "IQR in brackets.",
-        "",
-    ]
+    if meta.get("device", "cpu") == "cuda":
+        lines = [
+            "# molconf ops: CUDA kernels vs PyTorch reference on the GPU",
+            "",
+            f"{meta['dtype']}, torch {meta['torch']} (CUDA {meta['cuda']}), {meta['gpu']}; both variants on "
+            "the GPU, synchronised around every call: timings are medians of interleaved ext/ref runs "
+            "(launch overhead included), IQR in brackets.",
+            "",
+        ]
+    else:
+        lines = [
+            "# molconf ops: fused CPU extension vs PyTorch reference",
+            "",
+            f"{meta['dtype']}, torch {meta['torch']}, CPU {meta['cpu']} ({meta['cpu_capability']}), "
+            "2 cores shared with other jobs: timings are medians of interleaved ext/ref runs, "
+            "IQR in brackets.",
+            "",
+        ]
     for run in meta["runs"]:
         t = run["threads"]
         busy = run["loadavg_before"][0] > BUSY_LOAD or run["loadavg_after"][0] > BUSY_LOAD + t
@@ -229,7 +283,7 @@ def _markdown(rows, meta) -> str:
             f"{run['loadavg_after'][0]:.2f}.",
             "",
         ]
-        if busy and t > 1:
+        if busy and t > 1 and meta.get("device", "cpu") == "cpu":
             lines += [
                 "**Caution: other jobs were using the CPU during this run.** With "
                 f"{t} threads every parallel region waits for its slowest worker, and a "
@@ -273,7 +327,10 @@ def _markdown(rows, meta) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=None, help="write ops_cpu.{md,json} here")
+    parser.add_argument("--out", type=Path, default=None, help="write ops_<device>.{md,json} here")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: the CUDA kernels on the GPU")
+    parser.add_argument("--shapes", nargs="+", default=None, metavar="BxN",
+                        help="batch shapes, e.g. 256x18 64x128 (default: the four of the tables)")
     parser.add_argument("--quick", action="store_true", help="shorter timing budget")
     parser.add_argument("--threads", type=int, nargs="+", default=[THREADS],
                         help="torch thread counts to run (default: 2)")
@@ -292,7 +349,13 @@ def main(argv=None):
         args.render.with_suffix(".md").write_text(md)
         print(md)
         return
-    run(args.out, args.quick, args.threads)
+    shapes = SHAPES if args.shapes is None else parse_shapes(args.shapes)
+    run(args.out, args.quick, args.threads, torch.device(args.device), shapes)
+
+
+def parse_shapes(texts) -> tuple[tuple[int, int], ...]:
+    """``["256x18", "64x128"]`` -> ((256, 18), (64, 128))."""
+    return tuple(tuple(int(v) for v in t.lower().split("x")) for t in texts)
 
 
 if __name__ == "__main__":

@@ -14,30 +14,22 @@ import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
+import _workload as W  # noqa: E402  (benchmarks/_workload.py, beside this script)
 from molconf import ops
 from molconf.constants import ENV_FORCE_REFERENCE_OPS
-from molconf.lightning import ConformerDataModule
-from molconf.models import ConformerTransformer, conformer_loss
+from molconf.models import conformer_loss
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=20, help="timed steps per variant")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path)
+    W.add_common_args(p, steps=20)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    dm = ConformerDataModule(batch_size=100, pe_dim=32)
-    dm.setup("fit")
-    loader = iter(dm.train_dataloader())
-    batches = [next(loader) for _ in range(args.steps + 2)]
-    model = ConformerTransformer("rebind", d_model=256, n_heads=8, ffn_dim=512, n_encoder_layers=4,
-                                 n_decoder_layers=4, pe_dim=32)
+    batches = W.qm9_train_batches(args.steps + 2, batch_size=100)
+    model = W.build_model("rebind", "cpu", seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     assert ops.backend() == "extension", "the extension did not build; nothing to compare"
 

@@ -105,7 +105,8 @@ def predict_block(records: list[Record], settings: LibrarySettings, predictor: C
     predictor = predictor or functools.partial(_predict_with, workers=workers)
     items = [smiles for _, smiles, _, _ in records]
     try:
-        outcomes = [_outcome(k, *predictor(items, settings)) for k in range(len(items))]
+        mols, report = predictor(items, settings)
+        outcomes = [_outcome(k, mols, report) for k in range(len(items))]
     except Exception:  # noqa: BLE001 - one molecule at a time, each failure named
         outcomes = []
         for smiles in items:

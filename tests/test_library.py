@@ -96,6 +96,20 @@ def test_an_exception_costs_only_its_molecule(tmp_path):
     assert all(rows[k]["molblock"] is not None for k in (0, 2, 4, 5))
 
 
+def test_each_block_is_one_predict_call(tmp_path):
+    path, _ = _library(tmp_path, 10)
+    calls = []
+
+    def counting(items, settings):
+        calls.append(len(items))
+        from molconf.library import _predict_with
+
+        return _predict_with(items, settings)
+
+    predict_library(path, tmp_path / "out", block_size=4, predictor=counting)
+    assert calls == [4, 4, 2]
+
+
 def test_parquet_in_and_out(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -215,7 +216,8 @@ class Record(L.Callback):
 L.seed_everything(0)
 model = ConformerTransformer("rebind", d_model=32, n_heads=4, ffn_dim=64, n_encoder_layers=1,
                              n_decoder_layers=1, pe_dim=16)
-t = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=4, logger=False,
+devices, num_nodes = (int(a) for a in sys.argv[2:4]) if len(sys.argv) > 2 else (2, 1)
+t = L.Trainer(accelerator="cpu", devices=devices, num_nodes=num_nodes, strategy="ddp", max_steps=4, logger=False,
               enable_checkpointing=False, enable_progress_bar=False, use_distributed_sampler=False,
               num_sanity_val_steps=0, limit_val_batches=0, callbacks=[Record()])
 t.fit(ConformerModule(model, lr=1e-3), ConformerDataModule(batch_size=16, pe_dim=16, source_limit=300))
@@ -229,6 +231,29 @@ def test_ddp_two_cpu_processes_agree(tmp_path, qm9_small):
     proc = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["world"] == r1["world"] == 2
+    assert np.allclose(r0["params"], r1["params"]) and r0["checksum"] == pytest.approx(r1["checksum"])
+    assert len(r0["seen"]) == len(r1["seen"]) > 0 and not set(r0["seen"]) & set(r1["seen"])
+
+
+def test_ddp_across_two_nodes_on_loopback(tmp_path, qm9_small):
+    """docs/cluster.md's multi-node command: ``--trainer.num_nodes 2`` with one process per node,
+    each started on its own with MASTER_ADDR / MASTER_PORT / NODE_RANK (here both on 127.0.0.1)."""
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_SCRIPT)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = []
+    for node in (0, 1):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "NODE_RANK": str(node), "WORLD_SIZE": "2"}
+        procs.append(subprocess.Popen([sys.executable, str(script), str(tmp_path), "1", "2"], cwd=tmp_path, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world"] == r1["world"] == 2
     assert np.allclose(r0["params"], r1["params"]) and r0["checksum"] == pytest.approx(r1["checksum"])
