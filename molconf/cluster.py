@@ -52,8 +52,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         yield ray
         return
     kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": False, "log_to_driver": False}
-    if address is None:
-        kwargs["num_cpus"] = num_cpus
+    if address is None:  # "local": a new instance even where `ray start` left one on this machine
+        address, kwargs["num_cpus"] = "local", num_cpus
     ray.init(address=address, **kwargs)
     try:
         yield ray

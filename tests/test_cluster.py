@@ -85,3 +85,32 @@ def test_build_xtb_shards_on_ray_equal_the_local_build(ray_local, tmp_path):
             ours, theirs = (tmp_path / d / "shards" / f"shard_{i:06d}.{kind}" for d in ("ray", "local"))
             assert ours.read_text() == theirs.read_text()
     assert (tmp_path / "ray" / "failures.csv").read_text() == (tmp_path / "local" / "failures.csv").read_text()
+
+
+def test_cli_on_ray_killed_and_resumed(library, tmp_path):
+    """``molconf predict -o out/ --ray``: its own private Ray; the whole job killed (SIGKILL to its
+    process group, as a scheduler does), rerun, equals an uninterrupted local run."""
+    import signal
+    import subprocess
+    import time
+
+    big = tmp_path / "big.smi"
+    big.write_text(library.read_text() * 10)  # 120 records, 12 blocks of 10
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "molconf.cli", "predict", "-i", str(big), "--block-size", "10", "--workers", "2"]
+    proc = subprocess.Popen([*cmd, "-o", str(tmp_path / "ray") + "/", "--ray"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    blocks = tmp_path / "ray" / "blocks"
+    deadline = time.time() + 180
+    while not (blocks.is_dir() and len(list(blocks.glob("*.json"))) >= 2) and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 2 <= len(list(blocks.glob("*.json"))) < 12 and not (tmp_path / "ray" / "summary.json").exists()
+    resumed = subprocess.run([*cmd, "-o", str(tmp_path / "ray") + "/", "--ray"], env=env, capture_output=True,
+                             text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "100 of 120 molecules predicted, 20 failed" in resumed.stderr
+    local = subprocess.run([*cmd, "-o", str(tmp_path / "local") + "/"], env=env, capture_output=True, text=True)
+    assert local.returncode == 0, local.stderr[-2000:]
+    assert list(read_library_output(tmp_path / "ray")) == list(read_library_output(tmp_path / "local"))
