@@ -77,9 +77,9 @@ def test_build_xtb_shards_on_ray_equal_the_local_build(ray_local, tmp_path):
 
     molecules = ["O", "C", "CC", "xx", "N", "CO"]
     xb.build_dataset(molecules, tmp_path / "local", workers=1, shard_size=2, progress=False)
-    summary = xb.build_dataset(molecules, tmp_path / "ray", workers=2, shard_size=2, progress=False,
-                               ray_address=None)
-    assert summary["complete"]
+    (tmp_path / "in.smi").write_text("\n".join(molecules) + "\n")
+    assert xb.main(["--smiles-file", str(tmp_path / "in.smi"), "--out", str(tmp_path / "ray"), "--workers", "2",
+                    "--shard-size", "2", "--no-progress", "--ray"]) == 0  # the command line, on Ray
     for i in range(3):
         for kind in ("sdf", "failures.csv"):
             ours, theirs = (tmp_path / d / "shards" / f"shard_{i:06d}.{kind}" for d in ("ray", "local"))
