@@ -13,6 +13,11 @@ BOND_ADJ = "bond_adj"  # (B, N, N) bool, True where a covalent bond exists
 LAP_PE = "lap_pe"  # (B, N, P) float, Laplacian eigenvectors (P = encoding width)
 NUM_ATOMS = "num_atoms"  # (B,) long
 MOL_INDEX = "mol_index"  # (B,) long, data set's own molecule id (QM9 "Index")
+# specified stereo (molconf.data.features.StereoTuples), flat over the batch, first column the molecule
+STEREO_CENTRES = "stereo_centres"  # (S, 6) long: molecule, centre, 4 neighbours by CIP rank (-1: none)
+STEREO_CENTRE_SIGNS = "stereo_centre_signs"  # (S,) float: +1 R, -1 S
+STEREO_BONDS = "stereo_bonds"  # (T, 5) long: molecule, a, b, c, d of a stereo double bond b=c
+STEREO_BOND_SIGNS = "stereo_bond_signs"  # (T,) float: +1 Z, -1 E
 
 # --- model outputs ----------------------------------------------------------------------
 POS_PRED = "pos_pred"  # (B, N, 3) final prediction

@@ -113,6 +113,9 @@ class ConformerDataModule(L.LightningDataModule):
         Build the cache from only the first N molecules of the source (tests, smoke runs).
     train_limit, val_limit, test_limit : int, optional
         Use only the first N molecules of a split part.
+    stereo : bool
+        Batches also carry each molecule's specified stereo (for ``model.stereo`` or a
+        ``stereo_weight`` loss; ~0.2 ms of RDKit per molecule).
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class ConformerDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         data_root: str | None = None,
+        stereo: bool = False,
     ):
         super().__init__()
         if dataset not in DATASETS:
@@ -159,7 +163,7 @@ class ConformerDataModule(L.LightningDataModule):
             self.missing[part] = len(missing)
 
     def dataset(self, part: str) -> ConformerDataset:
-        return ConformerDataset(self.store, self.rows[part], self.hparams.pe_dim)
+        return ConformerDataset(self.store, self.rows[part], self.hparams.pe_dim, self.hparams.get("stereo", False))
 
     def _sampler(self, part: str, shuffle: bool, world: int, rank: int) -> SizeAwareBatchSampler:
         return SizeAwareBatchSampler(
@@ -268,13 +272,27 @@ class TrainingStateMixin:
 
 
 def load_initial_weights(model: nn.Module, path: str | Path) -> None:
-    """Copy the network weights of a weights file / checkpoint into ``model`` (same config)."""
+    """Copy the network weights of a weights file / checkpoint into ``model`` (same config).
+
+    One difference is allowed: a ``stereo=True`` model may start from the same network
+    without it. Its extra relation weights (β of the stereo channels) start at 0, so the
+    fine-tuning starts from exactly the old network's predictions.
+    """
     config, state, _ = read_model_file(path)
     if config is None or state is None:
         raise ValueError(f"init_from={path}: no model configuration or weights in the file")
-    differ = sorted(k for k in set(config) | set(model.config) if config.get(k) != model.config.get(k))
+    adding_stereo = model.config.get("stereo", False) and not config.get("stereo", False)
+    differ = sorted(k for k in set(config) | set(model.config) if config.get(k) != model.config.get(k)
+                    and not (k == "stereo" and adding_stereo))
     if differ:
         raise ValueError(f"init_from={path}: its network differs from the configured one in {differ}")
+    if adding_stereo:
+        own = model.state_dict()
+        for name, value in state.items():
+            if name.endswith("attn.beta") and value.shape[0] < own[name].shape[0]:
+                padded = torch.zeros_like(own[name])  # (R + 5, H)
+                padded[: value.shape[0]] = value
+                state[name] = padded
     model.load_state_dict(state)  # float16-stored weights are cast to the parameters' float32
 
 
@@ -311,6 +329,9 @@ class ConformerModule(TrainingStateMixin, L.LightningModule):
         Weights file or checkpoint of a network with the same configuration whose weights
         start the training (fine-tuning, e.g. a drug-like model from the QM9 one). A resumed
         run's checkpoint replaces them, as it should.
+    local_weight, stereo_weight : float
+        Weights of the optional bonded/angle and handedness loss terms
+        (:func:`~molconf.models.loss.conformer_loss`; 0: the published objective).
     """
 
     def __init__(
@@ -322,6 +343,8 @@ class ConformerModule(TrainingStateMixin, L.LightningModule):
         warmup_fraction: float = 0.1,
         c_rmsd_on_val: bool = False,
         init_from: str | None = None,
+        local_weight: float = 0.0,
+        stereo_weight: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
@@ -342,9 +365,13 @@ class ConformerModule(TrainingStateMixin, L.LightningModule):
         if pe_dim is not None and pe_dim != self.model.pe_dim:
             raise ValueError(f"data.pe_dim={pe_dim} differs from the model's pe_dim={self.model.pe_dim}: "
                              "the Laplacian encoding width must match")
+        needs_stereo = getattr(self.model, "stereo", False) or self.hparams.stereo_weight > 0
+        if dm is not None and needs_stereo and not getattr(getattr(dm, "hparams", None), "stereo", False):
+            raise ValueError("the model reads stereo or the loss has a stereo term: set data.stereo: true, "
+                             "so that batches carry the stereo tuples")
 
     def training_step(self, batch, batch_idx):
-        losses = conformer_loss(self.model(batch), batch)
+        losses = conformer_loss(self.model(batch), batch, self.hparams.local_weight, self.hparams.stereo_weight)
         if not torch.isfinite(losses["loss"]):
             # Stop before an optimiser step or checkpoint can store NaN weights.
             raise FloatingPointError(
@@ -354,7 +381,7 @@ class ConformerModule(TrainingStateMixin, L.LightningModule):
             )
         bs = batch[K.MASK].shape[0]
         self.log("train/loss", losses["loss"], batch_size=bs, prog_bar=True)
-        self.log_dict({"train/loss_enc": losses["loss_enc"], "train/loss_dec": losses["loss_dec"]}, batch_size=bs)
+        self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=bs)
         return losses["loss"]
 
     def _eval_step(self, batch, metrics: PooledDistanceMetrics, rmsd: torchmetrics.MeanMetric, with_rmsd: bool):

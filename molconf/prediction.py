@@ -656,7 +656,7 @@ class _BatchState:
         with threadpool_limits(1, user_api="blas"):
             # one BLAS thread for the per-molecule Laplacian eigh: threaded OpenBLAS on these
             # tiny matrices took 9 ms instead of 0.6 ms per molecule on a loaded machine
-            graphs = [featurize(self.prepared[i]) for i in idx]
+            graphs = [featurize(self.prepared[i], stereo=getattr(network, "stereo", False)) for i in idx]
         with torch.inference_mode(), _autocast(self.precision):
             batch = collate_graphs(graphs, network.pe_dim)
             pos = network(batch)[K.POS_PRED].double().numpy()  # (B, N, 3), float32 output layer

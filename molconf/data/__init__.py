@@ -30,15 +30,16 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'molconf.data' has no attribute {name!r}")
 
 
-def batch_from_mols(mols: list[Chem.Mol], pe_dim: int = 32) -> dict:
-    """Dense batch from RDKit ``Mol``s with explicit H (coordinates if they have conformers)."""
+def batch_from_mols(mols: list[Chem.Mol], pe_dim: int = 32, stereo: bool = False) -> dict:
+    """Dense batch from RDKit ``Mol``s with explicit H (coordinates if they have conformers);
+    ``stereo``: with the specified stereo of each (for ``ConformerTransformer(stereo=True)``)."""
     from molconf.data.dataset import collate_graphs
     from molconf.data.features import featurize
 
-    return collate_graphs([featurize(m) for m in mols], pe_dim)
+    return collate_graphs([featurize(m, stereo=stereo) for m in mols], pe_dim)
 
 
-def batch_from_smiles(smiles: list[str], pe_dim: int = 32) -> dict:
+def batch_from_smiles(smiles: list[str], pe_dim: int = 32, stereo: bool = False) -> dict:
     """Dense batch from SMILES (hydrogens added, no coordinates: ``pos`` is zero)."""
     mols = []
     for s in smiles:
@@ -46,7 +47,7 @@ def batch_from_smiles(smiles: list[str], pe_dim: int = 32) -> dict:
         if m is None:
             raise MoleculeError(s, "invalid SMILES")
         mols.append(Chem.AddHs(m))
-    return batch_from_mols(mols, pe_dim)
+    return batch_from_mols(mols, pe_dim, stereo)
 
 
 __all__ = [

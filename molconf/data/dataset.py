@@ -13,7 +13,7 @@ import torch
 
 from molconf import constants as K
 from molconf.data.cache import GraphStore
-from molconf.data.features import GraphArrays
+from molconf.data.features import GraphArrays, StereoTuples, stereo_tuples
 
 if TYPE_CHECKING:
     from torch_geometric.data import Data
@@ -36,6 +36,12 @@ def graph_to_data(graph: GraphArrays, pe_dim: int, mol_index: int = -1) -> Data:
     bonds = torch.as_tensor(graph.bonds.astype(np.int64)).reshape(-1, 2).t()
     edge_index = torch.cat([bonds, bonds.flip(0)], dim=1)  # both directions  (2, 2E)
     pos = graph.pos if graph.pos is not None else np.zeros((n, 3), dtype=np.float32)
+    stereo = {}
+    if graph.stereo is not None:  # atom numbers stay local ("*index*" names would be offset by PyG)
+        st = graph.stereo
+        stereo = dict(stereo_centres=torch.as_tensor(st.centres), stereo_centre_signs=torch.as_tensor(st.centre_signs),
+                      stereo_bonds=torch.as_tensor(st.double_bonds), stereo_bond_signs=torch.as_tensor(st.double_signs),
+                      num_stereo=torch.tensor([[len(st.centres), len(st.double_bonds)]]))
     return Data(
         x=torch.as_tensor(graph.atom_features.astype(np.int64)),  # (n, 9)
         z=torch.as_tensor(graph.atomic_numbers.astype(np.int64)),  # (n,)
@@ -44,7 +50,20 @@ def graph_to_data(graph: GraphArrays, pe_dim: int, mol_index: int = -1) -> Data:
         edge_index=edge_index,
         mol_id=torch.tensor([mol_index], dtype=torch.long),  # not "*index*": PyG would offset it
         num_nodes=n,
+        **stereo,
     )
+
+
+def _flat_stereo(per_molecule: list[StereoTuples]) -> dict[str, torch.Tensor]:
+    """The batch's stereo tuples, flat, each row prefixed with its molecule (constants.STEREO_*)."""
+    centres = [np.column_stack([np.full(len(s.centres), i), s.centres]) for i, s in enumerate(per_molecule)]
+    bonds = [np.column_stack([np.full(len(s.double_bonds), i), s.double_bonds]) for i, s in enumerate(per_molecule)]
+    return {
+        K.STEREO_CENTRES: torch.as_tensor(np.concatenate(centres).reshape(-1, 6), dtype=torch.long),
+        K.STEREO_CENTRE_SIGNS: torch.as_tensor(np.concatenate([s.centre_signs for s in per_molecule]), dtype=torch.float32),
+        K.STEREO_BONDS: torch.as_tensor(np.concatenate(bonds).reshape(-1, 5), dtype=torch.long),
+        K.STEREO_BOND_SIGNS: torch.as_tensor(np.concatenate([s.double_signs for s in per_molecule]), dtype=torch.float32),
+    }
 
 
 def collate_dense(items: list[Data]) -> dict[str, torch.Tensor]:
@@ -59,7 +78,7 @@ def collate_dense(items: list[Data]) -> dict[str, torch.Tensor]:
     pos, _ = to_dense_batch(batch.pos, batch.batch, max_num_nodes=n)  # (B, N, 3)
     pe, _ = to_dense_batch(batch.lap_pe, batch.batch, max_num_nodes=n)  # (B, N, P)
     adj = to_dense_adj(batch.edge_index, batch.batch, max_num_nodes=n) > 0  # (B, N, N)
-    return {
+    out = {
         K.ATOM_FEATURES: x,
         K.ATOMIC_NUMBERS: z,
         K.POS: pos,
@@ -69,6 +88,14 @@ def collate_dense(items: list[Data]) -> dict[str, torch.Tensor]:
         K.NUM_ATOMS: mask.sum(1),
         K.MOL_INDEX: batch.mol_id,
     }
+    if "num_stereo" in batch:
+        counts = batch.num_stereo  # (B, 2): centres, double bonds per molecule
+        owner = [torch.repeat_interleave(torch.arange(len(counts)), counts[:, k]) for k in (0, 1)]
+        out[K.STEREO_CENTRES] = torch.cat([owner[0][:, None], batch.stereo_centres.reshape(-1, 5)], 1)
+        out[K.STEREO_CENTRE_SIGNS] = batch.stereo_centre_signs
+        out[K.STEREO_BONDS] = torch.cat([owner[1][:, None], batch.stereo_bonds.reshape(-1, 4)], 1)
+        out[K.STEREO_BOND_SIGNS] = batch.stereo_bond_signs
+    return out
 
 
 def collate_graphs(graphs: list[GraphArrays], pe_dim: int) -> dict[str, torch.Tensor]:
@@ -100,7 +127,9 @@ def collate_graphs(graphs: list[GraphArrays], pe_dim: int) -> dict[str, torch.Te
         adj[i, bonds[:, 1], bonds[:, 0]] = True
         mask[i, :k] = True
     mask_t = torch.from_numpy(mask)
+    stereo = _flat_stereo([g.stereo for g in graphs]) if graphs and all(g.stereo is not None for g in graphs) else {}
     return {
+        **stereo,
         K.ATOM_FEATURES: torch.from_numpy(x),  # (B, N, 9)
         K.ATOMIC_NUMBERS: torch.from_numpy(z),  # (B, N)
         K.POS: torch.from_numpy(pos),  # (B, N, 3)
@@ -115,10 +144,11 @@ def collate_graphs(graphs: list[GraphArrays], pe_dim: int) -> dict[str, torch.Te
 class ConformerDataset(torch.utils.data.Dataset):
     """Molecules of a :class:`GraphStore` (all, or the given rows) as PyG ``Data``."""
 
-    def __init__(self, store: GraphStore, rows: np.ndarray | None = None, pe_dim: int = 32):
+    def __init__(self, store: GraphStore, rows: np.ndarray | None = None, pe_dim: int = 32, stereo: bool = False):
         self.store = store
         self.rows = np.arange(len(store)) if rows is None else np.asarray(rows, dtype=np.int64)
         self.pe_dim = pe_dim
+        self.stereo = stereo  # also the specified stereo of each molecule (from its stored Mol)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -130,7 +160,10 @@ class ConformerDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> Data:
         row = int(self.rows[i])
-        return graph_to_data(self.store.graph(row), self.pe_dim, int(self.store.mol_ids[row]))
+        graph = self.store.graph(row)
+        if self.stereo:
+            graph.stereo = stereo_tuples(self.store.mol(row))
+        return graph_to_data(graph, self.pe_dim, int(self.store.mol_ids[row]))
 
 
 class SizeAwareBatchSampler(torch.utils.data.Sampler[list[int]]):

@@ -126,6 +126,81 @@ def laplacian_eigenvectors(num_atoms: int, bonds: np.ndarray) -> np.ndarray:
 
 
 @dataclass
+class StereoTuples:
+    """The handedness a molecule's graph specifies, in a form a network can read.
+
+    RDKit's chiral tags (CW / CCW) refer to the order of an atom's bonds in the ``Mol``, which a
+    permutation-equivariant network cannot see. Here each tetrahedral stereocentre lists its
+    neighbours by descending CIP rank (RDKit's legacy ranks: a function of the graph alone; a
+    lone pair counts as the lowest), with ``+1`` where, looking from the first of them towards the
+    centre, the others turn counter-clockwise in that order and ``−1`` where they turn clockwise;
+    each stereo double bond ``b=c`` lists ``a`` (highest-ranked neighbour of ``b``) and ``d`` (of
+    ``c``), with ``+1`` for Z (``a`` and ``d`` on the same side) and ``−1`` for E.
+    """
+
+    centres: np.ndarray  # (S, 5) int64: centre, neighbours by descending CIP rank (-1 pads a 3-neighbour centre)
+    centre_signs: np.ndarray  # (S,) float32: +1 counter-clockwise, -1 clockwise (module docstring)
+    double_bonds: np.ndarray  # (T, 4) int64: a, b, c, d of a stereo double bond b=c
+    double_signs: np.ndarray  # (T,) float32: +1 Z (cis), -1 E (trans)
+
+
+def _parity(order: list[int]) -> int:
+    """+1 for an even permutation of ``range(len(order))``, −1 for an odd one."""
+    sign = 1
+    for i in range(len(order)):
+        for j in range(i + 1, len(order)):
+            if order[i] > order[j]:
+                sign = -sign
+    return sign
+
+
+def stereo_tuples(mol: Chem.Mol) -> StereoTuples:
+    """:class:`StereoTuples` of a molecule's *specified* stereo (from its tags, not its coordinates).
+
+    The sign is RDKit's tag carried over to the CIP order: CCW / CW relative to the bond order
+    (an implicit neighbour, a lone pair, counted last), times the parity of the permutation
+    from the bond order to the CIP order.
+
+    Examples
+    --------
+    >>> a = stereo_tuples(Chem.AddHs(Chem.MolFromSmiles("C[C@H](N)O")))
+    >>> b = stereo_tuples(Chem.AddHs(Chem.MolFromSmiles("C[C@@H](N)O")))
+    >>> a.centres.tolist() == b.centres.tolist(), a.centre_signs.tolist(), b.centre_signs.tolist()
+    (True, [-1.0], [1.0])
+    >>> stereo_tuples(Chem.AddHs(Chem.MolFromSmiles("C/C=C/C"))).double_signs.tolist()  # E
+    [-1.0]
+    """
+    mol = Chem.Mol(mol)
+    Chem.AssignStereochemistry(mol, cleanIt=True, force=True)  # legacy CIP ranks; tags kept on real centres only
+    rank = [int(a.GetProp("_CIPRank")) if a.HasProp("_CIPRank") else 0 for a in _rd.atoms(mol)]
+    tags = {Chem.ChiralType.CHI_TETRAHEDRAL_CCW: 1, Chem.ChiralType.CHI_TETRAHEDRAL_CW: -1}
+    centres, centre_signs = [], []
+    for atom in _rd.atoms(mol):
+        if atom.GetChiralTag() not in tags or not atom.HasProp("_CIPCode"):
+            continue
+        bond_order = [b.GetOtherAtomIdx(atom.GetIdx()) for b in atom.GetBonds()]
+        if len(bond_order) not in (3, 4):
+            continue
+        bond_order += [-1] * (4 - len(bond_order))  # the lone pair: last in bond order, lowest rank
+        by_rank = sorted(range(4), key=lambda k: -rank[bond_order[k]] if bond_order[k] >= 0 else 1 << 30)
+        centres.append([atom.GetIdx(), *(bond_order[k] for k in by_rank)])
+        centre_signs.append(float(tags[atom.GetChiralTag()] * _parity(by_rank)))
+    bonds, bond_signs = [], []
+    for bond in _rd.bonds(mol):
+        stereo = bond.GetStereo()
+        if bond.GetBondType() != Chem.BondType.DOUBLE or stereo not in (Chem.BondStereo.STEREOE,
+                                                                         Chem.BondStereo.STEREOZ):
+            continue
+        b, c = bond.GetBeginAtom(), bond.GetEndAtom()
+        a = max((n.GetIdx() for n in b.GetNeighbors() if n.GetIdx() != c.GetIdx()), key=lambda i: rank[i])
+        d = max((n.GetIdx() for n in c.GetNeighbors() if n.GetIdx() != b.GetIdx()), key=lambda i: rank[i])
+        bonds.append([a, b.GetIdx(), c.GetIdx(), d])
+        bond_signs.append(1.0 if stereo == Chem.BondStereo.STEREOZ else -1.0)
+    return StereoTuples(np.asarray(centres, np.int64).reshape(-1, 5), np.asarray(centre_signs, np.float32),
+                        np.asarray(bonds, np.int64).reshape(-1, 4), np.asarray(bond_signs, np.float32))
+
+
+@dataclass
 class GraphArrays:
     """One featurised molecule, in the molecule's atom order."""
 
@@ -135,14 +210,17 @@ class GraphArrays:
     bond_types: np.ndarray  # (E,) uint8
     lap_pe: np.ndarray  # (N, N) float32
     pos: np.ndarray | None  # (N, 3) float32, None when the molecule has no conformer
+    # the specified stereo (featurize fills it; graphs read from a cache leave it to the dataset)
+    stereo: StereoTuples | None = None
 
     @property
     def num_atoms(self) -> int:
         return len(self.atomic_numbers)
 
 
-def featurize(mol: Chem.Mol, conf_id: int = -1) -> GraphArrays:
-    """Featurise a sanitised RDKit ``Mol`` with explicit H (coordinates if it has a conformer)."""
+def featurize(mol: Chem.Mol, conf_id: int = -1, stereo: bool = False) -> GraphArrays:
+    """Featurise a sanitised RDKit ``Mol`` with explicit H (coordinates if it has a conformer);
+    with ``stereo``, also its :func:`stereo_tuples` (for models that read them)."""
     atoms = _rd.atoms(mol)
     z = np.asarray([a.GetAtomicNum() for a in atoms], dtype=np.uint8)
     bonds, types = bond_list(mol)
@@ -156,4 +234,5 @@ def featurize(mol: Chem.Mol, conf_id: int = -1) -> GraphArrays:
         bond_types=types,
         lap_pe=laplacian_eigenvectors(len(z), bonds),
         pos=pos,
+        stereo=stereo_tuples(mol) if stereo else None,
     )

@@ -14,6 +14,7 @@ from molconf.models.layers import (
     add_positional_encoding,
 )
 from molconf.models.relations import build_relations
+from molconf.models.stereo import N_STEREO_RELATIONS, stereo_relations
 
 
 class ConformerTransformer(nn.Module):
@@ -40,6 +41,11 @@ class ConformerTransformer(nn.Module):
         arbitrary, so the model should not depend on them).
     relation_options : dict
         Passed to the relation builder (``k_rule``, ``h_sigma_convention``, ``detach``).
+    stereo : bool
+        Read the specified stereo (:mod:`molconf.models.stereo`): encoder and decoder attend
+        with :data:`~molconf.models.stereo.N_STEREO_RELATIONS` more relations, so batches must
+        carry the stereo tuples. ``False`` (default, and every model trained before it): the
+        network cannot tell a stereocentre's R from its S.
 
     Examples
     --------
@@ -64,6 +70,7 @@ class ConformerTransformer(nn.Module):
         head: str | None = None,
         pe_sign_flip: bool = True,
         relation_options: dict | None = None,
+        stereo: bool = False,
     ):
         super().__init__()
         # Everything needed to rebuild this model; saved beside its weights.
@@ -72,6 +79,10 @@ class ConformerTransformer(nn.Module):
             n_encoder_layers=n_encoder_layers, n_decoder_layers=n_decoder_layers, dropout=dropout,
             pe_dim=pe_dim, head=head, pe_sign_flip=pe_sign_flip, relation_options=dict(relation_options or {}),
         )
+        if stereo:  # only when set: the configuration of older models stays as it was saved
+            self.config["stereo"] = True
+        self.stereo = stereo
+        extra = N_STEREO_RELATIONS if stereo else 0
         if pe_dim > d_model:
             raise ValueError(f"pe_dim={pe_dim} must not exceed d_model={d_model}")
         head = head or ("gated" if relation == "rebind" else "shared")
@@ -80,11 +91,11 @@ class ConformerTransformer(nn.Module):
         self.relation, self.head_kind, self.pe_dim, self.pe_sign_flip = relation, head, pe_dim, pe_sign_flip
         self.atom_encoder = AtomEncoder(d_model)
         self.encoder = nn.ModuleList(
-            TransformerBlock(d_model, n_heads, ffn_dim, 1, dropout) for _ in range(n_encoder_layers)
+            TransformerBlock(d_model, n_heads, ffn_dim, 1 + extra, dropout) for _ in range(n_encoder_layers)
         )
         self.relations = build_relations(relation, **(relation_options or {}))
         self.decoder = nn.ModuleList(
-            TransformerBlock(d_model, n_heads, ffn_dim, self.relations.n_relations, dropout)
+            TransformerBlock(d_model, n_heads, ffn_dim, self.relations.n_relations + extra, dropout)
             for _ in range(n_decoder_layers)
         )
         self.encoder_head = CoordinateHead(d_model)
@@ -101,11 +112,16 @@ class ConformerTransformer(nn.Module):
         pe = self._positional_encoding(batch[K.LAP_PE])
         h = add_positional_encoding(self.atom_encoder(batch[K.ATOM_FEATURES]), pe)  # (B, N, d)
         bond_rel = bond_adj.unsqueeze(1).to(h.dtype)  # (B, 1, N, N)
+        stereo = stereo_relations(batch, h.dtype) if self.stereo else None  # (B, 5, N, N)
+        if stereo is not None:
+            bond_rel = torch.cat([bond_rel, stereo], dim=1)  # (B, 6, N, N)
         for block in self.encoder:
             h = block(h, bond_rel, mask)
         h_enc = h
         pos_enc = self.encoder_head(h_enc)  # (B, N, 3)
         rel = self.relations(pos_enc, batch[K.ATOMIC_NUMBERS], bond_adj, mask).to(h.dtype)  # (B, R, N, N)
+        if stereo is not None:
+            rel = torch.cat([rel, stereo], dim=1)  # (B, R + 5, N, N)
         h = add_positional_encoding(h_enc, pe)
         for block in self.decoder:
             h = block(h, rel, mask)
