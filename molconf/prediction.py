@@ -401,7 +401,8 @@ def predict(
         model's name, a weights or Lightning checkpoint file, a network, or a list of these to
         choose from in the same way.
     batch_size : int
-        Molecules per forward pass (results do not depend on it).
+        Molecules per forward pass (in float32 results do not depend on it; under bfloat16 a
+        molecule's rounding depends on the molecules it is batched with).
     relax_with : {None, "mmff", "uff", "xtb"}
         Optional optimisation of each prediction: a force field, or GFN2-xTB after MMFF94
         (needs ``pip install 'molconf[xtb]'``; its steps and energy are noted in the report).
