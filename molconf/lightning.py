@@ -332,6 +332,8 @@ class ConformerModule(TrainingStateMixin, L.LightningModule):
     local_weight, stereo_weight : float
         Weights of the optional bonded/angle and handedness loss terms
         (:func:`~molconf.models.loss.conformer_loss`; 0: the published objective).
+    stereo_on : {"both", "decoder"}
+        Which conformers the handedness term applies to.
     """
 
     def __init__(
@@ -345,6 +347,7 @@ class ConformerModule(TrainingStateMixin, L.LightningModule):
         init_from: str | None = None,
         local_weight: float = 0.0,
         stereo_weight: float = 0.0,
+        stereo_on: str = "both",
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
@@ -371,7 +374,8 @@ class ConformerModule(TrainingStateMixin, L.LightningModule):
                              "so that batches carry the stereo tuples")
 
     def training_step(self, batch, batch_idx):
-        losses = conformer_loss(self.model(batch), batch, self.hparams.local_weight, self.hparams.stereo_weight)
+        hp = self.hparams
+        losses = conformer_loss(self.model(batch), batch, hp.local_weight, hp.stereo_weight, hp.get("stereo_on", "both"))
         if not torch.isfinite(losses["loss"]):
             # Stop before an optimiser step or checkpoint can store NaN weights.
             raise FloatingPointError(

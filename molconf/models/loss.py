@@ -43,9 +43,12 @@ def local_pairs(bond_adj: torch.Tensor) -> torch.Tensor:
 
 
 def conformer_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], local_weight: float = 0.0,
-                   stereo_weight: float = 0.0) -> dict[str, torch.Tensor]:
+                   stereo_weight: float = 0.0, stereo_on: str = "both") -> dict[str, torch.Tensor]:
     """(L_enc + L_dec) / 2 with each term the distance MAE (DESIGN §4, §5), plus the optional
-    local and stereo terms (module docstring) on both conformers."""
+    local term on both conformers and the stereo term on both (``stereo_on="both"``) or on the
+    final one only (``"decoder"``: the encoder's conformer only feeds the decoder's relations)."""
+    if stereo_on not in ("both", "decoder"):
+        raise ValueError(f"stereo_on must be 'both' or 'decoder', got {stereo_on!r}")
     pos, mask = batch[K.POS], batch[K.MASK]
     terms = {"enc": out[K.POS_ENC], "dec": out[K.POS_PRED]}
     losses = {f"loss_{k}": distance_mae(p, pos, mask) for k, p in terms.items()}
@@ -55,6 +58,7 @@ def conformer_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
         losses["loss_local"] = 0.5 * sum(distance_mae(p, pos, mask, local) for p in terms.values())
         total = total + local_weight * losses["loss_local"]
     if stereo_weight:
-        losses["loss_stereo"] = 0.5 * sum(stereo_loss(p, batch) for p in terms.values())
+        on = terms.values() if stereo_on == "both" else [terms["dec"]]
+        losses["loss_stereo"] = sum(stereo_loss(p, batch) for p in on) / len(on)
         total = total + stereo_weight * losses["loss_stereo"]
     return {"loss": total, **losses}

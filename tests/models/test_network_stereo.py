@@ -85,6 +85,10 @@ def test_losses_are_zero_on_the_reference_and_teach_the_mirror_image_back():
     assert set(full) == {"loss", "loss_enc", "loss_dec", "loss_local", "loss_stereo"}
     assert torch.isclose(full["loss"], full["loss_enc"] * 0 + full["loss"]) and float(full["loss_local"]) < 1e-6
     assert float(full["loss"]) == pytest.approx(2.0 * float(full["loss_stereo"]), abs=1e-5)
+    dec_only = conformer_loss({K.POS_ENC: ref, K.POS_PRED: mirror}, batch, stereo_weight=1.0, stereo_on="decoder")
+    assert float(dec_only["loss_stereo"]) == pytest.approx(float(loss))  # the encoder's (correct) conformer left out
+    with pytest.raises(ValueError, match="stereo_on"):
+        conformer_loss({K.POS_ENC: ref, K.POS_PRED: ref}, batch, stereo_weight=1.0, stereo_on="encoder")
     empty = batch_from_smiles(["CCO"], pe_dim=4, stereo=True)
     assert float(stereo_loss(empty[K.POS], empty)) == 0.0
 
