@@ -45,7 +45,7 @@ from rdkit import Chem
 
 from molconf.data.cache import file_sha256
 from molconf.data.smiles_source import read_named_smiles
-from molconf.shards import ShardFiles, write_atomic
+from molconf.shards import ShardFiles, chunks, write_atomic
 
 FORMATS = ("sdf", "parquet")
 ENGINES = ("local", "ray")
@@ -238,15 +238,8 @@ def _read_block(blocks: _Blocks, i: int) -> Iterator[dict]:
 
 # --- the run -----------------------------------------------------------------------------
 def _blocks_of(path: Path, block_size: int) -> Iterator[tuple[int, list[Record]]]:
-    block: list[Record] = []
-    i = 0
-    for position, (smiles, name, where) in enumerate(read_named_smiles(path)):
-        block.append((position, smiles, name, where))
-        if len(block) == block_size:
-            yield i, block
-            i, block = i + 1, []
-    if block:
-        yield i, block
+    records = ((position, smiles, name, where) for position, (smiles, name, where) in enumerate(read_named_smiles(path)))
+    return enumerate(chunks(records, block_size))
 
 
 def _manifest(path: Path, block_size: int, settings: LibrarySettings, fmt: str) -> dict:
@@ -392,11 +385,10 @@ def _finish(out_dir: Path, blocks: _Blocks, total: int, seconds: float, engine: 
             continue
         records.append(record)
         if blocks.fmt == "sdf":
-            failures.write(blocks.path(i, "failures.csv").read_text().split("\n", 1)[1])
+            block_csv = blocks.path(i, "failures.csv").read_text()
         else:
-            rows = [r for r in _read_block(blocks, i) if r["molblock"] is None]
-            csv.writer(failures).writerows([r["position"], r["where"], r["name"], r["smiles"], r["note"]]
-                                           for r in rows)
+            block_csv = _failures_csv([r for r in _read_block(blocks, i) if r["molblock"] is None])
+        failures.write(block_csv.split("\n", 1)[1])  # without its header
     loads: dict[str, int] = {}
     for r in records:
         if r.get("pid") is not None:

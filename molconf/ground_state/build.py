@@ -50,7 +50,7 @@ from molconf import constants as K
 from molconf.ground_state.xtb import (FORCEFIELDS, OPTIMIZERS, STAGE_XTB, STAGES, XtbError, XtbProtocol,
                                      XtbResult, _label, build_ground_state, require_tblite)
 from molconf.data.smiles_source import MOSES_PARTS, SmilesSource, as_source
-from molconf.shards import ShardFiles, write_atomic
+from molconf.shards import ShardFiles, chunks, write_atomic
 
 DEFAULT_SHARD_SIZE = 200  # molecules per shard: minutes of work, the unit of resumption
 BUILD_FILE = "build.json"
@@ -158,17 +158,6 @@ class _Workers:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
-
-
-def _chunks(records: Iterable[tuple[int, str]], size: int) -> Iterator[list[tuple[int, str]]]:
-    chunk = []
-    for rec in records:
-        chunk.append(rec)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def _versions() -> dict:
@@ -375,7 +364,7 @@ def build_dataset(
 
     def todo() -> Iterator[tuple[int, list[tuple[int, str]]]]:
         new = 0
-        for i, chunk in enumerate(_chunks(src, shard_size)):
+        for i, chunk in enumerate(chunks(src, shard_size)):
             record = shards.done(i)
             if record is not None:
                 if record["first_index"] != chunk[0][0] or record["molecules"] != len(chunk):
@@ -544,15 +533,15 @@ class _RestorePlan:
             rows = csv.reader(fh)
             next(rows, None)
             failures = {int(row[0]): row for row in rows}
-        chunks = {i: chunk for i, chunk in enumerate(_chunks(src, shard_size)) if i in wanted}
-        for i, chunk in chunks.items():
+        by_shard = {i: chunk for i, chunk in enumerate(chunks(src, shard_size)) if i in wanted}
+        for i, chunk in by_shard.items():
             missing = [idx for idx, _ in chunk if idx not in records and idx not in failures]
             if missing:
                 raise ValueError(f"{dataset_dir}: molecule(s) {missing[:5]} of shard {i} are in neither "
                                  f"{MERGED_SDF} nor {FAILURES_FILE}")
         # one force field for the whole data set is one for every shard; otherwise it is unknown
         fields = list(report.get("forcefield_used", {}))
-        return cls(dataset_dir, shard_size, chunks, records, failures, fields[0] if len(fields) == 1 else "unknown")
+        return cls(dataset_dir, shard_size, by_shard, records, failures, fields[0] if len(fields) == 1 else "unknown")
 
 
 def _write_restored(plan: _RestorePlan, shards: _Shards) -> list[int]:
