@@ -239,9 +239,13 @@ def stereo_consistent(ref_mol: Chem.Mol, pred_mol: Chem.Mol) -> bool:
     return not stereo_mismatches(ref_mol, pred_mol)
 
 
-def local_distance_errors(ref: Chem.Mol, pred: Chem.Mol) -> dict[int, tuple[float, int]]:
-    """Absolute distance errors of the pairs 1 and 2 bonds apart (bond lengths, and the 1-3
-    distances that set bond angles): ``{1: (error sum, pairs), 2: (error sum, pairs)}``, Å.
+def local_distance_errors(ref: Chem.Mol, pred: Chem.Mol, hops: Sequence[int] = (1, 2),
+                          beyond: int | None = None) -> dict[int | str, tuple[float, int]]:
+    """Absolute distance errors of atom pairs grouped by how many bonds apart they are (by
+    default 1 and 2: bond lengths, and the 1-3 distances that set bond angles): ``{hops: (error
+    sum, pairs)}``, Å. ``beyond=k`` adds the key ``f">{k}"``: every pair more than ``k`` bonds
+    apart (non-bonded contacts, where ReBind's rewiring should matter). Pairs in different
+    fragments count as infinitely far apart.
 
     >>> from rdkit.Chem import AllChem
     >>> m = Chem.AddHs(Chem.MolFromSmiles("CCO"))
@@ -250,15 +254,20 @@ def local_distance_errors(ref: Chem.Mol, pred: Chem.Mol) -> dict[int, tuple[floa
     >>> e = local_distance_errors(m, bigger)
     >>> e[1][1], e[2][1]  # 8 bonds, 13 angle pairs
     (8, 13)
+    >>> local_distance_errors(m, bigger, hops=(), beyond=3)[">3"][1]  # H-C-C-O-H: 3 methyl H to the hydroxyl H
+    3
     """
-    topo = Chem.GetDistanceMatrix(ref)
+    topo = Chem.GetDistanceMatrix(ref)  # (N, N) bonds apart; 1e8 between fragments
     a, b = ref.GetConformer().GetPositions(), pred.GetConformer().GetPositions()
-    d_ref = np.linalg.norm(a[:, None] - a[None], axis=-1)
+    d_ref = np.linalg.norm(a[:, None] - a[None], axis=-1)  # (N, N)
     d_pred = np.linalg.norm(b[:, None] - b[None], axis=-1)
+    groups: dict[int | str, np.ndarray] = {k: np.triu(topo == k, 1) for k in hops}
+    if beyond is not None:
+        groups[f">{beyond}"] = np.triu(topo > beyond, 1)
     out = {}
-    for hops in (1, 2):
-        i, j = np.where(np.triu(topo == hops, 1))
-        out[hops] = (float(np.abs(d_pred[i, j] - d_ref[i, j]).sum()), int(len(i)))
+    for key, mask in groups.items():
+        i, j = np.where(mask)
+        out[key] = (float(np.abs(d_pred[i, j] - d_ref[i, j]).sum()), int(len(i)))
     return out
 
 

@@ -219,3 +219,70 @@ def test_ground_state_anchors_resume_per_molecule_and_row(anchors, monkeypatch, 
     positions = pred.GetConformer().GetPositions()  # coordinates moved with their atoms: bonds stay short
     assert all(np.linalg.norm(positions[b.GetBeginAtomIdx()] - positions[b.GetEndAtomIdx()]) < 1.6
                for b in bare.GetBonds())
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reachability_takes_each_molecules_lowest_minimum_and_skips_unscored_rows(tmp_path):
+    reach = _load("ground_state_reachability")
+    lines = [{"index": 1, "rows": {"a": {"failed": False, "gap_kcal": 0.0, "c_rmsd": 0.4}}},
+             {"index": 1, "rows": {"b": {"failed": False, "gap_kcal": -2.0, "c_rmsd": 1.5}}},
+             {"index": 2, "rows": {"a": {"failed": False, "gap_kcal": 3.0, "c_rmsd": 1.0},
+                                   "b": {"failed": True}}},
+             {"index": 3, "rows": {"a": {"failed": False, "gap_kcal": None, "c_rmsd": 0.1}}}]
+    (tmp_path / "ground_state_anchors_per_molecule.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    per_mol = reach.read(tmp_path / "ground_state_anchors_per_molecule.jsonl")
+    assert sorted(reach.lowest_known(per_mol)) == [(-2.0, 1.5, "b"), (3.0, 1.0, "a")]
+    reach.main(["--results", str(tmp_path)])
+    text = (tmp_path / "ground_state_reachability.md").read_text()
+    assert "| a | 2 | 0.700 | 0% / – | 50% / 0.400 | 50% / 1.000 |" in text
+    assert "For 1 of 2 molecules (50%)" in text and "C-RMSD 1.250" in text
+
+
+def test_seed_study_pairs_relations_by_seed_and_reads_only_finished_runs(tmp_path):
+    study = _load("seed_study")
+    for name in ("rebind_s0", "rebind_s1", "gtmgc_s0", "gtmgc_s1", "gtmgc_s2", "notes"):
+        (tmp_path / name).mkdir()
+    for name in ("rebind_s0", "rebind_s1", "gtmgc_s0", "gtmgc_s1"):
+        (tmp_path / name / "FINISHED").touch()
+    runs = study.runs_in(tmp_path)
+    assert sorted(runs) == [("gtmgc", 0), ("gtmgc", 1), ("rebind", 0), ("rebind", 1)]  # gtmgc_s2 unfinished
+
+    def r(v):
+        return {m: v for m in study.METRICS}
+
+    results = {"rebind_s0": {"raw network": r(1.0), "predict": r(1.0)},
+               "rebind_s1": {"raw network": r(3.0), "predict": r(3.0)},
+               "gtmgc_s0": {"raw network": r(0.5), "predict": r(0.5)},
+               "gtmgc_s1": {"raw network": r(0.5), "predict": r(0.5)}}
+    text = "\n".join(study.summarise(results))
+    assert "| **rebind, mean ± sd of 2 seeds** | 2.0000 ± 1.4142 |" in text
+    assert "| **ReBind − GTMGC, paired by seed (2)** | 1.5000 ± 1.4142 |" in text
+
+
+def test_seed_study_script_trains_each_relation_and_seed_once(tmp_path):
+    import os
+    import subprocess
+
+    fake = tmp_path / "fake_molconf"  # stands in for `molconf fit`: logs its arguments
+    fake.write_text('#!/usr/bin/env bash\necho "threads=$OMP_NUM_THREADS $*"\n')
+    fake.chmod(0o755)
+    runs = tmp_path / "runs"
+    env = dict(os.environ, MOLCONF=str(fake), RUNS=str(runs), SEEDS="0 1")
+    script = BENCHMARKS / "seed_study.sh"
+    assert subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60).returncode == 0
+    for relation in ("rebind", "gtmgc"):
+        for seed in (0, 1):
+            log = (runs / f"{relation}_s{seed}.log").read_text()
+            assert (runs / f"{relation}_s{seed}" / "FINISHED").is_file()
+            assert f"threads=1 fit --config configs/rebind_qm9_small_cpu.yaml" in log
+            assert f"--seed_everything {seed}" in log and "configs/seed_study_qm9.yaml" in log
+            assert ("configs/gtmgc_qm9_small_cpu.yaml" in log) == (relation == "gtmgc")
+    again = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and again.stdout.count("finished earlier") == 4  # nothing trained twice
+    assert (runs / "rebind_s0.log").read_text().count(" fit ") == 1
