@@ -6,7 +6,8 @@ conformers for SMILES or files (:mod:`molconf.predict_cli`). Other subcommands h
 ``molconf baselines`` (RDKit ETKDG / MMFF on a split), ``molconf prepare`` (build a
 data-set cache), ``molconf build-xtb`` (GFN2-xTB ground states from SMILES) and
 ``molconf gfn2-forces`` (training data of the learned GFN2-xTB correction of MMFF94) and
-``molconf conformer-energies`` (GFN2-xTB energies of conformer pools, :mod:`molconf.ground_state.energies`).
+``molconf conformer-energies`` (GFN2-xTB energies of conformer pools, :mod:`molconf.ground_state.energies`)
+and ``molconf conformer-ensembles`` (GFN2-xTB conformer ensembles, :mod:`molconf.ground_state.ensembles`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ commands:
   build-xtb                         GFN2-xTB ground states from SMILES / MOSES (molconf build-xtb --help)
   gfn2-forces                       GFN2-xTB and MMFF94 forces around a data set's minima (trains the GFN2 correction)
   conformer-energies                GFN2-xTB energies of ETKDG+MMFF94 conformer pools (rankers' data)
+  conformer-ensembles               GFN2-xTB conformer ensembles within 3 kcal/mol (the ensemble benchmark's reference)
   generate | diffusion              sample conformers with a denoiser; generalisation / Jacobian studies
 """
 
@@ -62,6 +64,10 @@ def main(argv: list[str] | None = None) -> None:
         from molconf.ground_state.energies import main as energies_main
 
         energies_main(rest)
+    elif command == "conformer-ensembles":
+        from molconf.ground_state.ensembles import main as ensembles_main
+
+        ensembles_main(rest)
     elif command in ("generate", "diffusion"):
         from molconf.diffusion.cli import main as diffusion_main
 

@@ -273,16 +273,25 @@ def test_seed_study_script_trains_each_relation_and_seed_once(tmp_path):
     fake.write_text('#!/usr/bin/env bash\necho "threads=$OMP_NUM_THREADS $*"\n')
     fake.chmod(0o755)
     runs = tmp_path / "runs"
-    env = dict(os.environ, MOLCONF=str(fake), RUNS=str(runs), SEEDS="0 1")
+    env = dict(os.environ, MOLCONF=str(fake), RUNS=str(runs), SEEDS="0 1", STUDIES="qm9 moses_xtb",
+               RELATIONS="rebind gtmgc gtmgcdetached")
     script = BENCHMARKS / "seed_study.sh"
     assert subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60).returncode == 0
-    for relation in ("rebind", "gtmgc"):
+    for relation in ("rebind", "gtmgc", "gtmgcdetached"):
         for seed in (0, 1):
-            log = (runs / f"{relation}_s{seed}.log").read_text()
-            assert (runs / f"{relation}_s{seed}" / "FINISHED").is_file()
-            assert f"threads=1 fit --config configs/rebind_qm9_small_cpu.yaml" in log
-            assert f"--seed_everything {seed}" in log and "configs/seed_study_qm9.yaml" in log
-            assert ("configs/gtmgc_qm9_small_cpu.yaml" in log) == (relation == "gtmgc")
+            qm9 = (runs / "qm9" / f"{relation}_s{seed}.log").read_text()
+            moses = (runs / "moses_xtb" / f"{relation}_s{seed}.log").read_text()
+            assert (runs / "qm9" / f"{relation}_s{seed}" / "FINISHED").is_file()
+            assert qm9.startswith("threads=1 fit --config configs/rebind_qm9_small_cpu.yaml")
+            assert f"--seed_everything {seed}" in qm9 and "configs/seed_study_qm9.yaml" in qm9
+            assert ("configs/gtmgc_qm9_small_cpu.yaml" in qm9) == (relation != "rebind")
+            assert ("configs/gtmgc_detached.yaml" in qm9) == ("configs/gtmgc_detached.yaml" in moses) \
+                == (relation == "gtmgcdetached")
+            base = "rebind" if relation == "rebind" else "gtmgc"
+            assert f"--config configs/{base}_moses_xtb_cpu.yaml --config configs/seed_study_moses_xtb.yaml" in moses
+            assert f"init_from {runs}/qm9/{relation}_s{seed}/checkpoints/last.ckpt" in moses
     again = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
-    assert again.returncode == 0 and again.stdout.count("finished earlier") == 4  # nothing trained twice
-    assert (runs / "rebind_s0.log").read_text().count(" fit ") == 1
+    assert again.returncode == 0 and again.stdout.count("finished earlier") == 12  # nothing trained twice
+    bad = subprocess.run(["bash", str(script)], env=dict(env, STUDIES="geom"), capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 1 and "unknown study geom" in bad.stderr

@@ -20,6 +20,9 @@ The pieces, in the order a molecule meets them:
 :mod:`~molconf.ground_state.energies`
     GFN2-xTB energies of several conformers per molecule (``molconf conformer-energies``), the
     data a ranker is trained and measured on; :mod:`~molconf.ground_state.ranking` scores rankers.
+:mod:`~molconf.ground_state.ensembles`
+    GFN2-xTB conformer ensembles within 3 kcal/mol of the lowest minimum (``molconf
+    conformer-ensembles``), the reference of the conformer-ensemble benchmark.
 
 Nothing here is imported with :mod:`molconf`; tblite loads only when GFN2-xTB is asked for.
 """

@@ -1,0 +1,310 @@
+"""GFN2-xTB conformer ensembles of moses_xtb molecules: the reference of the ensemble benchmark.
+
+For each molecule of a moses_xtb split (its SDF record: graph, stereo and the data set's own
+GFN2-xTB ground state), :func:`molecule_ensemble` does:
+
+1. ``conformers`` ETKDGv3 starts (seed ``seed``; neither 0 — RDKit's identical-conformer trap — nor
+   the build's 42), each minimised with MMFF94 (``mmff_iters``);
+2. the MMFF94 minima that keep the input's stereo, made unique (heavy-atom RMSD ≥ ``rmsd_dedup``
+   to every lower one) and taken lowest first up to ``max_relax``, each relaxed with GFN2-xTB
+   (tblite, the data protocol's optimiser settings);
+3. the relaxed minima whose bond graph and stereo survived, plus the data set's own ground state,
+   made unique the same way (the lower energy kept), and kept within ``window_kcal`` of the lowest.
+
+The ensemble is written as SDF, one record per conformer, lowest first, each with its GFN2-xTB
+energy relative to the ensemble's lowest (``rel_kcal``), the absolute energy (``gfn2_energy_eV``),
+the data-set index (``moses_xtb_index``) and where it came from (``origin``: ``etkdg`` or
+``reference``). Units of ``shard_size`` molecules go to ``ensemble_NNNNNN.sdf`` with
+``.failures.csv`` and a ``.json`` record written last (:class:`~molconf.shards.ShardFiles`): a killed
+run resumes at the first missing unit; a failed molecule is named with its reason, never dropped::
+
+    molconf conformer-ensembles --split test --n 200 --out runs/ensembles/test --workers 2
+
+The draw: ``n`` molecules of the split, a numpy ``default_rng(draw_seed)`` choice in file order;
+:func:`read_ensembles` gives ``{index: Mol with every conformer}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from rdkit import Chem
+from rdkit.Chem import rdMolAlign
+
+from molconf.ground_state.search import EV_TO_KCAL, etkdg_candidates, mmff_minimise
+from molconf.shards import ShardFiles, chunks, write_atomic
+
+BUILD_SEED = 42  # the moses_xtb build's own ETKDG seed
+INDEX_PROP = "moses_xtb_index"
+
+
+@dataclass(frozen=True)
+class EnsembleSettings:
+    """Every knob of :func:`molecule_ensemble` (see the module docstring)."""
+
+    conformers: int = 30
+    seed: int = 11
+    mmff_iters: int = 2000
+    max_relax: int = 30
+    rmsd_dedup: float = 0.125  # Å, heavy atoms: closer minima are one (CREST's default threshold)
+    window_kcal: float = 3.0
+
+    def __post_init__(self):
+        if self.seed in (0, BUILD_SEED):
+            raise ValueError(f"seed {self.seed}: 0 embeds identical conformers, {BUILD_SEED} regenerates the "
+                             "reference build's own candidates; choose another")
+        if self.conformers < 1 or self.max_relax < 1 or self.rmsd_dedup <= 0 or self.window_kcal < 0:
+            raise ValueError(f"invalid ensemble settings: {self}")
+
+
+def heavy_rmsd(mol: Chem.Mol, i: int, j: int) -> float:
+    """Heavy-atom, symmetry-aware, aligned RMSD between conformers ``i`` and ``j`` of ``mol`` (no H)."""
+    probe = Chem.Mol(mol, confId=j)
+    return rdMolAlign.GetBestRMS(probe, mol, -1, i, maxMatches=100_000)
+
+
+def unique_by_rmsd(heavy: Chem.Mol, conf_ids: list[int], energies: list[float], threshold: float) -> list[int]:
+    """Positions kept, lowest energy first: each at ≥ ``threshold`` Å heavy-atom RMSD from every
+    kept lower one (non-finite energies dropped).
+
+    >>> from rdkit.Chem import AllChem
+    >>> m = Chem.AddHs(Chem.MolFromSmiles("CCCC"))
+    >>> ids = list(AllChem.EmbedMultipleConfs(m, 2, randomSeed=3))
+    >>> _ = m.AddConformer(Chem.Conformer(m.GetConformer(ids[0])), assignId=True)  # a copy of the first
+    >>> unique_by_rmsd(Chem.RemoveHs(m), [0, 1, 2], [0.0, 5.0, 0.1], 0.125)
+    [0, 1]
+    """
+    order = [k for k in np.argsort(energies, kind="stable").tolist() if np.isfinite(energies[k])]
+    kept: list[int] = []
+    for k in order:
+        if all(heavy_rmsd(heavy, conf_ids[q], conf_ids[k]) >= threshold for q in kept):
+            kept.append(k)
+    return kept
+
+
+def _reference(record: str) -> Chem.Mol:
+    supplier = Chem.SDMolSupplier()
+    supplier.SetData(record, removeHs=False)
+    ref = supplier[0]
+    if ref is None:
+        raise ValueError("record not readable")
+    Chem.AssignStereochemistryFrom3D(ref)
+    return ref
+
+
+def molecule_ensemble(index: int, record: str, settings: EnsembleSettings) -> tuple[int, str]:
+    """``(index, SDF text of the ensemble)``, or ``(index, reason)`` prefixed ``"failed: "``."""
+    from molconf.ground_state.xtb import XtbProtocol, stereo_changes, xtb_relax
+    from molconf.stereo import stereo_spec
+
+    try:
+        ref = _reference(record)
+        pool = etkdg_candidates(ref, settings.conformers, settings.seed)
+        if pool.GetNumConformers() == 0:
+            return index, "failed: ETKDG embedded no conformer"
+        e_mmff = mmff_minimise(pool, settings.mmff_iters)
+        if e_mmff is None:
+            return index, "failed: no MMFF94 parameters"
+        ids = [c.GetId() for c in pool.GetConformers()]
+        spec = stereo_spec(ref)
+        e_mmff = [e if not spec.mismatches(pool.GetConformer(c).GetPositions()) else float("inf")
+                  for c, e in zip(ids, e_mmff)]
+        starts = unique_by_rmsd(Chem.RemoveHs(pool), ids, e_mmff, settings.rmsd_dedup)[: settings.max_relax]
+        protocol = XtbProtocol()
+        minima = Chem.Mol(ref)  # conformer 0: the data set's ground state
+        energies, origins = [float(ref.GetProp("gfn2_energy_eV"))], ["reference"]
+        n_relaxed, dropped = 0, 0
+        for k in starts:
+            one = Chem.Mol(pool, confId=ids[k])
+            try:
+                r = xtb_relax(one, protocol)
+            except RuntimeError:
+                dropped += 1
+                continue
+            n_relaxed += 1
+            if r.bond_changes or stereo_changes(ref, one.GetConformer().GetPositions()):
+                dropped += 1
+                continue
+            minima.AddConformer(Chem.Conformer(one.GetConformer()), assignId=True)
+            energies.append(r.energy_ev)
+            origins.append("etkdg")
+        conf_ids = [c.GetId() for c in minima.GetConformers()]
+        keep = unique_by_rmsd(Chem.RemoveHs(minima), conf_ids, energies, settings.rmsd_dedup)
+        lowest = energies[keep[0]]
+        keep = [k for k in keep if (energies[k] - lowest) * EV_TO_KCAL <= settings.window_kcal]
+    except Exception as err:  # RDKit / tblite errors: the molecule is named with its reason
+        return index, f"failed: {type(err).__name__}: {' '.join(str(err).split())[:160]}"
+    out = io.StringIO()
+    writer = Chem.SDWriter(out)
+    for rank, k in enumerate(keep):
+        m = Chem.Mol(minima, confId=conf_ids[k])
+        m.SetProp("_Name", f"{index}_{rank}")
+        m.SetIntProp(INDEX_PROP, index)
+        m.SetProp("origin", origins[k])
+        m.SetDoubleProp("gfn2_energy_eV", energies[k])
+        m.SetDoubleProp("rel_kcal", (energies[k] - lowest) * EV_TO_KCAL)
+        m.SetIntProp("ensemble_size", len(keep))
+        m.SetIntProp("relaxed", n_relaxed)
+        m.SetIntProp("dropped", dropped)
+        writer.write(m)
+    writer.close()
+    return index, out.getvalue()
+
+
+def _work(item: tuple[int, str, EnsembleSettings]) -> tuple[int, str]:
+    return molecule_ensemble(*item)
+
+
+def draw(split: str, n: int | None, draw_seed: int, sdf: Path, split_file: Path | None = None) -> list[tuple[int, str]]:
+    """``(data-set index, SDF record)`` of ``n`` molecules of the split (seeded choice, file order)."""
+    from molconf.data.moses_xtb import split_records
+
+    split_file = Path(split_file or sdf.parent / f"split_{split}.npy")
+    records = [(i, rec) for i, rec, _ in split_records(np.load(split_file), sdf)]
+    if n is None or n >= len(records):
+        return records
+    pick = sorted(np.random.default_rng(draw_seed).choice(len(records), n, replace=False).tolist())
+    return [records[i] for i in pick]
+
+
+def build_ensembles(split: str, out_dir: str | Path, n: int | None = 200, settings: EnsembleSettings = EnsembleSettings(),
+                    workers: int = 1, draw_seed: int = 0, shard_size: int = 10, sdf: str | Path | None = None,
+                    split_file: str | Path | None = None, max_units: int | None = None, progress: bool = True) -> dict:
+    """Write the ensembles of ``n`` drawn molecules of a moses_xtb split (resumable); the summary."""
+    from tqdm import tqdm
+
+    from molconf.data.moses_xtb import default_moses_xtb_sdf
+    from molconf.ground_state.build import _Workers
+
+    sdf = Path(sdf or default_moses_xtb_sdf())
+    out_dir = Path(out_dir)
+    records = draw(split, n, draw_seed, sdf, split_file)
+    meta = {"sdf": sdf.name, "split": split, "n": len(records), "draw_seed": draw_seed, "shard_size": shard_size,
+            **asdict(settings), "units": "kcal/mol, Å",
+            "protocol": "ETKDGv3 x conformers -> MMFF94 -> unique (heavy-atom RMSD) -> GFN2-xTB relaxation "
+                        "(tblite, XtbProtocol) -> with the data set's ground state, unique, within window_kcal"}
+    units = ShardFiles(out_dir, "ensemble", ("sdf", "failures.csv"))
+    meta_path = out_dir / "meta.json"
+    if meta_path.exists() and json.loads(meta_path.read_text()) != json.loads(json.dumps(meta)):
+        raise ValueError(f"{out_dir} holds ensembles of other settings ({meta_path}); use another --out")
+    write_atomic(meta_path, json.dumps(meta, indent=1))
+    pool = _Workers(workers) if workers > 1 else None
+    bar = tqdm(total=len(records), disable=not progress, desc="GFN2-xTB ensembles", unit="mol")
+    t0, written = time.perf_counter(), 0
+    try:
+        for u, chunk in enumerate(chunks(records, shard_size)):
+            if units.done(u) is not None:
+                bar.update(len(chunk))
+                continue
+            if max_units is not None and written >= max_units:
+                break
+            t_unit = time.perf_counter()
+            items = [(i, rec, settings) for i, rec in chunk]
+            results = dict(pool.map_unordered(_work, items) if pool else map(_work, items))
+            ok = {i: t for i, t in results.items() if not t.startswith("failed: ")}
+            failures = io.StringIO()
+            w = csv.writer(failures)
+            w.writerow(["index", "reason"])
+            for i, _ in chunk:
+                if i not in ok:
+                    reason = results[i][len("failed: "):] if results[i].startswith("failed: ") else results[i]
+                    w.writerow([i, reason])
+            units.write_unit(u, {"sdf": "".join(ok[i] for i, _ in chunk if i in ok), "failures.csv": failures.getvalue()},
+                             {"molecules": len(ok), "failed": len(chunk) - len(ok),
+                              "seconds": round(time.perf_counter() - t_unit, 1), "workers": workers})
+            written += 1
+            bar.update(len(chunk))
+    finally:
+        if pool is not None:
+            pool.close()
+        bar.close()
+    return summarise(out_dir, seconds=time.perf_counter() - t0)
+
+
+def read_ensembles(out_dir: str | Path) -> dict[int, Chem.Mol]:
+    """``{data-set index: Mol holding its ensemble, lowest first}`` from every finished unit. Each
+    Mol's ``rel_kcal`` and ``origin`` properties list its conformers' values, space-separated."""
+    out: dict[int, Chem.Mol] = {}
+    rel: dict[int, list[str]] = {}
+    origin: dict[int, list[str]] = {}
+    for record in sorted(Path(out_dir).glob("ensemble_*.json")):
+        sdf = record.with_suffix(".sdf")
+        for m in Chem.SDMolSupplier(str(sdf), removeHs=False):
+            if m is None:
+                raise ValueError(f"{sdf}: an unreadable record (a corrupted unit: delete {record.name} and rerun)")
+            i = m.GetIntProp(INDEX_PROP)
+            if i not in out:
+                out[i] = Chem.Mol(m)
+                out[i].GetConformer().SetId(0)
+                rel[i], origin[i] = [], []
+            else:
+                out[i].AddConformer(Chem.Conformer(m.GetConformer()), assignId=True)
+            rel[i].append(f"{m.GetDoubleProp('rel_kcal'):.4f}")
+            origin[i].append(m.GetProp("origin"))
+    for i, m in out.items():
+        m.SetProp("rel_kcal", " ".join(rel[i]))
+        m.SetProp("origin", " ".join(origin[i]))
+    return out
+
+
+def read_failures(out_dir: str | Path) -> list[tuple[int, str]]:
+    out = []
+    for record in sorted(Path(out_dir).glob("ensemble_*.json")):
+        with open(record.with_name(record.name.replace(".json", ".failures.csv"))) as fh:
+            out += [(int(r["index"]), r["reason"]) for r in csv.DictReader(fh)]
+    return out
+
+
+def summarise(out_dir: str | Path, seconds: float | None = None) -> dict:
+    ens = read_ensembles(out_dir)
+    sizes = [m.GetNumConformers() for m in ens.values()]
+    from_ref = [m.GetProp("origin").split()[0] == "reference" for m in ens.values()]
+    summary = {"molecules": len(ens), "conformers": int(sum(sizes)),
+               "ensemble_size": {"mean": float(np.mean(sizes)) if sizes else None,
+                                 "median": float(np.median(sizes)) if sizes else None,
+                                 "max": int(max(sizes)) if sizes else None},
+               "lowest_is_the_reference": float(np.mean(from_ref)) if from_ref else None,
+               "failures": [{"index": i, "reason": r} for i, r in read_failures(out_dir)]}
+    if seconds is not None:
+        summary["seconds_this_run"] = round(seconds, 1)
+    write_atomic(Path(out_dir) / "summary.json", json.dumps(summary, indent=1))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    import os
+
+    p = argparse.ArgumentParser(prog="molconf conformer-ensembles", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--n", type=int, default=200, help="molecules drawn from the split (default 200; 0: all)")
+    p.add_argument("--draw-seed", type=int, default=0)
+    d = EnsembleSettings()
+    p.add_argument("--conformers", type=int, default=d.conformers)
+    p.add_argument("--seed", type=int, default=d.seed, help="ETKDGv3 seed (not 0, not the build's 42)")
+    p.add_argument("--max-relax", type=int, default=d.max_relax)
+    p.add_argument("--window", type=float, default=d.window_kcal, help="kcal/mol above the lowest minimum")
+    p.add_argument("--shard-size", type=int, default=10)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--max-units", type=int, help="stop after writing this many units (resume later)")
+    p.add_argument("--sdf", type=Path, help="a moses_xtb-style molecules.sdf.gz (default: the shipped one)")
+    args = p.parse_args(argv)
+    settings = EnsembleSettings(conformers=args.conformers, seed=args.seed, max_relax=args.max_relax,
+                                window_kcal=args.window)
+    summary = build_ensembles(args.split, args.out, args.n or None, settings, args.workers, args.draw_seed,
+                              args.shard_size, args.sdf, max_units=args.max_units,
+                              progress=os.environ.get("MOLCONF_NO_PROGRESS") is None)
+    print(json.dumps({k: v for k, v in summary.items() if k != "failures"} | {"failures": len(summary["failures"])},
+                     indent=1))
+
+
+if __name__ == "__main__":
+    main()

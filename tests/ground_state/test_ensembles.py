@@ -1,0 +1,125 @@
+"""GFN2-xTB conformer ensembles: dedup against a slow reference, the build on real molecules."""
+
+import importlib.util
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rdkit import Chem
+from rdkit.Chem import AllChem, rdMolAlign
+
+from molconf import constants as K
+from molconf.data.moses_xtb import iter_sdf_records
+from molconf.ground_state import ensembles as En
+
+SAMPLE = Path(__file__).resolve().parents[2] / "datasets" / "moses_xtb" / "molecules.sdf.gz"
+
+
+def _unique_by_hand(mol, energies, threshold):
+    """Slow reference: every pair's RMSD first, then the greedy walk lowest first."""
+    heavy = Chem.RemoveHs(mol)
+    n = heavy.GetNumConformers()
+    rmsd = np.zeros((n, n))
+    for i, j in itertools.combinations(range(n), 2):
+        rmsd[i, j] = rmsd[j, i] = rdMolAlign.GetBestRMS(Chem.Mol(heavy, confId=j), heavy, -1, i)
+    kept = []
+    for k in sorted((k for k in range(n) if np.isfinite(energies[k])), key=lambda k: (energies[k], k)):
+        if all(rmsd[k, q] >= threshold for q in kept):
+            kept.append(k)
+    return kept
+
+
+@pytest.mark.parametrize("smiles,seed", [("CCCCCO", 5), ("CC(=O)Nc1ccc(O)cc1", 9), ("OCC(N)C(=O)OC", 3)])
+def test_unique_by_rmsd_matches_the_slow_reference(smiles, seed):
+    m = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    AllChem.EmbedMultipleConfs(m, 8, randomSeed=seed)
+    AllChem.MMFFOptimizeMoleculeConfs(m, maxIters=2000)
+    m.AddConformer(Chem.Conformer(m.GetConformer(2)), assignId=True)  # an exact duplicate
+    rng = np.random.default_rng(seed)
+    energies = rng.normal(size=m.GetNumConformers()).tolist()
+    energies[3] = float("inf")  # a failed minimisation is never kept
+    ids = [c.GetId() for c in m.GetConformers()]
+    for threshold in (0.125, 0.5, 1.0):
+        got = En.unique_by_rmsd(Chem.RemoveHs(m), ids, energies, threshold)
+        assert got == _unique_by_hand(m, energies, threshold)
+        assert 3 not in got and not {2, 8} <= set(got)
+
+
+def test_settings_refuse_the_reference_builds_seed_and_the_identical_conformer_seed():
+    for seed in (0, 42):
+        with pytest.raises(ValueError, match="choose another"):
+            En.EnsembleSettings(seed=seed)
+
+
+@pytest.fixture
+def small_split(tmp_path):
+    records = list(itertools.islice(iter_sdf_records(SAMPLE), 40))
+    mols = []
+    for r in records:
+        s = Chem.SDMolSupplier()
+        s.SetData(r, removeHs=False)
+        mols.append(s[0])
+    picked = np.argsort([m.GetNumAtoms() for m in mols])[:2]  # the smallest: quick GFN2-xTB
+    sdf = tmp_path / "molecules.sdf"
+    sdf.write_text(records[picked[0]] + records[picked[1]])
+    ids = [int(mols[i].GetProp(K.SDF_SOURCE_INDEX)) for i in picked]
+    np.save(tmp_path / "split_test.npy", np.asarray(ids))
+    return sdf, ids, {int(mols[i].GetProp(K.SDF_SOURCE_INDEX)): mols[i] for i in picked}
+
+
+def test_build_is_resumable_and_its_ensembles_are_gfn2_minima_within_the_window(small_split, tmp_path, monkeypatch):
+    pytest.importorskip("tblite")
+    from molconf.ground_state.xtb import XtbProtocol, gfn2_energy
+    from molconf.stereo import stereo_spec
+
+    sdf, ids, refs = small_split
+    settings = En.EnsembleSettings(conformers=4, window_kcal=3.0)
+    out = tmp_path / "ens"
+    summary = En.build_ensembles("test", out, None, settings, sdf=sdf, shard_size=1, progress=False)
+    ens = En.read_ensembles(out)
+    assert sorted(ens) == sorted(ids) and summary["molecules"] == 2 and summary["failures"] == []
+    for index, m in ens.items():
+        rel = [float(x) for x in m.GetProp("rel_kcal").split()]
+        origin = m.GetProp("origin").split()
+        assert rel == sorted(rel) and rel[0] == 0.0 and rel[-1] <= 3.0 and len(origin) == m.GetNumConformers()
+        assert set(origin) <= {"etkdg", "reference"}
+        energies = [gfn2_energy(m, XtbProtocol(), conf_id=c.GetId()) for c in m.GetConformers()]
+        assert (np.array(energies) - energies[0]) * En.EV_TO_KCAL == pytest.approx(rel, abs=0.01)
+        if "reference" in origin:  # the data set's ground state is kept as it is
+            ref = refs[index]
+            pos = m.GetConformer(origin.index("reference")).GetPositions()
+            assert np.allclose(pos, ref.GetConformer().GetPositions(), atol=1e-3)
+        spec = stereo_spec(refs[index])
+        assert all(not spec.mismatches(c.GetPositions()) for c in m.GetConformers())
+        heavy = Chem.RemoveHs(m)
+        cids = [c.GetId() for c in heavy.GetConformers()]
+        assert all(En.heavy_rmsd(heavy, a, b) >= settings.rmsd_dedup for a, b in itertools.combinations(cids, 2))
+    calls = []
+    monkeypatch.setattr(En, "molecule_ensemble", lambda *a: calls.append(a) or (a[0], "failed: should not run"))
+    En.build_ensembles("test", out, None, settings, sdf=sdf, shard_size=1, progress=False)
+    assert calls == []  # every unit exists: nothing recomputed
+    with pytest.raises(ValueError, match="other settings"):
+        En.build_ensembles("test", out, None, En.EnsembleSettings(conformers=5), sdf=sdf, shard_size=1, progress=False)
+    assert json.loads((out / "summary.json").read_text())["molecules"] == 2
+
+
+def test_a_failed_molecule_is_named_and_its_unit_mates_kept(small_split, tmp_path, monkeypatch):
+    sdf, ids, _ = small_split
+
+    def fake(index, record, settings):  # the first molecule fails, the other gets a 1-conformer ensemble
+        if index == ids[0]:
+            return index, "failed: RuntimeError: SCF failure"
+        m = En._reference(record)
+        m.SetIntProp(En.INDEX_PROP, index)
+        for key, value in (("origin", "reference"), ("rel_kcal", 0.0)):
+            (m.SetProp if isinstance(value, str) else m.SetDoubleProp)(key, value)
+        return index, Chem.MolToMolBlock(m) + "".join(f">  <{p}>  ({1})\n{m.GetProp(p)}\n\n" for p in
+                                                      (En.INDEX_PROP, "origin", "rel_kcal")) + "$$$$\n"
+
+    monkeypatch.setattr(En, "molecule_ensemble", fake)
+    En.build_ensembles("test", tmp_path / "e", None, sdf=sdf, shard_size=2, progress=False)
+    assert sorted(En.read_ensembles(tmp_path / "e")) == [ids[1]]
+    assert En.read_failures(tmp_path / "e") == [(ids[0], "RuntimeError: SCF failure")]
