@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     command = (f"python benchmarks/seed_study.py --runs {args.runs} --dataset {args.dataset}"
                + (f" --limit {args.limit}" if args.limit else ""))
     lines = [f"# ReBind vs GTMGC over seeds: {args.dataset} test split ({len(refs):,} molecules)", "",
-             f"Training: `bash benchmarks/seed_study.sh` (d_model 128, 4+4 layers, configs/seed_study_qm9.yaml's "
-             "short schedule; seeds as named, each seeding initialisation and batch order). Scoring: `" + command
+             f"Training: `bash benchmarks/seed_study.sh` (d_model 128, 4+4 layers, configs/seed_study_{args.dataset}.yaml's "
+             "schedule; seeds as named, each seeding initialisation and batch order). Scoring: `" + command
              + "`. Raw network: float32, no stereo repair, no bond guard; predict: the default call. Distance MAE "
              f"by bonds apart: 1 (bonds), 2 (angles), more than {FAR} (non-bonded contacts); impossible bond: share "
              "of molecules with a bond outside molconf.bond_guard's bounds. sd: sample standard deviation over seeds.",

@@ -89,9 +89,15 @@ def diffusion_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="molconf diffusion", description="Generalisation and Jacobian studies.")
     sub = p.add_subparsers(dest="what", required=True)
 
-    g = sub.add_parser("generalization", help="two denoisers on disjoint training sets of size N")
+    g = sub.add_parser("generalization", help="denoisers on disjoint training sets of size N, with controls "
+                                              "(molconf.diffusion.generalization)")
     g.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 100, 1000, 10000], help="training-set sizes N")
-    g.add_argument("--steps", type=int, default=20000, help="optimisation steps, the same for every N")
+    g.add_argument("--steps", type=int, default=20000, help="at least this many optimisation steps for every N")
+    g.add_argument("--epochs", type=float, default=0.0,
+                   help="and at least this many passes over the N molecules (steps grow with N)")
+    g.add_argument("--max-steps", type=int, help="and at most this many steps")
+    g.add_argument("--replicas", type=int, default=2,
+                   help="networks per training set, each with its own seed (>= 2: the same-data control)")
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--conditioned", action="store_true",
@@ -100,7 +106,7 @@ def diffusion_parser() -> argparse.ArgumentParser:
     g.add_argument("--nv", type=int, default=8)
     g.add_argument("--layers", type=int, default=4)
     g.add_argument("--cutoff", type=float, default=5.0)
-    g.add_argument("--n-heldout", type=int, default=20)
+    g.add_argument("--n-heldout", type=int, default=100)
     g.add_argument("--n-train-eval", type=int, default=20)
     g.add_argument("--n-samples", type=int, default=4, help="samples per molecule and model")
     g.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
@@ -137,10 +143,11 @@ def diffusion_main(argv: list[str]) -> int:
     args = diffusion_parser().parse_args(argv)
     _set_threads(args.threads)
     if args.what == "generalization":
-        from molconf.diffusion.study import SamplerSettings, StudyConfig, run_generalization
+        from molconf.diffusion.generalization import SamplerSettings, StudyConfig, run_generalization
 
         cfg = StudyConfig(
-            sizes=args.sizes, steps=args.steps, batch_size=args.batch_size, lr=args.lr, blind=not args.conditioned,
+            sizes=args.sizes, steps=args.steps, epochs=args.epochs, max_steps=args.max_steps, replicas=args.replicas,
+            batch_size=args.batch_size, lr=args.lr, blind=not args.conditioned,
             ns=args.ns, nv=args.nv, n_layers=args.layers, cutoff=args.cutoff, sigma_min=args.sigma_min,
             sigma_max=args.sigma_max, n_heldout=args.n_heldout, n_train_eval=args.n_train_eval,
             n_samples=args.n_samples, seed=args.seed, source_limit=args.source_limit, cache_dir=args.cache_dir,
@@ -152,7 +159,7 @@ def diffusion_main(argv: list[str]) -> int:
         except ValueError as err:
             print(f"molconf diffusion generalization: {err}", file=sys.stderr)
             return 2
-        print(f"results in {args.out} (summary.json, generalization.png)")
+        print(f"results in {args.out} (summary.json, generalization.png, loss_curves.png)")
         return 0
     from molconf.diffusion.api import resolve_denoiser
     from molconf.diffusion.study import jacobian_analysis, reference_molecule, write_jacobian

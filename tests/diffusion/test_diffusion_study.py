@@ -78,24 +78,30 @@ def test_cli_jacobian_writes_json(tiny_model_file, tmp_path):
 
 
 def test_cli_tiny_generalization_run_and_resume(qm9_small, tmp_path, capsys):
-    args = ["diffusion", "generalization", "--sizes", "2", "4", "--steps", "10", "--n-heldout", "2",
-            "--n-train-eval", "2", "--n-samples", "2", "--ns", "8", "--nv", "2", "--layers", "1",
+    args = ["diffusion", "generalization", "--sizes", "2", "4", "--steps", "10", "--epochs", "10", "--n-heldout", "2",
+            "--n-train-eval", "2", "--n-samples", "2", "--ns", "8", "--nv", "2", "--layers", "1", "--batch-size", "2",
             "--ks-h0", "0.3", "--ks-beta", "0.5", "--ks-max-steps", "15", "--source-limit", "300",
             "--out", str(tmp_path)]
     assert diffusion_cli(args) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["sizes"] == [2, 4]
-    for key in ("heldout_rmsd_ab", "train_rmsd_ab", "train_rmsd_a_train", "heldout_rmsd_gt"):
+    assert summary["sizes"] == [2, 4] and summary["steps"] == [10, 20]  # 10 epochs of 4 molecules in batches of 2
+    for key in ("heldout_ab", "heldout_aa", "heldout_untrained_ab", "train_ab", "train_a_ref", "train_b_ref",
+                "heldout_a_ref"):
         assert all(np.isfinite(v) and v >= 0 for v in summary[key]), key
+    assert "transition_N" in summary and "transition_rule" in summary
     n4 = json.loads((tmp_path / "N4.json").read_text())
     assert len(n4["heldout"]["per_molecule"]) == 2 and len(n4["train"]["per_molecule"]) == 2
-    assert (tmp_path / "generalization.png").is_file() and (tmp_path / "models" / "N4_B.pt").is_file()
-    # disjoint training sets
+    assert len(n4["heldout"]["ab"]["per_replica"]) == 2 and sorted(n4["final_loss"]) == ["A0", "A1", "B0", "B1"]
+    assert (tmp_path / "generalization.png").is_file() and (tmp_path / "loss_curves.png").is_file()
     from molconf.diffusion.io import load_denoiser
 
-    a = load_denoiser(tmp_path / "models" / "N4_A.pt")[1]["train_mol_ids"]
-    b = load_denoiser(tmp_path / "models" / "N4_B.pt")[1]["train_mol_ids"]
-    assert len(a) == len(b) == 4 and not set(a) & set(b)
+    meta = {k: load_denoiser(tmp_path / "models" / f"N4_{k}.pt")[1] for k in ("A0", "A1", "B0", "B1")}
+    a, b = meta["A0"]["train_mol_ids"], meta["B0"]["train_mol_ids"]
+    assert len(a) == len(b) == 4 and not set(a) & set(b)  # disjoint training sets
+    assert meta["A1"]["train_mol_ids"] == a and meta["B1"]["train_mol_ids"] == b  # replicas: same data
+    seeds = [m["training"]["seed"] for m in meta.values()]
+    assert len(set(seeds)) == 4 and not set(seeds) & {s + 1 for s in seeds}  # own init, batches and noise each
+    assert len(meta["A0"]["losses"]) == 20
     # resuming skips every finished N
     capsys.readouterr()
     assert diffusion_cli(args) == 0
@@ -103,9 +109,45 @@ def test_cli_tiny_generalization_run_and_resume(qm9_small, tmp_path, capsys):
     # killed after training, before the result was written: the saved networks are reused
     (tmp_path / "N4.json").unlink()
     assert diffusion_cli(args) == 0
-    assert capsys.readouterr().out.count("reused") == 2
+    assert capsys.readouterr().out.count("reused") == 4
     again = json.loads((tmp_path / "N4.json").read_text())
     assert again["heldout"] == n4["heldout"] and again["final_loss"] == n4["final_loss"]
+
+
+def test_networks_differ_in_initialisation_and_untrained_controls_are_rebuilt_exactly():
+    from molconf.diffusion.generalization import StudyConfig, _initial, network_seed
+
+    cfg = StudyConfig(ns=8, nv=2, n_layers=1)
+    a0, b0 = _initial(cfg, network_seed(0, "A", 0)), _initial(cfg, network_seed(0, "B", 0))
+    again = _initial(cfg, network_seed(0, "A", 0))
+    pa, pb, pa2 = (torch.cat([p.flatten() for p in m.parameters()]) for m in (a0, b0, again))
+    assert not torch.equal(pa, pb) and torch.equal(pa, pa2)
+
+
+def test_reference_rmsd_forgives_the_mirror_image_and_reports_its_stereo():
+    from rdkit.Chem import AllChem
+
+    from molconf.diffusion.generalization import rmsd_to_reference
+
+    ref = Chem.AddHs(Chem.MolFromSmiles("C[C@H](N)C(=O)O"))
+    AllChem.EmbedMolecule(ref, randomSeed=7)
+    pos = ref.GetConformer().GetPositions()
+    assert rmsd_to_reference(ref, pos) == (pytest.approx(0.0, abs=1e-6), True)
+    mirrored = pos * np.array([1.0, 1.0, -1.0])
+    rmsd, same = rmsd_to_reference(ref, mirrored)
+    assert rmsd == pytest.approx(0.0, abs=1e-6) and same is False
+    achiral = Chem.AddHs(Chem.MolFromSmiles("CCCO"))
+    AllChem.EmbedMolecule(achiral, randomSeed=7)
+    assert rmsd_to_reference(achiral, achiral.GetConformer().GetPositions())[1] is None
+
+
+def test_transition_is_the_first_n_within_reach_of_the_same_data_control():
+    from molconf.diffusion.generalization import transition
+
+    summary = {"sizes": [1, 10, 100], "heldout_ab": [1.0, 0.5, 0.2], "heldout_aa": [0.1, 0.3, 0.19]}
+    assert transition(summary) == 100  # 0.5 > 1.25 x 0.3; 0.2 <= 1.25 x 0.19
+    assert transition({**summary, "heldout_aa": [0.1, 0.1, 0.1]}) is None
+    assert transition({"sizes": [1], "heldout_ab": [0.2]}) is None  # one replica: no control
 
 
 def test_cli_generalization_reports_too_large_n(qm9_small, tmp_path, capsys):
@@ -116,7 +158,7 @@ def test_cli_generalization_reports_too_large_n(qm9_small, tmp_path, capsys):
 
 def test_exploded_samples_are_unusable(monkeypatch):
     """A sample with an atom far from the centroid counts as failed, not as a huge RMSD."""
-    import molconf.diffusion.study as study
+    import molconf.diffusion.generalization as study
     from molconf.data.dataset import graph_to_data
     from molconf.data.features import featurize
     from rdkit import Chem

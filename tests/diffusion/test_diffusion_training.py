@@ -8,7 +8,7 @@ from molconf.data.dataset import collate_dense, graph_to_data
 from molconf.diffusion.io import load_denoiser, save_denoiser
 from molconf.diffusion.lightning import DenoiserModule
 from molconf.diffusion.loss import denoising_loss, sample_sigma
-from molconf.diffusion.study import train_denoiser
+from molconf.diffusion.generalization import train_denoiser
 from molconf.lightning import run_lightning_cli
 
 REPO = Path(__file__).resolve().parents[2]
