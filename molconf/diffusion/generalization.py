@@ -446,13 +446,24 @@ def run_generalization(cfg: StudyConfig, out: str | Path, store=None, log=print)
     return summary
 
 
-def plot_generalization(summary: dict, path: Path) -> None:
+def _figure():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    return plt, *plt.subplots(figsize=(6.5, 4.2))
+
+
+def _save(plt, fig, ax, path: Path) -> None:
+    ax.legend(fontsize=6.5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_generalization(summary: dict, path: Path) -> None:
+    plt, fig, ax = _figure()
     n = summary["sizes"]
     ax.errorbar(n, summary["heldout_ab"], yerr=np.nan_to_num(summary["heldout_ab_sd"]), fmt="o-",
                 label="held-out: RMSD(A, B), mean ± sd over replicas")
@@ -468,22 +479,14 @@ def plot_generalization(summary: dict, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("training-set size N")
     ax.set_ylabel("heavy-atom RMSD (Å)")
-    ax.legend(fontsize=6.5)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, ax, path)
 
 
 def plot_losses(out: Path, sizes: list[int], path: Path) -> None:
     """Every saved network's loss curve (moving average), one colour per N."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from molconf.diffusion.io import load_denoiser
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    plt, fig, ax = _figure()
     for c, n in enumerate(sizes):
         for k, model_path in enumerate(sorted((out / "models").glob(f"N{n}_[AB][0-9]*.pt"))):
             losses = np.asarray(load_denoiser(model_path)[1].get("losses", []), float)
@@ -497,7 +500,4 @@ def plot_losses(out: Path, sizes: list[int], path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (moving average)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, ax, path)

@@ -32,7 +32,7 @@ from rdkit import Chem
 
 from molconf.ground_state.build import _Workers
 from molconf.shards import write_atomic
-from molconf.ground_state.search import DEFAULT_SEED, EV_TO_KCAL, etkdg_candidates, gfn2_single_points, mmff_minimise
+from molconf.ground_state.search import DEFAULT_SEED, EV_TO_KCAL, PoolError, gfn2_single_points, mmff_pool
 
 SHARD_SIZE = 100
 BUILD_SEED = 42  # the moses_xtb build's own ETKDG seed
@@ -55,8 +55,6 @@ class PoolSettings:
 def molecule_pool(index: int, record: str, settings: PoolSettings) -> tuple[int, dict | str]:
     """The pool of one reference molecule (SDF record) as arrays, or the reason it failed."""
     from molconf.metrics import c_rmsd
-    from molconf.stereo import stereo_spec
-
     supplier = Chem.SDMolSupplier()
     supplier.SetData(record, removeHs=False)
     ref = supplier[0]
@@ -64,17 +62,11 @@ def molecule_pool(index: int, record: str, settings: PoolSettings) -> tuple[int,
         return index, "record not readable"
     Chem.AssignStereochemistryFrom3D(ref)
     try:
-        pool = etkdg_candidates(ref, settings.conformers, settings.seed)
-        if pool.GetNumConformers() == 0:
-            return index, "ETKDG embedded no conformer"
-        e_mmff = mmff_minimise(pool, settings.mmff_iters)
-        if e_mmff is None:
-            return index, "no MMFF94 parameters"
-        ids = [c.GetId() for c in pool.GetConformers()]
+        pool, ids, e_mmff, stereo_ok = mmff_pool(ref, settings.conformers, settings.seed, settings.mmff_iters)
         e_gfn2 = gfn2_single_points(pool, ids)
-        spec = stereo_spec(ref)
-        stereo_ok = [not spec.mismatches(pool.GetConformer(c).GetPositions()) for c in ids]
         rmsd = [c_rmsd(ref, pool, pred_conf_id=c) for c in ids]
+    except PoolError as err:
+        return index, str(err)
     except Exception as err:  # RDKit / tblite errors: the molecule is named with its reason
         return index, f"{type(err).__name__}: {' '.join(str(err).split())[:160]}"
     pos = np.stack([pool.GetConformer(c).GetPositions() for c in ids])  # (K, N, 3)
@@ -205,28 +197,43 @@ def export_energies(out_dir: str | Path, path: str | Path) -> int:
     return rows
 
 
+def split_job_parser(prog: str, doc: str, split: str, conformers: int, seed: int) -> argparse.ArgumentParser:
+    """The arguments every per-molecule job over a moses_xtb split shares (``conformer-energies``,
+    ``conformer-ensembles``): ``--split --out --conformers --seed --workers --sdf``."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--split", default=split, choices=("train", "val", "test"))
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--conformers", type=int, default=conformers, help="ETKDG starts per molecule")
+    p.add_argument("--seed", type=int, default=seed, help=f"ETKDGv3 seed (not 0, not the build's {BUILD_SEED})")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--sdf", type=Path, help="a moses_xtb-style molecules.sdf.gz (default: the shipped one)")
+    return p
+
+
+def run_split_job(p: argparse.ArgumentParser, build) -> None:
+    """Run ``build()`` (it returns the job's summary) and print the summary, failures counted; a bad
+    setting or a missing file ends the command with status 2 and its reason."""
+    try:
+        summary = build()
+    except (ValueError, FileNotFoundError) as err:
+        p.exit(2, f"{p.prog}: {err}\n")
+    print(json.dumps({k: v for k, v in summary.items() if k != "failures"} | {"failures": len(summary["failures"])},
+                     indent=1))
+
+
 def main(argv: list[str] | None = None) -> None:
     import os
 
-    p = argparse.ArgumentParser(prog="molconf conformer-energies", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--split", default="train", choices=("train", "val", "test"))
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--conformers", type=int, default=PoolSettings.conformers)
-    p.add_argument("--seed", type=int, default=PoolSettings.seed)
-    p.add_argument("--workers", type=int, default=1)
+    p = split_job_parser("molconf conformer-energies", __doc__, "train", PoolSettings.conformers, PoolSettings.seed)
     p.add_argument("--limit", type=int, help="first N molecules of the split (file order) only")
-    p.add_argument("--sdf", type=Path, help="a moses_xtb-style molecules.sdf.gz (default: the shipped one)")
     p.add_argument("--export", type=Path, metavar="CSV_GZ",
                    help="only write the energies already in --out to this .csv.gz (no coordinates)")
     args = p.parse_args(argv)
     if args.export:
         print(f"{export_energies(args.out, args.export)} conformers written to {args.export}")
         return
-    summary = build_pools(args.split, args.out, PoolSettings(args.conformers, args.seed), args.workers, args.limit,
-                          args.sdf, progress=os.environ.get("MOLCONF_NO_PROGRESS") is None)
-    print(json.dumps({k: v for k, v in summary.items() if k != "failures"} | {"failures": len(summary["failures"])},
-                     indent=1))
+    run_split_job(p, lambda: build_pools(args.split, args.out, PoolSettings(args.conformers, args.seed), args.workers,
+                                         args.limit, args.sdf, progress=os.environ.get("MOLCONF_NO_PROGRESS") is None))
 
 
 if __name__ == "__main__":

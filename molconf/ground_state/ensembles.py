@@ -26,7 +26,6 @@ The draw: ``n`` molecules of the split, a numpy ``default_rng(draw_seed)`` choic
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -38,7 +37,7 @@ import numpy as np
 from rdkit import Chem
 from rdkit.Chem import rdMolAlign
 
-from molconf.ground_state.search import EV_TO_KCAL, etkdg_candidates, mmff_minimise
+from molconf.ground_state.search import EV_TO_KCAL, PoolError, mmff_pool
 from molconf.shards import ShardFiles, chunks, write_atomic
 
 BUILD_SEED = 42  # the moses_xtb build's own ETKDG seed
@@ -102,20 +101,11 @@ def _reference(record: str) -> Chem.Mol:
 def molecule_ensemble(index: int, record: str, settings: EnsembleSettings) -> tuple[int, str]:
     """``(index, SDF text of the ensemble)``, or ``(index, reason)`` prefixed ``"failed: "``."""
     from molconf.ground_state.xtb import XtbProtocol, stereo_changes, xtb_relax
-    from molconf.stereo import stereo_spec
 
     try:
         ref = _reference(record)
-        pool = etkdg_candidates(ref, settings.conformers, settings.seed)
-        if pool.GetNumConformers() == 0:
-            return index, "failed: ETKDG embedded no conformer"
-        e_mmff = mmff_minimise(pool, settings.mmff_iters)
-        if e_mmff is None:
-            return index, "failed: no MMFF94 parameters"
-        ids = [c.GetId() for c in pool.GetConformers()]
-        spec = stereo_spec(ref)
-        e_mmff = [e if not spec.mismatches(pool.GetConformer(c).GetPositions()) else float("inf")
-                  for c, e in zip(ids, e_mmff)]
+        pool, ids, e_mmff, stereo_ok = mmff_pool(ref, settings.conformers, settings.seed, settings.mmff_iters)
+        e_mmff = [e if ok else float("inf") for e, ok in zip(e_mmff, stereo_ok)]
         starts = unique_by_rmsd(Chem.RemoveHs(pool), ids, e_mmff, settings.rmsd_dedup)[: settings.max_relax]
         protocol = XtbProtocol()
         minima = Chem.Mol(ref)  # conformer 0: the data set's ground state
@@ -139,6 +129,8 @@ def molecule_ensemble(index: int, record: str, settings: EnsembleSettings) -> tu
         keep = unique_by_rmsd(Chem.RemoveHs(minima), conf_ids, energies, settings.rmsd_dedup)
         lowest = energies[keep[0]]
         keep = [k for k in keep if (energies[k] - lowest) * EV_TO_KCAL <= settings.window_kcal]
+    except PoolError as err:
+        return index, f"failed: {err}"
     except Exception as err:  # RDKit / tblite errors: the molecule is named with its reason
         return index, f"failed: {type(err).__name__}: {' '.join(str(err).split())[:160]}"
     out = io.StringIO()
@@ -184,6 +176,8 @@ def build_ensembles(split: str, out_dir: str | Path, n: int | None = 200, settin
     from molconf.ground_state.build import _Workers
 
     sdf = Path(sdf or default_moses_xtb_sdf())
+    if not sdf.is_file():
+        raise FileNotFoundError(f"{sdf}: no such molecules file")
     out_dir = Path(out_dir)
     records = draw(split, n, draw_seed, sdf, split_file)
     meta = {"sdf": sdf.name, "split": split, "n": len(records), "draw_seed": draw_seed, "shard_size": shard_size,
@@ -281,30 +275,25 @@ def summarise(out_dir: str | Path, seconds: float | None = None) -> dict:
 def main(argv: list[str] | None = None) -> None:
     import os
 
-    p = argparse.ArgumentParser(prog="molconf conformer-ensembles", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--out", type=Path, required=True)
+    from molconf.ground_state.energies import run_split_job, split_job_parser
+
+    d = EnsembleSettings()
+    p = split_job_parser("molconf conformer-ensembles", __doc__, "test", d.conformers, d.seed)
     p.add_argument("--n", type=int, default=200, help="molecules drawn from the split (default 200; 0: all)")
     p.add_argument("--draw-seed", type=int, default=0)
-    d = EnsembleSettings()
-    p.add_argument("--conformers", type=int, default=d.conformers)
-    p.add_argument("--seed", type=int, default=d.seed, help="ETKDGv3 seed (not 0, not the build's 42)")
     p.add_argument("--max-relax", type=int, default=d.max_relax)
     p.add_argument("--window", type=float, default=d.window_kcal, help="kcal/mol above the lowest minimum")
     p.add_argument("--shard-size", type=int, default=10)
-    p.add_argument("--workers", type=int, default=1)
     p.add_argument("--max-units", type=int, help="stop after writing this many units (resume later)")
-    p.add_argument("--sdf", type=Path, help="a moses_xtb-style molecules.sdf.gz (default: the shipped one)")
     args = p.parse_args(argv)
-    settings = EnsembleSettings(conformers=args.conformers, seed=args.seed, max_relax=args.max_relax,
-                                window_kcal=args.window)
-    summary = build_ensembles(args.split, args.out, args.n or None, settings, args.workers, args.draw_seed,
-                              args.shard_size, args.sdf, max_units=args.max_units,
-                              progress=os.environ.get("MOLCONF_NO_PROGRESS") is None)
-    print(json.dumps({k: v for k, v in summary.items() if k != "failures"} | {"failures": len(summary["failures"])},
-                     indent=1))
+    def build() -> dict:
+        settings = EnsembleSettings(conformers=args.conformers, seed=args.seed, max_relax=args.max_relax,
+                                    window_kcal=args.window)
+        return build_ensembles(args.split, args.out, args.n or None, settings, args.workers, args.draw_seed,
+                               args.shard_size, args.sdf, max_units=args.max_units,
+                               progress=os.environ.get("MOLCONF_NO_PROGRESS") is None)
 
+    run_split_job(p, build)
 
 if __name__ == "__main__":
     main()

@@ -128,6 +128,25 @@ def mmff_minimise(mol: Chem.Mol, max_iters: int = 500) -> list[float] | None:
     return [e if not_conv in (0, 1) else float("inf") for not_conv, e in res]
 
 
+class PoolError(ValueError):
+    """No usable conformer pool for a molecule; the message is the reason."""
+
+
+def mmff_pool(mol: Chem.Mol, n: int, seed: int, max_iters: int = 500) -> tuple[Chem.Mol, list[int], list[float], list[bool]]:
+    """``n`` ETKDGv3 conformers of ``mol`` minimised with MMFF94: (pool, conformer ids, MMFF94 energies
+    in kcal/mol, whether each keeps ``mol``'s stereo). Raises :class:`PoolError` with the reason when
+    ETKDG embeds nothing or MMFF94 has no parameters."""
+    pool = etkdg_candidates(mol, n, seed)
+    if pool.GetNumConformers() == 0:
+        raise PoolError("ETKDG embedded no conformer")
+    energies = mmff_minimise(pool, max_iters)
+    if energies is None:
+        raise PoolError("no MMFF94 parameters")
+    ids = [c.GetId() for c in pool.GetConformers()]
+    spec = stereo_spec(mol)
+    return pool, ids, energies, [not spec.mismatches(pool.GetConformer(c).GetPositions()) for c in ids]
+
+
 def unique_minima(energies: list[float], dedup_kcal: float) -> list[int]:
     """Positions of the minima kept, lowest energy first: one per group of energies within
     ``dedup_kcal`` of the last kept (infinite energies dropped).

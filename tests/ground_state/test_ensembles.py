@@ -123,3 +123,12 @@ def test_a_failed_molecule_is_named_and_its_unit_mates_kept(small_split, tmp_pat
     En.build_ensembles("test", tmp_path / "e", None, sdf=sdf, shard_size=2, progress=False)
     assert sorted(En.read_ensembles(tmp_path / "e")) == [ids[1]]
     assert En.read_failures(tmp_path / "e") == [(ids[0], "RuntimeError: SCF failure")]
+
+
+def test_cli_names_bad_settings_and_missing_files(tmp_path, capsys):
+    from molconf.cli import main
+
+    for args, message in ((["--seed", "42"], "seed 42"), (["--sdf", str(tmp_path / "none.sdf")], "no such molecules file")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["conformer-ensembles", "--out", str(tmp_path / "e"), *args])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
