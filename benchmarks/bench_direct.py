@@ -71,6 +71,18 @@ def ours_inference_amp(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if resolve_precision("auto") == "bfloat16" else None
 
 
+def _low_precision_training(ours, batches, device, train_amp, amp) -> list[tuple]:
+    """A float32 comparison on hardware with fast bf16 also times our training step in bf16 autocast
+    (``molconf fit --trainer.precision bf16-mixed``): a copy of our model with its own optimiser."""
+    if train_amp is not None or amp is None:
+        return []
+    import copy
+
+    twin = copy.deepcopy(ours)
+    return [(f"ours ({_label(amp)} autocast), size-aware batches", W.train_step_fn(twin, W.ours_loss, device, amp),
+             twin, batches, amp)]
+
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MATMUL_N = {"cpu": 1024, "cuda": 4096}  # large enough to run near the device's peak
 
@@ -101,6 +113,7 @@ def measure(relation: str, size: str, batches: list[dict], device: torch.device,
             (f"ours ({t}), size-aware batches", step(ours, W.ours_loss), ours, batches, train_amp),
             (f"direct ({t}), same batches", step(directs[0], loss), directs[0], batches, train_amp),
             (f"direct ({t}), random batches", step(directs[1], loss), directs[1], random_batches, train_amp),
+            *_low_precision_training(ours, batches, device, train_amp, inf_amp),
         ],
         "inference": [
             (f"ours ({_label(inf_amp)}, as predict runs it)" if device.type == "cpu" else f"ours ({_label(inf_amp)})",

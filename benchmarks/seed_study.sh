@@ -7,8 +7,9 @@
 #             schedule of configs/seed_study_qm9.yaml
 #   moses_xtb configs/{rebind,gtmgc}_moses_xtb_cpu.yaml + seed_study_moses_xtb.yaml, fine-tuned from
 #             the same relation and seed's qm9 run (train qm9 first)
-# Relations: rebind, gtmgc (gradient through the cache conformer, as GTMGC's reference) and
-# gtmgcdetached (configs/gtmgc_detached.yaml, the ablation). Then score them:
+# Relations: rebind, gtmgc (gradient through the cache conformer, as GTMGC's reference),
+# gtmgcdetached (configs/gtmgc_detached.yaml, the ablation) and rebindbf16 (ReBind trained in bf16
+# autocast, --trainer.precision bf16-mixed: does the faster step train as well?). Then score them:
 #   nohup bash benchmarks/seed_study.sh > runs/seed_study.log 2>&1 &
 #   STUDIES=moses_xtb RELATIONS="rebind gtmgc" nohup bash benchmarks/seed_study.sh >> runs/seed_study.log 2>&1 &
 #   python benchmarks/seed_study.py --runs runs/seed_study/qm9 --dataset qm9
@@ -22,8 +23,8 @@ RELATIONS=${RELATIONS:-"rebind gtmgc"}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 configs() {  # study relation seed: the --config / init_from arguments of one run
-  local base=rebind
-  [ "$2" != rebind ] && base=gtmgc
+  local base=gtmgc
+  [[ "$2" == rebind* ]] && base=rebind
   case "$1" in
     qm9) echo "--config configs/rebind_qm9_small_cpu.yaml"
          [ "$base" = gtmgc ] && echo "--config configs/gtmgc_qm9_small_cpu.yaml"
@@ -33,6 +34,7 @@ configs() {  # study relation seed: the --config / init_from arguments of one ru
     *) echo "unknown study $1" >&2; return 1 ;;
   esac
   [ "$2" = gtmgcdetached ] && echo "--config configs/gtmgc_detached.yaml"
+  [ "$2" = rebindbf16 ] && echo "--trainer.precision bf16-mixed"
   return 0
 }
 

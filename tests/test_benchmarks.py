@@ -292,6 +292,10 @@ def test_seed_study_script_trains_each_relation_and_seed_once(tmp_path):
             assert f"init_from {runs}/qm9/{relation}_s{seed}/checkpoints/last.ckpt" in moses
     again = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and again.stdout.count("finished earlier") == 12  # nothing trained twice
+    bf16 = subprocess.run(["bash", str(script)], env=dict(env, STUDIES="qm9", RELATIONS="rebindbf16", SEEDS="0"),
+                          capture_output=True, text=True, timeout=60)
+    log = (runs / "qm9" / "rebindbf16_s0.log").read_text()
+    assert bf16.returncode == 0 and "--trainer.precision bf16-mixed" in log and "gtmgc" not in log
     bad = subprocess.run(["bash", str(script)], env=dict(env, STUDIES="geom"), capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == 1 and "unknown study geom" in bad.stderr
