@@ -9,7 +9,9 @@
 #             the same relation and seed's qm9 run (train qm9 first)
 # Relations: rebind, gtmgc (gradient through the cache conformer, as GTMGC's reference),
 # gtmgcdetached (configs/gtmgc_detached.yaml, the ablation) and rebindbf16 (ReBind trained in bf16
-# autocast, --trainer.precision bf16-mixed: does the faster step train as well?). Then score them:
+# autocast, --trainer.precision bf16-mixed: does the faster step train as well?); on moses_xtb also
+# rebindpe60 (all 60 Laplacian eigenvectors of the largest molecule instead of 32, fine-tuned from
+# the same seed's QM9 rebind run: what the truncation costs). Then score them:
 #   nohup bash benchmarks/seed_study.sh > runs/seed_study.log 2>&1 &
 #   STUDIES=moses_xtb RELATIONS="rebind gtmgc" nohup bash benchmarks/seed_study.sh >> runs/seed_study.log 2>&1 &
 #   python benchmarks/seed_study.py --runs runs/seed_study/qm9 --dataset qm9
@@ -29,12 +31,17 @@ configs() {  # study relation seed: the --config / init_from arguments of one ru
     qm9) echo "--config configs/rebind_qm9_small_cpu.yaml"
          [ "$base" = gtmgc ] && echo "--config configs/gtmgc_qm9_small_cpu.yaml"
          echo "--config configs/seed_study_qm9.yaml" ;;
-    moses_xtb) echo "--config configs/${base}_moses_xtb_cpu.yaml --config configs/seed_study_moses_xtb.yaml"
-               echo "--model.init_args.init_from $RUNS/qm9/$2_s$3/checkpoints/last.ckpt" ;;
+    moses_xtb) local from=$2
+               [[ "$2" == rebindpe* ]] && from=rebind  # the same QM9 network, more eigenvectors
+               echo "--config configs/${base}_moses_xtb_cpu.yaml --config configs/seed_study_moses_xtb.yaml"
+               echo "--model.init_args.init_from $RUNS/qm9/${from}_s$3/checkpoints/last.ckpt" ;;
     *) echo "unknown study $1" >&2; return 1 ;;
   esac
   [ "$2" = gtmgcdetached ] && echo "--config configs/gtmgc_detached.yaml"
   [ "$2" = rebindbf16 ] && echo "--trainer.precision bf16-mixed"
+  if [[ "$2" == rebindpe* ]]; then  # rebindpe60: a Laplacian encoding of 60 eigenvectors
+    echo "--model.init_args.model.init_args.pe_dim ${2#rebindpe} --data.init_args.pe_dim ${2#rebindpe}"
+  fi
   return 0
 }
 

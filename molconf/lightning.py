@@ -274,16 +274,18 @@ class TrainingStateMixin:
 def load_initial_weights(model: nn.Module, path: str | Path) -> None:
     """Copy the network weights of a weights file / checkpoint into ``model`` (same config).
 
-    One difference is allowed: a ``stereo=True`` model may start from the same network
-    without it. Its extra relation weights (β of the stereo channels) start at 0, so the
-    fine-tuning starts from exactly the old network's predictions.
+    Two differences are allowed. A ``stereo=True`` model may start from the same network
+    without it: its extra relation weights (β of the stereo channels) start at 0, so the
+    fine-tuning starts from exactly the old network's predictions. And ``pe_dim`` may differ:
+    the Laplacian encoding has no weights (it is added to the first ``pe_dim`` channels), so a
+    model for larger molecules can start from one trained with fewer eigenvectors.
     """
     config, state, _ = read_model_file(path)
     if config is None or state is None:
         raise ValueError(f"init_from={path}: no model configuration or weights in the file")
     adding_stereo = model.config.get("stereo", False) and not config.get("stereo", False)
     differ = sorted(k for k in set(config) | set(model.config) if config.get(k) != model.config.get(k)
-                    and not (k == "stereo" and adding_stereo))
+                    and not (k == "stereo" and adding_stereo) and k != "pe_dim")
     if differ:
         raise ValueError(f"init_from={path}: its network differs from the configured one in {differ}")
     if adding_stereo:

@@ -296,6 +296,11 @@ def test_seed_study_script_trains_each_relation_and_seed_once(tmp_path):
                           capture_output=True, text=True, timeout=60)
     log = (runs / "qm9" / "rebindbf16_s0.log").read_text()
     assert bf16.returncode == 0 and "--trainer.precision bf16-mixed" in log and "gtmgc" not in log
+    pe = subprocess.run(["bash", str(script)], env=dict(env, STUDIES="moses_xtb", RELATIONS="rebindpe60", SEEDS="1"),
+                        capture_output=True, text=True, timeout=60)
+    log = (runs / "moses_xtb" / "rebindpe60_s1.log").read_text()
+    assert pe.returncode == 0 and f"init_from {runs}/qm9/rebind_s1/checkpoints/last.ckpt" in log
+    assert "--model.init_args.model.init_args.pe_dim 60 --data.init_args.pe_dim 60" in log
     bad = subprocess.run(["bash", str(script)], env=dict(env, STUDIES="geom"), capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == 1 and "unknown study geom" in bad.stderr

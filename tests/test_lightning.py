@@ -286,6 +286,11 @@ def test_init_from_starts_from_saved_weights_and_refuses_another_network(tmp_pat
                                  n_decoder_layers=1, pe_dim=16)
     with pytest.raises(ValueError, match=r"w.pt: its network differs .*d_model"):
         ConformerModule(wider, init_from=str(tmp_path / "w.pt"))
+    # more Laplacian eigenvectors (larger molecules): the same weights, the extra columns new inputs
+    longer = ConformerModule(ConformerTransformer(**{**source.config, "pe_dim": 24}), init_from=str(tmp_path / "w.pt"))
+    for (name, a), b in zip(longer.model.state_dict().items(), source.state_dict().values()):
+        assert torch.equal(a, b.half().float()), name
+    assert longer.model.pe_dim == 24
 
 
 def _teacher_force_data(tmp_path, monkeypatch) -> None:
