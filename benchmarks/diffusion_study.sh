@@ -4,7 +4,8 @@
 # the same-data and untrained controls, 100 held-out molecules x 4 samples, steps growing with N
 # (at least STEPS, at least EPOCHS passes over the data). Both variants: the paper's blind,
 # bias-free denoiser with the Kadkhodaie-Simoncelli sampler, and the noise-conditioned one with DDIM.
-# Then the Jacobian analysis of the smallest- and largest-N A0 networks on one held-out QM9 molecule.
+# Then the Jacobian analysis of every N's A0 network on one held-out QM9 molecule (normal modes at the
+# force field's minimum nearest each sample).
 # Small results are copied to benchmarks/results/diffusion/<variant>/ (networks stay in $RUNS).
 # Resumable: finished N are skipped, trained networks reused.
 #   RUNS=$HOME/molconf-runs nohup nice bash benchmarks/diffusion_study.sh > study.log 2>&1 &
@@ -27,8 +28,7 @@ for variant in $VARIANTS; do
     --replicas 2 "${flag[@]}" --n-heldout 100 --n-train-eval 20 --n-samples 4 --threads 1 --out "$study"
   mkdir -p "$OUT/$variant"
   cp "$study"/summary.json "$study"/config.json "$study"/N*.json "$study"/*.png "$OUT/$variant/"
-  set -- $SIZES
-  for n in "$1" "${@: -1}"; do
+  for n in $SIZES; do  # d_eff against sigma at every N
     "$MOLCONF" diffusion jacobian --model "$study/models/N${n}_A0.pt" --qm9-id "$JACOBIAN_QM9_ID" \
       --sigmas 0.02 0.05 0.1 0.2 0.5 1.0 2.0 --n-draws 2 --threads 1 --out "$OUT/$variant/jacobian_N$n"
   done

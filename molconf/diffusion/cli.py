@@ -132,6 +132,8 @@ def diffusion_parser() -> argparse.ArgumentParser:
     j.add_argument("--n-leading", type=int, default=10)
     j.add_argument("--n-draws", type=int, default=1, help="noise draws per σ (statistics averaged)")
     j.add_argument("--ff", choices=["mmff", "uff"], default="mmff")
+    j.add_argument("--hessian-at", choices=["minimum", "reference"], default="minimum",
+                   help="normal modes at the force field's minimum nearest each sample (default) or at the reference")
     j.add_argument("--seed", type=int, default=0)
     j.add_argument("--source-limit", type=int)
     j.add_argument("--out", required=True)
@@ -168,7 +170,7 @@ def diffusion_main(argv: list[str]) -> int:
         network = resolve_denoiser(args.model).network
         mol = reference_molecule(args.smiles, args.qm9_id, args.sdf, args.source_limit, args.seed)
         result = write_jacobian(jacobian_analysis(network, mol, args.sigmas, args.seed, args.n_leading, args.ff,
-                                                  args.n_draws),
+                                                  args.n_draws, args.hessian_at),
                                 args.out)
     except (FileNotFoundError, ValueError, MoleculeError) as err:
         print(f"molconf diffusion jacobian: {err}", file=sys.stderr)

@@ -10,14 +10,24 @@ Jacobian (:func:`jacobian_analysis`)
     the leading eigenvectors of ``J_s`` restricted to the internal subspace with the
     softest normal modes of a force-field Hessian.
 
-    The Hessian is the MMFF94 (or UFF) energy's, at the reference geometry, by central
-    finite differences of RDKit's analytic gradients (kcal mol⁻¹ Å⁻²), symmetrised, not
-    mass-weighted (the denoiser works in plain Cartesian coordinates, so the comparison
-    is in that metric); translations and rotations about the centroid are projected out
-    (an orthonormal basis of the internal subspace is taken as the complement of the
-    rigid-body vectors), and the normal modes are the eigenvectors of the Hessian in that
-    subspace, softest first. At a geometry that is not a force-field minimum (e.g. a DFT
-    structure) the Hessian can have negative eigenvalues; their count is reported.
+    The Hessian is the MMFF94 (or UFF) energy's at **the force field's own minimum nearest the
+    sample**: for each draw, the force field is minimised from the denoised estimate ``f(y)``
+    (rigid motions do not move under a minimiser, so the minimum stays in ``y``'s frame) and
+    the Hessian taken there, by central finite differences of RDKit's analytic gradients
+    (kcal mol⁻¹ Å⁻²), symmetrised, not mass-weighted (the denoiser works in plain Cartesian
+    coordinates, so the comparison is in that metric); translations and rotations about the
+    centroid are projected out, and the normal modes are the eigenvectors of the Hessian in the
+    internal subspace, softest first. The count of negative Hessian eigenvalues (0 at a true
+    minimum) and the minimum's RMSD to ``f(y)`` are reported. ``hessian_at="reference"`` takes
+    one Hessian at the reference geometry instead (not a force-field stationary point for a
+    DFT structure: it has negative modes).
+
+    Shrinkage: for the ideal (MMSE) denoiser Tweedie's formula gives ``J = Cov[x | y] / σ²``,
+    symmetric and positive semi-definite; its eigenvalues lie in [0, 1] when the posterior is
+    locally Gaussian with covariance below σ² (Kadkhodaie et al.'s shrinkage picture), but can
+    exceed 1 where the posterior spreads over several minima (large σ, soft torsions). Reported
+    per σ: the share of eigenvalues of ``J_s`` (internal subspace) below −0.05 and above 1.05,
+    and the extremes, beside the asymmetry (0 for the ideal denoiser).
 """
 
 from __future__ import annotations
@@ -164,24 +174,50 @@ def _jacobian_stats(jac: np.ndarray, q: np.ndarray, rigid: np.ndarray, modes: np
     }
 
 
+def force_field_minimum(mol: Chem.Mol, coords: np.ndarray, ff: str = "mmff", max_iters: int = 2000) -> np.ndarray:
+    """(n, 3) the MMFF94 / UFF minimum reached from ``coords`` (RDKit's minimiser)."""
+    m = Chem.Mol(mol)
+    conf = m.GetConformer()
+    for i, p in enumerate(np.asarray(coords, float).tolist()):
+        conf.SetAtomPosition(i, Point3D(*p))
+    if ff == "mmff":
+        props = AllChem.MMFFGetMoleculeProperties(m)
+        if props is None:
+            raise ValueError("no MMFF parameters for this molecule (try ff='uff')")
+        field_ = AllChem.MMFFGetMoleculeForceField(m, props)
+    else:
+        field_ = AllChem.UFFGetMoleculeForceField(m)
+    field_.Minimize(maxIts=max_iters)
+    return np.asarray(field_.Positions()).reshape(-1, 3)
+
+
+def _shrinkage_stats(e_int: np.ndarray) -> dict:
+    """How far the internal eigenvalues of J_s stray from [0, 1] (tolerance 0.05)."""
+    return {"eig_min": float(e_int.min()), "eig_max": float(e_int.max()),
+            "share_below_0": float(np.mean(e_int < -0.05)), "share_above_1": float(np.mean(e_int > 1.05))}
+
+
 def jacobian_analysis(model: EquivariantDenoiser, mol: Chem.Mol, sigmas, seed: int = 0, n_leading: int = 10,
-                      ff: str = "mmff", n_draws: int = 1) -> dict:
+                      ff: str = "mmff", n_draws: int = 1, hessian_at: str = "minimum") -> dict:
     """Jacobian statistics of one molecule (explicit H, with its reference conformer) at each σ.
 
-    With ``n_draws > 1`` the Jacobian is taken at several noise draws per σ: the scalar
-    statistics are averaged (``*_std`` gives their spread); eigenvalues and overlaps
-    are those of the first draw.
+    ``hessian_at``: ``"minimum"`` (default) compares with the normal modes at the force field's
+    minimum nearest each sample, ``"reference"`` with those at the reference geometry. With
+    ``n_draws > 1`` the Jacobian is taken at several noise draws per σ: the scalar statistics
+    are averaged (``*_std`` gives their spread); eigenvalues and overlaps are those of the
+    first draw.
     """
     if mol.GetNumConformers() == 0:
         raise ValueError("the molecule needs a reference conformer")
+    if hessian_at not in ("minimum", "reference"):
+        raise ValueError(f"hessian_at must be 'minimum' or 'reference', got {hessian_at!r}")
     x = mol.GetConformer().GetPositions()
     x = x - x.mean(0)
     n = len(x)
     batch = single_batch(mol)
     rigid, q = rigid_basis(x), internal_basis(x)
-    hess = force_field_hessian(mol, x, ff)
-    freq2, modes = normal_modes(hess, x)  # softest first
-    k = min(n_leading, modes.shape[1])
+    ref_freq2, ref_modes = normal_modes(force_field_hessian(mol, x, ff), x)  # softest first
+    k = min(n_leading, ref_modes.shape[1])
     gen = torch.Generator().manual_seed(seed)
     rows = []
     for sigma in sigmas:
@@ -189,15 +225,31 @@ def jacobian_analysis(model: EquivariantDenoiser, mol: Chem.Mol, sigmas, seed: i
         for _ in range(max(1, n_draws)):
             z = torch.randn(n, 3, generator=gen, dtype=torch.float64)
             y = torch.as_tensor(x) + float(sigma) * (z - z.mean(0))
-            draws.append(_jacobian_stats(denoiser_jacobian(model, batch, y, sigma), q, rigid, modes, k))
-        row = {"sigma": float(sigma), **draws[0], "overlap_random_baseline": k / modes.shape[1],
+            jac = denoiser_jacobian(model, batch, y, sigma)
+            extra, modes = {}, ref_modes
+            if hessian_at == "minimum":
+                with torch.no_grad():  # the denoised estimate f(y), where the minimiser starts
+                    fy = model.eval()(batch, y.view(1, n, 3).float(),
+                                      None if model.blind else torch.tensor([float(sigma)]))[0].double().numpy()
+                x_min = force_field_minimum(mol, fy, ff)  # (n, 3)
+                freq2, modes = normal_modes(force_field_hessian(mol, x_min, ff), x_min)
+                extra = {"hessian_negative": int(np.sum(freq2 < -1e-6)),
+                         "minimum_rmsd_to_estimate": float(np.sqrt(np.mean(np.sum((x_min - fy) ** 2, 1))))}
+                q_draw, rigid_draw = internal_basis(x_min), rigid_basis(x_min)
+            else:
+                q_draw, rigid_draw = q, rigid
+            stats = _jacobian_stats(jac, q_draw, rigid_draw, modes, k)
+            draws.append({**stats, **extra, **_shrinkage_stats(np.asarray(stats["eigenvalues_internal"]))})
+        row = {"sigma": float(sigma), **draws[0], "overlap_random_baseline": k / ref_modes.shape[1],
                "n_draws": len(draws)}
-        for key in ("d_eff", "d_eff_internal", "asymmetry", "subspace_overlap"):
+        for key in ("d_eff", "d_eff_internal", "asymmetry", "subspace_overlap", "share_above_1", "share_below_0",
+                    *(("hessian_negative", "minimum_rmsd_to_estimate") if hessian_at == "minimum" else ())):
             values = [d[key] for d in draws]
             row[key], row[f"{key}_std"] = float(np.mean(values)), float(np.std(values))
         rows.append(row)
     return {"n_atoms": n, "dim": 3 * n, "n_rigid": int(rigid.shape[1]), "force_field": ff, "n_leading": k,
-            "hessian_eigenvalues": freq2.tolist(), "hessian_negative": int(np.sum(freq2 < -1e-6)),
+            "hessian_at": hessian_at, "reference_hessian_eigenvalues": ref_freq2.tolist(),
+            "reference_hessian_negative": int(np.sum(ref_freq2 < -1e-6)),
             "smiles": Chem.MolToSmiles(Chem.RemoveHs(mol)), "per_sigma": rows}
 
 

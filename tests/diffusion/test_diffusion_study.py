@@ -66,6 +66,23 @@ def test_jacobian_analysis_reports_deff_and_overlaps(make_tiny, ethanol):
         assert 0 <= row["subspace_overlap"] <= 1 + 1e-9
         assert np.asarray(row["leading_overlap"]).shape == (4, 21)
         assert row["n_draws"] == 2 and np.isfinite(row["d_eff_std"])
+        # the normal modes come from the force field's own minimum near the sample: no negative mode
+        assert row["hessian_negative"] == 0 and row["minimum_rmsd_to_estimate"] >= 0
+        e = np.asarray(row["eigenvalues_internal"])
+        assert row["share_above_1"] == np.mean(e > 1.05) and row["eig_max"] == e.max()
+    at_reference = jacobian_analysis(make_tiny(True), ethanol, sigmas=[0.05], n_leading=4, hessian_at="reference")
+    assert "hessian_negative" not in at_reference["per_sigma"][0] and at_reference["hessian_at"] == "reference"
+
+
+def test_force_field_minimum_is_a_stationary_point_near_its_start(ethanol):
+    from molconf.diffusion.study import force_field_minimum
+
+    x = ethanol.GetConformer().GetPositions()
+    rng = np.random.default_rng(0)
+    start = x + 0.05 * rng.normal(size=x.shape)
+    x_min = force_field_minimum(ethanol, start)
+    w, _ = normal_modes(force_field_hessian(ethanol, x_min), x_min)
+    assert w.min() > -1e-3 and np.sqrt(np.mean(np.sum((x_min - x) ** 2, 1))) < 0.1
 
 
 def test_cli_jacobian_writes_json(tiny_model_file, tmp_path):
