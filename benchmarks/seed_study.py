@@ -126,9 +126,17 @@ def main(argv: list[str] | None = None) -> None:
         m = Chem.Mol(ref)
         m.RemoveAllConformers()
         bare.append(m)
+    stem = args.stem or f"seed_study_{args.dataset}"
+    cache = args.runs / f"{stem}_scores.json"  # per run, keyed by checkpoint and molecules: a rerun scores new runs only
+    cached = json.loads(cache.read_text()) if cache.exists() else {}
     results: dict[str, dict] = {}
     for (relation, seed), ckpt in sorted(runs.items()):
         name = f"{relation}_s{seed}"
+        key = f"{ckpt.stat().st_mtime_ns}:{ckpt.stat().st_size}:{len(refs)}"
+        if cached.get(name, {}).get("key") == key:
+            results[name] = cached[name]["result"]
+            print(name, "scored before", flush=True)
+            continue
         results[name] = {"checkpoint": str(ckpt)}
         for output, kwargs in (("raw network", dict(fix_stereo=False, repair_bonds=False, precision="float32")),
                                ("predict", {})):
@@ -139,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
                 cpu = time.process_time() - t0
             results[name][output] = {**score(refs, preds), "cpu_ms": 1000 * cpu / len(bare)}
             print(name, output, {k: round(v, 4) for k, v in results[name][output].items()}, flush=True)
-    stem = args.stem or f"seed_study_{args.dataset}"
+        cached[name] = {"key": key, "result": results[name]}
+        cache.write_text(json.dumps(cached, indent=1) + "\n")
     command = (f"python benchmarks/seed_study.py --runs {args.runs} --dataset {args.dataset}"
                + (f" --limit {args.limit}" if args.limit else ""))
     lines = [f"# ReBind vs GTMGC over seeds: {args.dataset} test split ({len(refs):,} molecules)", "",
