@@ -32,9 +32,10 @@ from rdkit import Chem
 
 RESULTS = Path(__file__).parent / "results"
 RUN_NAME = re.compile(r"^(?P<relation>[a-z]+)_s(?P<seed>\d+)$")
-METRICS = ("d_mae", "d_rmse", "c_rmsd", "stereo_consistency", "mae_1", "mae_2", "mae_far", "bad_bonds")
+METRICS = ("d_mae", "d_rmse", "c_rmsd", "stereo_consistency", "mae_1", "mae_2", "mae_far", "bad_bonds", "n_failed")
 LABELS = {"d_mae": "D-MAE", "d_rmse": "D-RMSE", "c_rmsd": "C-RMSD", "stereo_consistency": "stereo",
-          "mae_1": "1-2 MAE", "mae_2": "1-3 MAE", "mae_far": ">4 bonds MAE", "bad_bonds": "impossible bond"}
+          "mae_1": "1-2 MAE", "mae_2": "1-3 MAE", "mae_far": ">4 bonds MAE", "bad_bonds": "impossible bond",
+          "n_failed": "failed"}
 FAR = 4
 
 
@@ -156,7 +157,9 @@ def main(argv: list[str] | None = None) -> None:
              "schedule; seeds as named, each seeding initialisation and batch order). Scoring: `" + command
              + "`. Raw network: float32, no stereo repair, no bond guard; predict: the default call. Distance MAE "
              f"by bonds apart: 1 (bonds), 2 (angles), more than {FAR} (non-bonded contacts); impossible bond: share "
-             "of molecules with a bond outside molconf.bond_guard's bounds. sd: sample standard deviation over seeds.",
+             "of molecules with a bond outside molconf.bond_guard's bounds; failed: molecules predict could not "
+             "return (a geometry its bond guard could not make physical), excluded from the means. sd: sample "
+             "standard deviation over seeds.",
              "", *summarise(results)]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.md").write_text("\n".join(lines))
