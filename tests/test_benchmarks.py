@@ -262,7 +262,8 @@ def test_seed_study_pairs_relations_by_seed_and_reads_only_finished_runs(tmp_pat
                "gtmgc_s1": {"raw network": r(0.5), "predict": r(0.5)}}
     text = "\n".join(study.summarise(results))
     assert "| **rebind, mean ± sd of 2 seeds** | 2.0000 ± 1.4142 |" in text
-    assert "| **ReBind − GTMGC, paired by seed (2)** | 1.5000 ± 1.4142 |" in text
+    assert "| **rebind − gtmgc, paired by seed (2)** | 1.5000 ± 1.4142 |" in text
+    assert "gtmgcdetached, paired" not in text  # no such runs: no such row
 
 
 def test_seed_study_script_trains_each_relation_and_seed_once(tmp_path):
