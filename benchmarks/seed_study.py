@@ -31,7 +31,7 @@ import numpy as np
 from rdkit import Chem
 
 RESULTS = Path(__file__).parent / "results"
-RUN_NAME = re.compile(r"^(?P<relation>[a-z]+)_s(?P<seed>\d+)$")
+RUN_NAME = re.compile(r"^(?P<relation>[a-z][a-z0-9]*)_s(?P<seed>\d+)$")
 METRICS = ("d_mae", "d_rmse", "c_rmsd", "stereo_consistency", "mae_1", "mae_2", "mae_far", "bad_bonds", "n_failed")
 LABELS = {"d_mae": "D-MAE", "d_rmse": "D-RMSE", "c_rmsd": "C-RMSD", "stereo_consistency": "stereo",
           "mae_1": "1-2 MAE", "mae_2": "1-3 MAE", "mae_far": ">4 bonds MAE", "bad_bonds": "impossible bond",

@@ -246,12 +246,13 @@ def test_reachability_takes_each_molecules_lowest_minimum_and_skips_unscored_row
 
 def test_seed_study_pairs_relations_by_seed_and_reads_only_finished_runs(tmp_path):
     study = _load("seed_study")
-    for name in ("rebind_s0", "rebind_s1", "gtmgc_s0", "gtmgc_s1", "gtmgc_s2", "notes"):
+    for name in ("rebind_s0", "rebind_s1", "gtmgc_s0", "gtmgc_s1", "gtmgc_s2", "rebindpe60_s0", "notes"):
         (tmp_path / name).mkdir()
-    for name in ("rebind_s0", "rebind_s1", "gtmgc_s0", "gtmgc_s1"):
+    for name in ("rebind_s0", "rebind_s1", "gtmgc_s0", "gtmgc_s1", "rebindpe60_s0"):
         (tmp_path / name / "FINISHED").touch()
     runs = study.runs_in(tmp_path)
-    assert sorted(runs) == [("gtmgc", 0), ("gtmgc", 1), ("rebind", 0), ("rebind", 1)]  # gtmgc_s2 unfinished
+    assert sorted(runs) == [("gtmgc", 0), ("gtmgc", 1), ("rebind", 0), ("rebind", 1),
+                            ("rebindpe60", 0)]  # gtmgc_s2 unfinished
 
     def r(v):
         return {m: v for m in study.METRICS}
