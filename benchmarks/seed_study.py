@@ -125,11 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     store = load_dataset(args.dataset)
     rows, _ = store.positions_of(load_dataset_split(args.dataset, "test"))
     refs = [store.mol(int(r)) for r in rows[: args.limit].tolist()]
-    bare = []
-    for ref in refs:
-        m = Chem.Mol(ref)
-        m.RemoveAllConformers()
-        bare.append(m)
+    bare = [Chem.Mol(ref, True) for ref in refs]  # quick copy: graph and stereo tags, no conformer
     stem = args.stem or f"seed_study_{args.dataset}"
     cache = args.runs / f"{stem}_scores.json"  # per run, keyed by checkpoint and molecules: a rerun scores new runs only
     cached = json.loads(cache.read_text()) if cache.exists() else {}
