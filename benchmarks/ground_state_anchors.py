@@ -77,13 +77,9 @@ def test_references(n: int, seed: int) -> list[tuple[int, str]]:
 
 
 def _mol(record: str):
-    from rdkit import Chem
+    from molconf.data.moses_xtb import read_reference
 
-    supplier = Chem.SDMolSupplier()
-    supplier.SetData(record, removeHs=False)
-    mol = supplier[0]
-    Chem.AssignStereochemistryFrom3D(mol)
-    return mol
+    return read_reference(record)
 
 
 def _cpu() -> float:

@@ -45,7 +45,7 @@ from rdkit import Chem
 
 from molconf.data.cache import file_sha256
 from molconf.data.smiles_source import read_named_smiles
-from molconf.shards import ShardFiles, chunks, write_atomic
+from molconf.shards import ShardFiles, chunks, claim_folder, write_atomic
 
 FORMATS = ("sdf", "parquet")
 ENGINES = ("local", "ray")
@@ -248,16 +248,10 @@ def _manifest(path: Path, block_size: int, settings: LibrarySettings, fmt: str) 
 
 
 def _check_manifest(out_dir: Path, want: dict) -> None:
-    path = out_dir / MANIFEST
-    if path.is_file():
-        have = json.loads(path.read_text())
-        if have != want:
-            diff = sorted(k for k in want if have.get(k) != want[k])
-            raise ValueError(f"{out_dir} holds another run (different {', '.join(diff)}): "
-                             "resume with the same input and options, or write to a new folder")
-    else:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps(want, indent=1) + "\n")
+    diff = claim_folder(out_dir, MANIFEST, want)
+    if diff:
+        raise ValueError(f"{out_dir} holds another run (different {', '.join(diff)}): "
+                         "resume with the same input and options, or write to a new folder")
 
 
 def predict_library(

@@ -43,6 +43,28 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     os.replace(tmp, path)
 
 
+def claim_folder(folder: Path, name: str, settings: dict) -> list[str]:
+    """Record a job's ``settings`` in ``folder/name`` (JSON), or compare them with those recorded
+    there by an earlier run: the keys whose values differ (on either side), sorted; ``[]`` when the
+    folder is new or holds the same settings. The caller refuses a rerun with other settings.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> claim_folder(folder, "meta.json", {"seed": 7, "sizes": (1, 2)}), claim_folder(folder, "meta.json", {"seed": 7, "sizes": [1, 2]})
+    ([], [])
+    >>> claim_folder(folder, "meta.json", {"seed": 8, "sizes": [1, 2], "n": 3})  # n: recorded nowhere before
+    ['n', 'seed']
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    want = json.loads(json.dumps(settings))  # tuples as lists: as the file will read back
+    path = folder / name
+    if not path.is_file():
+        write_atomic(path, json.dumps(want, indent=1) + "\n")
+        return []
+    have = json.loads(path.read_text())
+    return sorted(k for k in have.keys() | want.keys() if have.get(k) != want.get(k))
+
+
 class ShardFiles:
     """The unit files of one folder: ``{prefix}_{i:06d}.{kind}`` for each data kind, then ``.json``.
 

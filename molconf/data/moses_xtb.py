@@ -74,6 +74,17 @@ def iter_sdf_records(path: str | Path) -> Iterator[str]:
         yield "".join(record)
 
 
+def read_reference(record: str) -> Chem.Mol | None:
+    """One SDF record as a reference molecule: explicit H, stereo from its 3D coordinates, the
+    record's properties kept; None when RDKit cannot read it."""
+    supplier = Chem.SDMolSupplier()
+    supplier.SetData(record, removeHs=False)
+    mol = supplier[0]
+    if mol is not None:
+        Chem.AssignStereochemistryFrom3D(mol)
+    return mol
+
+
 def split_records(ids, path: str | Path | None = None) -> Iterator[tuple[int, str, Chem.Mol]]:
     """``(source index, SDF record, Mol with explicit H and its stereo from 3D)`` of every record
     whose source index is in ``ids`` (e.g. ``np.load("datasets/moses_xtb/split_test.npy")``), in

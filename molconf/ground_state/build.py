@@ -50,7 +50,7 @@ from molconf import constants as K
 from molconf.ground_state.xtb import (FORCEFIELDS, OPTIMIZERS, STAGE_XTB, STAGES, XtbError, XtbProtocol,
                                      XtbResult, _label, build_ground_state, require_tblite)
 from molconf.data.smiles_source import MOSES_PARTS, SmilesSource, as_source
-from molconf.shards import ShardFiles, chunks, write_atomic
+from molconf.shards import ShardFiles, chunks, claim_folder, write_atomic
 
 DEFAULT_SHARD_SIZE = 200  # molecules per shard: minutes of work, the unit of resumption
 BUILD_FILE = "build.json"
@@ -187,18 +187,12 @@ class _Shards(ShardFiles):
 
 
 def _check_build_file(out_dir: Path, want: dict) -> None:
-    path = out_dir / BUILD_FILE
-    if path.is_file():
-        have = json.loads(path.read_text())
-        diff = [k for k in want if have.get(k) != want[k]]
-        if diff:
-            raise ValueError(
-                f"{out_dir} holds a build with another {', '.join(diff)} "
-                f"(see {path}); use another --out folder or delete it to start over"
-            )
-    else:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps(want, indent=1) + "\n")
+    diff = [k for k in want if k in claim_folder(out_dir, BUILD_FILE, want)]  # in want's order, as before
+    if diff:
+        raise ValueError(
+            f"{out_dir} holds a build with another {', '.join(diff)} "
+            f"(see {out_dir / BUILD_FILE}); use another --out folder or delete it to start over"
+        )
 
 
 def _size_bin(n_atoms: int) -> str:

@@ -28,10 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from rdkit import Chem
 
 from molconf.ground_state.build import _Workers
-from molconf.shards import write_atomic
+from molconf.shards import claim_folder, write_atomic
 from molconf.ground_state.search import DEFAULT_SEED, EV_TO_KCAL, PoolError, gfn2_single_points, mmff_pool
 
 SHARD_SIZE = 100
@@ -55,12 +54,11 @@ class PoolSettings:
 def molecule_pool(index: int, record: str, settings: PoolSettings) -> tuple[int, dict | str]:
     """The pool of one reference molecule (SDF record) as arrays, or the reason it failed."""
     from molconf.metrics import c_rmsd
-    supplier = Chem.SDMolSupplier()
-    supplier.SetData(record, removeHs=False)
-    ref = supplier[0]
+    from molconf.data.moses_xtb import read_reference
+
+    ref = read_reference(record)
     if ref is None:
         return index, "record not readable"
-    Chem.AssignStereochemistryFrom3D(ref)
     try:
         pool, ids, e_mmff, stereo_ok = mmff_pool(ref, settings.conformers, settings.seed, settings.mmff_iters)
         e_gfn2 = gfn2_single_points(pool, ids)
@@ -106,10 +104,8 @@ def build_pools(split: str, out_dir: str | Path, settings: PoolSettings = PoolSe
     meta = {"sdf": sdf.name, "split": split, "molecules": len(records), "shard_size": SHARD_SIZE,
             "conformers": settings.conformers, "seed": settings.seed, "mmff_iters": settings.mmff_iters,
             "units": "kcal/mol, Å", "energies": "MMFF94 at the MMFF94 minimum; GFN2-xTB single point there"}
-    meta_path = out_dir / "meta.json"
-    if meta_path.exists() and json.loads(meta_path.read_text()) != json.loads(json.dumps(meta)):
-        raise ValueError(f"{out_dir} holds pools of other settings ({meta_path}); use another --out")
-    write_atomic(meta_path, json.dumps(meta, indent=1))
+    if claim_folder(out_dir, "meta.json", meta):
+        raise ValueError(f"{out_dir} holds pools of other settings ({out_dir / 'meta.json'}); use another --out")
     pool = _Workers(workers)
     bar = tqdm(total=len(records), disable=not progress, desc="conformer energies", unit="mol")
     t0 = time.perf_counter()

@@ -38,7 +38,7 @@ from rdkit import Chem
 from rdkit.Chem import rdMolAlign
 
 from molconf.ground_state.search import EV_TO_KCAL, PoolError, mmff_pool
-from molconf.shards import ShardFiles, chunks, write_atomic
+from molconf.shards import ShardFiles, chunks, claim_folder, write_atomic
 
 BUILD_SEED = 42  # the moses_xtb build's own ETKDG seed
 INDEX_PROP = "moses_xtb_index"
@@ -88,22 +88,16 @@ def unique_by_rmsd(heavy: Chem.Mol, conf_ids: list[int], energies: list[float], 
     return kept
 
 
-def _reference(record: str) -> Chem.Mol:
-    supplier = Chem.SDMolSupplier()
-    supplier.SetData(record, removeHs=False)
-    ref = supplier[0]
-    if ref is None:
-        raise ValueError("record not readable")
-    Chem.AssignStereochemistryFrom3D(ref)
-    return ref
-
-
 def molecule_ensemble(index: int, record: str, settings: EnsembleSettings) -> tuple[int, str]:
     """``(index, SDF text of the ensemble)``, or ``(index, reason)`` prefixed ``"failed: "``."""
     from molconf.ground_state.xtb import XtbProtocol, stereo_changes, xtb_relax
 
+    from molconf.data.moses_xtb import read_reference
+
+    ref = read_reference(record)
+    if ref is None:
+        return index, "failed: record not readable"
     try:
-        ref = _reference(record)
         pool, ids, e_mmff, stereo_ok = mmff_pool(ref, settings.conformers, settings.seed, settings.mmff_iters)
         e_mmff = [e if ok else float("inf") for e, ok in zip(e_mmff, stereo_ok)]
         starts = unique_by_rmsd(Chem.RemoveHs(pool), ids, e_mmff, settings.rmsd_dedup)[: settings.max_relax]
@@ -185,10 +179,8 @@ def build_ensembles(split: str, out_dir: str | Path, n: int | None = 200, settin
             "protocol": "ETKDGv3 x conformers -> MMFF94 -> unique (heavy-atom RMSD) -> GFN2-xTB relaxation "
                         "(tblite, XtbProtocol) -> with the data set's ground state, unique, within window_kcal"}
     units = ShardFiles(out_dir, "ensemble", ("sdf", "failures.csv"))
-    meta_path = out_dir / "meta.json"
-    if meta_path.exists() and json.loads(meta_path.read_text()) != json.loads(json.dumps(meta)):
-        raise ValueError(f"{out_dir} holds ensembles of other settings ({meta_path}); use another --out")
-    write_atomic(meta_path, json.dumps(meta, indent=1))
+    if claim_folder(out_dir, "meta.json", meta):
+        raise ValueError(f"{out_dir} holds ensembles of other settings ({out_dir / 'meta.json'}); use another --out")
     pool = _Workers(workers) if workers > 1 else None
     bar = tqdm(total=len(records), disable=not progress, desc="GFN2-xTB ensembles", unit="mol")
     t0, written = time.perf_counter(), 0

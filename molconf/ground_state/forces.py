@@ -40,7 +40,7 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 
 from molconf.ground_state.build import _Workers
-from molconf.shards import write_atomic
+from molconf.shards import claim_folder, write_atomic
 from molconf.ground_state.xtb import XtbProtocol, _atoms
 
 KCAL_TO_EV = 0.0433641043  # kcal/mol → eV
@@ -152,10 +152,8 @@ def build_force_data(dataset: str, split: str, out_dir: str | Path, workers: int
     rows = rows[:limit] if limit else rows
     meta = {"dataset": dataset, "split": split, "molecules": int(len(rows)), "shard_size": SHARD_SIZE,
             "kinds": KINDS, "noise_angstrom": NOISE, "protocol": XtbProtocol().to_dict(), "units": "eV, eV/Å, Å"}
-    meta_path = out_dir / "meta.json"
-    if meta_path.exists() and json.loads(meta_path.read_text()) != json.loads(json.dumps(meta)):
-        raise ValueError(f"{out_dir} holds force data of other settings ({meta_path}); use another --out")
-    write_atomic(meta_path, json.dumps(meta, indent=1))
+    if claim_folder(out_dir, "meta.json", meta):
+        raise ValueError(f"{out_dir} holds force data of other settings ({out_dir / 'meta.json'}); use another --out")
     pool = _Workers(workers)
     shards = range(0, len(rows), SHARD_SIZE)
     bar = tqdm(total=len(rows), disable=not progress, desc="GFN2-xTB forces", unit="mol")

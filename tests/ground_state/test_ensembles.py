@@ -1,9 +1,7 @@
 """GFN2-xTB conformer ensembles: dedup against a slow reference, the build on real molecules."""
 
-import importlib.util
 import itertools
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +10,7 @@ from rdkit import Chem
 from rdkit.Chem import AllChem, rdMolAlign
 
 from molconf import constants as K
-from molconf.data.moses_xtb import iter_sdf_records
+from molconf.data.moses_xtb import iter_sdf_records, read_reference
 from molconf.ground_state import ensembles as En
 
 SAMPLE = Path(__file__).resolve().parents[2] / "datasets" / "moses_xtb" / "molecules.sdf.gz"
@@ -57,11 +55,7 @@ def test_settings_refuse_the_reference_builds_seed_and_the_identical_conformer_s
 @pytest.fixture
 def small_split(tmp_path):
     records = list(itertools.islice(iter_sdf_records(SAMPLE), 40))
-    mols = []
-    for r in records:
-        s = Chem.SDMolSupplier()
-        s.SetData(r, removeHs=False)
-        mols.append(s[0])
+    mols = [read_reference(r) for r in records]
     picked = np.argsort([m.GetNumAtoms() for m in mols])[:2]  # the smallest: quick GFN2-xTB
     sdf = tmp_path / "molecules.sdf"
     sdf.write_text(records[picked[0]] + records[picked[1]])
@@ -112,7 +106,7 @@ def test_a_failed_molecule_is_named_and_its_unit_mates_kept(small_split, tmp_pat
     def fake(index, record, settings):  # the first molecule fails, the other gets a 1-conformer ensemble
         if index == ids[0]:
             return index, "failed: RuntimeError: SCF failure"
-        m = En._reference(record)
+        m = read_reference(record)
         m.SetIntProp(En.INDEX_PROP, index)
         for key, value in (("origin", "reference"), ("rel_kcal", 0.0)):
             (m.SetProp if isinstance(value, str) else m.SetDoubleProp)(key, value)
