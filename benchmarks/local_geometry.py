@@ -41,14 +41,10 @@ def crude_impossible(mol: Chem.Mol) -> bool:
 
 def score(refs, preds, cpu_s: float) -> dict:
     from molconf.bond_guard import impossible_bonds
-    from molconf.metrics import aggregate, local_distance_errors, molecule_metrics
+    from molconf.metrics import aggregate, molecule_metrics, pooled_local_errors
 
-    sums = {1: [0.0, 0], 2: [0.0, 0]}
     ok = [(r, p) for r, p in zip(refs, preds) if p is not None]
-    for ref, pred in ok:
-        for hops, (err, n) in local_distance_errors(ref, pred).items():
-            sums[hops][0] += err
-            sums[hops][1] += n
+    sums = pooled_local_errors(ok)
     summary = aggregate([molecule_metrics(r, p, i) for i, (r, p) in enumerate(zip(refs, preds))])
     return {"n": len(refs), "failed": len(refs) - len(ok), "mae_12": sums[1][0] / max(sums[1][1], 1),
             "mae_13": sums[2][0] / max(sums[2][1], 1),

@@ -45,19 +45,13 @@ PAIRS = (("rebind", "gtmgc"), ("gtmgc", "gtmgcdetached"), ("rebindbf16", "rebind
 def score(refs: list[Chem.Mol], preds: list[Chem.Mol | None]) -> dict:
     """The columns above for one set of predictions (failures counted, excluded from means)."""
     from molconf.bond_guard import impossible_bonds
-    from molconf.metrics import aggregate, local_distance_errors, molecule_metrics
+    from molconf.metrics import aggregate, molecule_metrics, pooled_local_errors
 
-    rows, sums, bad = [], {1: [0.0, 0], 2: [0.0, 0], f">{FAR}": [0.0, 0]}, []
-    for i, (ref, pred) in enumerate(zip(refs, preds)):
-        rows.append(molecule_metrics(ref, pred, i))
-        if pred is None:
-            continue
-        for key, (err, n) in local_distance_errors(ref, pred, hops=(1, 2), beyond=FAR).items():
-            sums[key][0] += err
-            sums[key][1] += n
-        bad.append(bool(impossible_bonds(pred)))
+    rows = [molecule_metrics(ref, pred, i) for i, (ref, pred) in enumerate(zip(refs, preds))]
+    bad = [bool(impossible_bonds(pred)) for pred in preds if pred is not None]
     s = aggregate(rows)
-    mae = {key: e / n if n else float("nan") for key, (e, n) in sums.items()}
+    mae = {key: e / n if n else float("nan")
+           for key, (e, n) in pooled_local_errors(zip(refs, preds), hops=(1, 2), beyond=FAR).items()}
     return {"d_mae": s["d_mae"], "d_rmse": s["d_rmse"], "c_rmsd": s["c_rmsd"],
             "stereo_consistency": s["stereo_consistency"], "mae_1": mae[1], "mae_2": mae[2],
             "mae_far": mae[f">{FAR}"], "bad_bonds": float(np.mean(bad)) if bad else float("nan"),

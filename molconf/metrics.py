@@ -271,6 +271,29 @@ def local_distance_errors(ref: Chem.Mol, pred: Chem.Mol, hops: Sequence[int] = (
     return out
 
 
+def pooled_local_errors(pairs, hops: Sequence[int] = (1, 2),
+                        beyond: int | None = None) -> dict[int | str, tuple[float, int]]:
+    """:func:`local_distance_errors` summed over ``(ref, pred)`` pairs (``pred`` None: skipped):
+    ``{group: (error sum, pairs)}``, every group present even with no pairs.
+
+    >>> from rdkit.Chem import AllChem
+    >>> m = Chem.AddHs(Chem.MolFromSmiles("CCO"))
+    >>> _ = AllChem.EmbedMolecule(m, randomSeed=1)
+    >>> pooled_local_errors([(m, m), (m, None), (m, m)])[1]
+    (0.0, 16)
+    """
+    sums: dict[int | str, list] = {k: [0.0, 0] for k in hops}
+    if beyond is not None:
+        sums[f">{beyond}"] = [0.0, 0]
+    for ref, pred in pairs:
+        if pred is None:
+            continue
+        for key, (err, n) in local_distance_errors(ref, pred, hops, beyond).items():
+            sums[key][0] += err
+            sums[key][1] += n
+    return {k: (e, n) for k, (e, n) in sums.items()}
+
+
 # --------------------------------------------------------------------------- summary
 def molecule_metrics(ref: Chem.Mol, pred: Chem.Mol | None, index: int = 0,
                      max_matches: int = 1_000_000) -> dict:

@@ -56,7 +56,7 @@ from molconf.diffusion.io import save_denoiser
 from molconf.diffusion.loss import denoising_loss
 from molconf.diffusion.model import EquivariantDenoiser
 from molconf.diffusion.sampling import ddim_sample, ks_sample
-from molconf.metrics import c_rmsd, mol_with_coords, stereo_labels
+from molconf.metrics import c_rmsd, mol_with_coords, stereo_consistent, stereo_labels
 
 MIN_EVAL_HEAVY_ATOMS = 4  # molecules evaluated by RMSD need at least this many heavy atoms
 MAX_SAMPLE_RADIUS = 50.0  # Å from the centroid; QM9 molecules span < 10 Å: beyond this a sample diverged
@@ -177,11 +177,11 @@ def _median(xs) -> float:
 
 def rmsd_to_reference(ref: Chem.Mol, pos: np.ndarray) -> tuple[float, bool | None]:
     """Heavy-atom RMSD of a sample to ``ref``'s conformer, the smaller of the sample's and its mirror
-    image's, and whether the sample has ``ref``'s CIP labels (None: ``ref`` has no stereo element)."""
+    image's, and whether the sample keeps ``ref``'s CIP labels as the stereo metric counts it
+    (:func:`molconf.metrics.stereo_consistent`; None: ``ref`` has no stereo element)."""
     sample = mol_with_coords(ref, pos)
     mirror = mol_with_coords(ref, pos * np.array([-1.0, 1.0, 1.0]))  # (n, 3): reflected through x = 0
-    target = stereo_labels(ref)
-    same = (stereo_labels(sample) == target) if target else None
+    same = stereo_consistent(ref, sample) if stereo_labels(ref) else None
     return min(c_rmsd(ref, sample), c_rmsd(ref, mirror)), same
 
 
