@@ -19,9 +19,11 @@ the data-set index (``moses_xtb_index``) and where it came from (``origin``: ``e
 run resumes at the first missing unit; a failed molecule is named with its reason, never dropped::
 
     molconf conformer-ensembles --split test --n 200 --out runs/ensembles/test --workers 2
+    molconf conformer-ensembles --out runs/ensembles/test \
+        --export datasets/moses_xtb/conformer_ensembles/test.sdf.gz    # the committed form
 
 The draw: ``n`` molecules of the split, a numpy ``default_rng(draw_seed)`` choice in file order;
-:func:`read_ensembles` gives ``{index: Mol with every conformer}``.
+:func:`read_ensembles` gives ``{index: Mol with every conformer}`` from a build folder or an export.
 """
 
 from __future__ import annotations
@@ -214,17 +216,35 @@ def build_ensembles(split: str, out_dir: str | Path, n: int | None = 200, settin
     return summarise(out_dir, seconds=time.perf_counter() - t0)
 
 
-def read_ensembles(out_dir: str | Path) -> dict[int, Chem.Mol]:
-    """``{data-set index: Mol holding its ensemble, lowest first}`` from every finished unit. Each
-    Mol's ``rel_kcal`` and ``origin`` properties list its conformers' values, space-separated."""
+def _records(source: Path):
+    """(where, supplier) of every SDF holding ensemble records: a build folder's finished units, or one
+    exported ``.sdf.gz``."""
+    import gzip
+
+    if source.is_file():
+        fh = gzip.open(source, "rb") if source.suffix == ".gz" else open(source, "rb")
+        yield source, Chem.ForwardSDMolSupplier(fh, removeHs=False), "a corrupted file: export it again"
+        fh.close()
+        return
+    for record in sorted(source.glob("ensemble_*.json")):
+        sdf = record.with_suffix(".sdf")
+        yield sdf, Chem.SDMolSupplier(str(sdf), removeHs=False), f"a corrupted unit: delete {record.name} and rerun"
+
+
+def read_ensembles(source: str | Path) -> dict[int, Chem.Mol]:
+    """``{data-set index: Mol holding its ensemble, lowest first}`` from every finished unit of a build
+    folder, or from an exported ``.sdf.gz`` (:func:`export_ensembles`). Each Mol's ``rel_kcal`` and
+    ``origin`` properties list its conformers' values, space-separated."""
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: no such ensembles folder or file")
     out: dict[int, Chem.Mol] = {}
     rel: dict[int, list[str]] = {}
     origin: dict[int, list[str]] = {}
-    for record in sorted(Path(out_dir).glob("ensemble_*.json")):
-        sdf = record.with_suffix(".sdf")
-        for m in Chem.SDMolSupplier(str(sdf), removeHs=False):
+    for where, supplier, fix in _records(source):
+        for m in supplier:
             if m is None:
-                raise ValueError(f"{sdf}: an unreadable record (a corrupted unit: delete {record.name} and rerun)")
+                raise ValueError(f"{where}: an unreadable record ({fix})")
             i = m.GetIntProp(INDEX_PROP)
             if i not in out:
                 out[i] = Chem.Mol(m)
@@ -238,6 +258,42 @@ def read_ensembles(out_dir: str | Path) -> dict[int, Chem.Mol]:
         m.SetProp("rel_kcal", " ".join(rel[i]))
         m.SetProp("origin", " ".join(origin[i]))
     return out
+
+
+def _meta_path(path: Path) -> Path:
+    stem = path.name[: -len(".sdf.gz")] if path.name.endswith(".sdf.gz") else path.stem
+    return path.with_name(f"{stem}.meta.json")
+
+
+def ensemble_settings(source: str | Path) -> dict:
+    """The build settings (``meta.json``) of a build folder or of an exported ``.sdf.gz``."""
+    source = Path(source)
+    if source.is_file():
+        return json.loads(_meta_path(source).read_text())["settings"]
+    return json.loads((source / "meta.json").read_text())
+
+
+def export_ensembles(out_dir: str | Path, path: str | Path) -> dict:
+    """Every finished unit's records as one gzipped SDF ``path`` (the data to commit), with
+    ``<stem>.meta.json`` beside it: the build's settings, the failures with their reasons and the
+    counts. Returns that record."""
+    import gzip
+
+    out_dir, path = Path(out_dir), Path(path)
+    meta_file = out_dir / "meta.json"
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{out_dir}: not an ensembles build folder (no meta.json)")
+    units = sorted(out_dir.glob("ensemble_*.json"))
+    text = "".join(u.with_suffix(".sdf").read_text() for u in units)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt") as fh:
+        fh.write(text)
+    summary = summarise(out_dir)
+    record = {"settings": json.loads(meta_file.read_text()), "units": len(units),
+              "molecules": summary["molecules"], "conformers": summary["conformers"],
+              "failures": summary["failures"]}
+    write_atomic(_meta_path(path), json.dumps(record, indent=1) + "\n")
+    return record
 
 
 def read_failures(out_dir: str | Path) -> list[tuple[int, str]]:
@@ -277,7 +333,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--window", type=float, default=d.window_kcal, help="kcal/mol above the lowest minimum")
     p.add_argument("--shard-size", type=int, default=10)
     p.add_argument("--max-units", type=int, help="stop after writing this many units (resume later)")
+    p.add_argument("--export", type=Path, metavar="SDF_GZ",
+                   help="only write the ensembles already in --out to this .sdf.gz (+ .meta.json beside it)")
     args = p.parse_args(argv)
+    if args.export:
+        record = export_ensembles(args.out, args.export)
+        print(f"{record['molecules']} molecules, {record['conformers']} conformers, "
+              f"{len(record['failures'])} failures written to {args.export}")
+        return
     def build() -> dict:
         settings = EnsembleSettings(conformers=args.conformers, seed=args.seed, max_relax=args.max_relax,
                                     window_kcal=args.window)
@@ -286,6 +349,7 @@ def main(argv: list[str] | None = None) -> None:
                                progress=os.environ.get("MOLCONF_NO_PROGRESS") is None)
 
     run_split_job(p, build)
+
 
 if __name__ == "__main__":
     main()

@@ -117,6 +117,20 @@ def test_a_failed_molecule_is_named_and_its_unit_mates_kept(small_split, tmp_pat
     En.build_ensembles("test", tmp_path / "e", None, sdf=sdf, shard_size=2, progress=False)
     assert sorted(En.read_ensembles(tmp_path / "e")) == [ids[1]]
     assert En.read_failures(tmp_path / "e") == [(ids[0], "RuntimeError: SCF failure")]
+    # the committed form: one .sdf.gz with the settings and the failure named beside it
+    record = En.export_ensembles(tmp_path / "e", tmp_path / "data" / "test.sdf.gz")
+    meta = json.loads((tmp_path / "data" / "test.meta.json").read_text())
+    assert meta == record and En.ensemble_settings(tmp_path / "data" / "test.sdf.gz")["split"] == "test"
+    assert meta["molecules"] == 1 and meta["failures"] == [{"index": ids[0], "reason": "RuntimeError: SCF failure"}]
+    exported, built = En.read_ensembles(tmp_path / "data" / "test.sdf.gz"), En.read_ensembles(tmp_path / "e")
+    assert sorted(exported) == [ids[1]]
+    assert np.allclose(exported[ids[1]].GetConformer().GetPositions(), built[ids[1]].GetConformer().GetPositions())
+    assert exported[ids[1]].GetProp("origin") == built[ids[1]].GetProp("origin") == "reference"
+    (tmp_path / "bad.sdf.gz").write_bytes(__import__("gzip").compress(b"not an sdf record\n$$$$\n"))
+    with pytest.raises(ValueError, match="bad.sdf.gz: an unreadable record"):
+        En.read_ensembles(tmp_path / "bad.sdf.gz")
+    with pytest.raises(FileNotFoundError, match="no such ensembles"):
+        En.read_ensembles(tmp_path / "missing.sdf.gz")
 
 
 def test_cli_names_bad_settings_and_missing_files(tmp_path, capsys):
