@@ -27,7 +27,8 @@ OUT = Path(__file__).parent / "results" / "diffusion"
 SIGMAS = (0.1, 0.3, 1.0)
 
 
-def run(n: int, steps: int, blind: bool, ns: int, nv: int, layers: int, lr: float, source_limit: int) -> dict:
+def run(n: int, steps: int, blind: bool, ns: int, nv: int, layers: int, lr: float, source_limit: int,
+        batch_size: int = 32) -> dict:
     import torch
 
     from molconf import constants as K
@@ -40,7 +41,7 @@ def run(n: int, steps: int, blind: bool, ns: int, nv: int, layers: int, lr: floa
 
     torch.set_num_threads(1)
     cfg = StudyConfig(sizes=[n], n_heldout=1, blind=blind, ns=ns, nv=nv, n_layers=layers, lr=lr,
-                      source_limit=source_limit)
+                      source_limit=source_limit, batch_size=batch_size)
     store = load_qm9(None, limit=source_limit)
     pool_a, _, _ = _study_rows(store, cfg)
     rows = [int(i) for i in pool_a[:n]]
@@ -66,7 +67,8 @@ def run(n: int, steps: int, blind: bool, ns: int, nv: int, layers: int, lr: floa
                 denoised[s].append(np.mean([c_rmsd(ref, mol_with_coords(ref, x_hat[k].double().numpy()))
                                             for k in range(4)]))
     return {"n": n, "variant": "blind" if blind else "conditioned",
-            "sampler": SamplerSettings().resolve(blind), "steps": steps, "ns": ns, "nv": nv, "layers": layers, "lr": lr,
+            "sampler": SamplerSettings().resolve(blind), "steps": steps, "batch_size": batch_size,
+            "radial_scalars": "tanh", "ns": ns, "nv": nv, "layers": layers, "lr": lr,
             "loss_first": float(np.mean(losses[:20])), "loss_last": float(np.mean(losses[-max(1, steps // 20):])),
             "sample_rmsd_mean": float(np.nanmean(sample_rmsd)), "sample_rmsd_max": float(np.nanmax(sample_rmsd)),
             "denoised_rmsd": {str(s): float(np.mean(v)) for s, v in denoised.items()},
@@ -79,12 +81,14 @@ def write(rows: list[dict], out: Path) -> None:
              "network of the generalisation study trained on the first N molecules of its A pool; sample RMSD: mean over "
              "those molecules of the mean stereo-aware heavy-atom RMSD of 4 samples to the molecule's own training "
              "conformer (Å); denoised: RMSD of the network's estimate at noise σ to the conformer (the noisy input is "
-             "0.13 / 0.42 / 1.49 Å away at σ = 0.1 / 0.3 / 1.0).", "",
-             "| N | variant (sampler) | steps | ns / nv / layers | loss first → last | sample RMSD mean (max) | "
+             "0.13 / 0.42 / 1.49 Å away at σ = 0.1 / 0.3 / 1.0). Radial input: the node scalars the radial weights see, "
+             "raw (the first networks; deeper or wider ones diverged at initialisation) or tanh-squashed (the model "
+             "since 2026-12-07).", "",
+             "| N | variant (sampler) | steps × batch | ns / nv / layers (radial input) | loss first → last | sample RMSD mean (max) | "
              "denoised σ 0.1 / 0.3 / 1.0 | CPU ms / step |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         d = r["denoised_rmsd"]
-        lines.append(f"| {r['n']} | {r['variant']} ({r['sampler']}) | {r['steps']} | {r['ns']} / {r['nv']} / {r['layers']} | "
+        lines.append(f"| {r['n']} | {r['variant']} ({r['sampler']}) | {r['steps']} × {r['batch_size']} | {r['ns']} / {r['nv']} / {r['layers']} ({r['radial_scalars']}) | "
                      f"{r['loss_first']:.3g} → {r['loss_last']:.3g} | {r['sample_rmsd_mean']:.3f} ({r['sample_rmsd_max']:.3f}) | "
                      f"{d['0.1']:.3f} / {d['0.3']:.3f} / {d['1.0']:.3f} | {r['train_cpu_ms_per_step']:.0f} |")
     out.mkdir(parents=True, exist_ok=True)
@@ -101,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--nv", type=int, default=8)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="items per step; below it a batch repeats the N molecules with independent noise")
     p.add_argument("--source-limit", type=int, default=2000, help="QM9 molecules loaded (the A pool's first N are used)")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
@@ -108,9 +114,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = json.loads(path.read_text()) if path.exists() else []
     for n in args.n:
         for variant in args.variant:
-            row = run(n, args.steps, variant == "blind", args.ns, args.nv, args.layers, args.lr, args.source_limit)
+            row = run(n, args.steps, variant == "blind", args.ns, args.nv, args.layers, args.lr, args.source_limit,
+                      args.batch_size)
             print(json.dumps(row), flush=True)
-            key = ("n", "variant", "steps", "ns", "nv", "layers", "lr")
+            key = ("n", "variant", "steps", "batch_size", "radial_scalars", "ns", "nv", "layers", "lr")
             rows = [r for r in rows if tuple(r[k] for k in key) != tuple(row[k] for k in key)] + [row]
             write(rows, args.out)
 

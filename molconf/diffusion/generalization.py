@@ -82,9 +82,12 @@ def train_denoiser(model: EquivariantDenoiser, graphs: list, steps: int, batch_s
                    warmup_fraction: float = 0.05, clip: float = 1.0) -> list[float]:
     """Plain training loop for a fixed number of steps; returns the loss per step.
 
-    ``graphs`` are PyG ``Data`` items (:func:`molconf.data.graph_to_data`). Batches are
-    drawn epoch-wise from seeded permutations (the whole set when ``len(graphs) ≤
-    batch_size``); σ and ε come from their own generator seeded with ``seed + 1``.
+    ``graphs`` are PyG ``Data`` items (:func:`molconf.data.graph_to_data`). Every batch holds
+    ``batch_size`` items drawn epoch-wise from seeded permutations, concatenated as needed: below
+    ``batch_size`` molecules a batch repeats them, each copy with its own σ and ε, so a step costs
+    the same and its gradient is as well averaged at every N (one molecule per step at N = 1 left
+    the small-N networks under-trained). σ and ε come from their own generator seeded with
+    ``seed + 1``.
     """
     g_data = torch.Generator().manual_seed(seed)
     g_noise = torch.Generator().manual_seed(seed + 1)
@@ -100,9 +103,9 @@ def train_denoiser(model: EquivariantDenoiser, graphs: list, steps: int, batch_s
     model.train()
     order: list[int] = []
     losses = []
-    bs = min(batch_size, len(graphs))
+    bs = batch_size
     for _ in range(steps):
-        if len(order) < bs:
+        while len(order) < bs:
             order += torch.randperm(len(graphs), generator=g_data).tolist()
         idx, order = order[:bs], order[bs:]
         batch = collate_dense([graphs[i] for i in idx])

@@ -23,7 +23,8 @@ Layers
     Node features ``ns×0e + nv×1o + nv×1e``. One interaction: self-connection
     (``o3.Linear``) + a "uvu" ``o3.TensorProduct`` of the source features with the
     spherical harmonics (l ≤ 2) of the edge vector, its per-edge weights given by a radial
-    MLP of (Gaussian basis of |r|, edge type, source and target scalars); messages are
+    MLP of (Gaussian basis of |r|, edge type, tanh of the source and target scalars: squashed, so the
+    weights cannot square the features' scale layer after layer); messages are
     summed, mixed by ``o3.Linear`` and passed through an ``e3nn.nn.Gate``. The first layer
     also sees the centred position vector ``y_i`` (1o), so a global "shrink towards the
     centroid" is easy to express at large σ. The readout is an ``o3.Linear`` to one 1o
@@ -164,7 +165,9 @@ class Interaction(nn.Module):
 
     def forward(self, h, sh, edge_scalars, envelope, src, dst):
         # h (M, irreps_in), sh (E, irreps_sh), edge_scalars (E, S), envelope (E, 1)
-        scal = h[:, : self.n_scalars_in]  # 0e channels come first in sorted irreps
+        # The radial weights see the node scalars squashed: w(h) multiplies h, so unbounded scalars
+        # would square the features' scale at every layer (init outputs of 1e27 Å at 8 layers).
+        scal = torch.tanh(h[:, : self.n_scalars_in])  # (M, ns); 0e channels come first in sorted irreps
         w = self.radial(torch.cat([edge_scalars, scal[src], scal[dst]], dim=-1)) * envelope  # (E, W)
         msg = self.tp(h[src], sh, w)  # (E, mid)
         agg = torch.zeros(h.shape[0], msg.shape[1], dtype=msg.dtype, device=msg.device)

@@ -78,3 +78,21 @@ def test_conditioned_needs_sigma_and_centre_helper(make_tiny):
     c = centre(y, batch[K.MASK])
     assert torch.allclose(c.sum(1), torch.zeros(3, 3, dtype=torch.float64), atol=1e-12)
     assert isinstance(make_tiny(True), EquivariantDenoiser)
+
+
+@pytest.mark.parametrize("n_layers,ns,nv", [(6, 64, 16), (8, 32, 8)])
+def test_deep_and_wide_networks_start_finite_and_bounded(qm9_small, n_layers, ns, nv):
+    """The radial weights multiply the features they are computed from; fed raw node scalars, the
+    features' scale squared at every layer and 6-8-layer networks began training at 1e7-1e27 Å²
+    (or inf) for some seeds. Every seed here must start with a finite, bounded error."""
+    from molconf.data.dataset import collate_dense, graph_to_data
+    from molconf.diffusion.loss import denoising_loss
+
+    batch = collate_dense([graph_to_data(qm9_small.graph(i), 1) for i in (3, 50, 120)] * 3)
+    sigma = torch.tensor([0.01, 0.3, 3.0] * 3)
+    for seed in range(6):
+        torch.manual_seed(seed)
+        net = EquivariantDenoiser(blind=seed % 2 == 0, ns=ns, nv=nv, n_layers=n_layers)
+        with torch.no_grad():
+            mse = denoising_loss(net, batch, sigma=sigma, generator=torch.Generator().manual_seed(seed))["mse"]
+        assert torch.isfinite(mse).all() and float(mse.max()) < 1e3, (seed, mse)
