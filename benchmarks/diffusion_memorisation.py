@@ -28,7 +28,7 @@ SIGMAS = (0.1, 0.3, 1.0)
 
 
 def run(n: int, steps: int, blind: bool, ns: int, nv: int, layers: int, lr: float, source_limit: int,
-        batch_size: int = 32) -> dict:
+        batch_size: int = 32, sampler: str = "auto") -> dict:
     import torch
 
     from molconf import constants as K
@@ -56,7 +56,7 @@ def run(n: int, steps: int, blind: bool, ns: int, nv: int, layers: int, lr: floa
     gen = torch.Generator().manual_seed(5)
     for i, g in zip(rows, graphs):
         ref = store.mol(i)
-        samples, ok = sample_graph(model, g, 4, SamplerSettings(), 1_000_003 + int(store.mol_ids[i]))
+        samples, ok = sample_graph(model, g, 4, SamplerSettings(sampler=sampler), 1_000_003 + int(store.mol_ids[i]))
         sample_rmsd.append(reference_rmsds(ref, samples, ok)[0])
         batch = collate_dense([g] * 4)
         x = centre(batch[K.POS], batch[K.MASK])  # (4, atoms, 3)
@@ -67,7 +67,7 @@ def run(n: int, steps: int, blind: bool, ns: int, nv: int, layers: int, lr: floa
                 denoised[s].append(np.mean([c_rmsd(ref, mol_with_coords(ref, x_hat[k].double().numpy()))
                                             for k in range(4)]))
     return {"n": n, "variant": "blind" if blind else "conditioned",
-            "sampler": SamplerSettings().resolve(blind), "steps": steps, "batch_size": batch_size,
+            "sampler": SamplerSettings(sampler=sampler).resolve(blind), "steps": steps, "batch_size": batch_size,
             "radial_scalars": "tanh", "ns": ns, "nv": nv, "layers": layers, "lr": lr,
             "loss_first": float(np.mean(losses[:20])), "loss_last": float(np.mean(losses[-max(1, steps // 20):])),
             "sample_rmsd_mean": float(np.nanmean(sample_rmsd)), "sample_rmsd_max": float(np.nanmax(sample_rmsd)),
@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=32,
                    help="items per step; below it a batch repeats the N molecules with independent noise")
+    p.add_argument("--sampler", choices=("auto", "ddim", "ks"), default="auto",
+                   help="auto: K-S for the blind network, DDIM for the conditioned one")
     p.add_argument("--source-limit", type=int, default=2000, help="QM9 molecules loaded (the A pool's first N are used)")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
@@ -115,9 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     for n in args.n:
         for variant in args.variant:
             row = run(n, args.steps, variant == "blind", args.ns, args.nv, args.layers, args.lr, args.source_limit,
-                      args.batch_size)
+                      args.batch_size, args.sampler)
             print(json.dumps(row), flush=True)
-            key = ("n", "variant", "steps", "batch_size", "radial_scalars", "ns", "nv", "layers", "lr")
+            key = ("n", "variant", "sampler", "steps", "batch_size", "radial_scalars", "ns", "nv", "layers", "lr")
             rows = [r for r in rows if tuple(r[k] for k in key) != tuple(row[k] for k in key)] + [row]
             write(rows, args.out)
 
