@@ -246,6 +246,9 @@ def jacobian_analysis(model: EquivariantDenoiser, mol: Chem.Mol, sigmas, seed: i
                     *(("hessian_negative", "minimum_rmsd_to_estimate") if hessian_at == "minimum" else ())):
             values = [d[key] for d in draws]
             row[key], row[f"{key}_std"] = float(np.mean(values)), float(np.std(values))
+        # eigenvalues_internal is the first draw's; the extremes and shares cover every draw
+        row["eigenvalues_internal_per_draw"] = [d["eigenvalues_internal"] for d in draws]
+        row["eig_min"], row["eig_max"] = min(d["eig_min"] for d in draws), max(d["eig_max"] for d in draws)
         rows.append(row)
     return {"n_atoms": n, "dim": 3 * n, "n_rigid": int(rigid.shape[1]), "force_field": ff, "n_leading": k,
             "hessian_at": hessian_at, "reference_hessian_eigenvalues": ref_freq2.tolist(),
