@@ -337,7 +337,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="only write the ensembles already in --out to this .sdf.gz (+ .meta.json beside it)")
     args = p.parse_args(argv)
     if args.export:
-        record = export_ensembles(args.out, args.export)
+        try:
+            record = export_ensembles(args.out, args.export)
+        except FileNotFoundError as err:
+            p.exit(2, f"{p.prog}: {err}\n")
         print(f"{record['molecules']} molecules, {record['conformers']} conformers, "
               f"{len(record['failures'])} failures written to {args.export}")
         return

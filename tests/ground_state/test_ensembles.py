@@ -136,7 +136,8 @@ def test_a_failed_molecule_is_named_and_its_unit_mates_kept(small_split, tmp_pat
 def test_cli_names_bad_settings_and_missing_files(tmp_path, capsys):
     from molconf.cli import main
 
-    for args, message in ((["--seed", "42"], "seed 42"), (["--sdf", str(tmp_path / "none.sdf")], "no such molecules file")):
+    for args, message in ((["--seed", "42"], "seed 42"), (["--sdf", str(tmp_path / "none.sdf")], "no such molecules file"),
+                          (["--export", str(tmp_path / "x.sdf.gz")], "not an ensembles build folder")):
         with pytest.raises(SystemExit) as exit_:
             main(["conformer-ensembles", "--out", str(tmp_path / "e"), *args])
         assert exit_.value.code == 2 and message in capsys.readouterr().err
