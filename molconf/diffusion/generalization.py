@@ -103,11 +103,10 @@ def train_denoiser(model: EquivariantDenoiser, graphs: list, steps: int, batch_s
     model.train()
     order: list[int] = []
     losses = []
-    bs = batch_size
     for _ in range(steps):
-        while len(order) < bs:
+        while len(order) < batch_size:
             order += torch.randperm(len(graphs), generator=g_data).tolist()
-        idx, order = order[:bs], order[bs:]
+        idx, order = order[:batch_size], order[batch_size:]
         batch = collate_dense([graphs[i] for i in idx])
         out = denoising_loss(model, batch, sigma_min=sigma_min, sigma_max=sigma_max, weighting=weighting,
                              generator=g_noise)

@@ -217,14 +217,13 @@ def build_ensembles(split: str, out_dir: str | Path, n: int | None = 200, settin
 
 
 def _records(source: Path):
-    """(where, supplier) of every SDF holding ensemble records: a build folder's finished units, or one
-    exported ``.sdf.gz``."""
+    """(where, supplier, how to repair it) of every SDF holding ensemble records: a build folder's
+    finished units, or one exported ``.sdf.gz``."""
     import gzip
 
     if source.is_file():
-        fh = gzip.open(source, "rb") if source.suffix == ".gz" else open(source, "rb")
-        yield source, Chem.ForwardSDMolSupplier(fh, removeHs=False), "a corrupted file: export it again"
-        fh.close()
+        with (gzip.open(source, "rb") if source.suffix == ".gz" else open(source, "rb")) as fh:
+            yield source, Chem.ForwardSDMolSupplier(fh, removeHs=False), "a corrupted file: export it again"
         return
     for record in sorted(source.glob("ensemble_*.json")):
         sdf = record.with_suffix(".sdf")
