@@ -1,12 +1,21 @@
 """Generation API: SMILES or RDKit ``Mol`` in, ``Mol`` with ``n`` sampled conformers out.
 
->>> from molconf.diffusion import generate                                 # doctest: +SKIP
->>> mol = generate("CCO", n=10, model="runs/diffusion_qm9/checkpoints/last.ckpt", seed=0)  # doctest: +SKIP
->>> mol.GetNumConformers(), mol.GetNumAtoms()                               # doctest: +SKIP
-(10, 9)
+>>> from molconf.diffusion import generate
+>>> mol = generate("CC(=O)Nc1ccc(O)cc1", n=4, seed=0)  # the shipped drug-like refiner
+>>> mol.GetNumConformers(), mol.GetNumAtoms()
+(4, 20)
 
-No trained denoiser ships with the package yet, so ``model`` must be given (a checkpoint
-or weights path, or a network).
+Two ways to start a sample:
+
+* ``start="noise"``: from pure Gaussian noise (σ_max ≈ 3 Å), the whole reverse diffusion;
+* ``start="etkdg"``: partial diffusion (SDEdit-style) from the molecule's own ETKDGv3
+  conformers — each sample starts from one ETKDG conformer, is noised to ``sigma_max``
+  (≤ 1 Å) and denoised from there. The network then decides the last Ångström of the way
+  onto the geometry of its training data (GFN2-xTB minima for the shipped model), while the
+  topology-level choices (ring and torsion families) come from ETKDG's draw.
+
+``start="auto"`` takes what the model's card says (the shipped ``moses_xtb_diffusion_refiner``
+was trained at σ ≤ 1 Å only and starts from ETKDG; a network without a card starts from noise).
 """
 
 from __future__ import annotations
@@ -26,12 +35,15 @@ from molconf.diffusion.model import EquivariantDenoiser
 from molconf.diffusion.sampling import LJGuidance, ddim_sample, ks_sample
 from molconf.errors import MoleculeError
 from molconf.metrics import mol_with_coords
-from molconf.prediction import _caller_level, Failure, LoadedModel, _describe, prepare
+from molconf.prediction import WEIGHTS_DIR, _caller_level, Failure, LoadedModel, _describe, prepare
 from molconf.stereo import enforce_stereo, stereo_spec
 
 SAMPLERS = ("auto", "ddim", "ks")
-NO_DEFAULT_MODEL = ("no default diffusion model ships with molconf yet: pass model=<checkpoint or weights path, "
-                    "or an EquivariantDenoiser> (train one with `molconf fit --config configs/diffusion_qm9.yaml`)")
+STARTS = ("auto", "noise", "etkdg")
+DEFAULT_DENOISER = "moses_xtb_diffusion_refiner"  # molconf/weights/<name>.pt, card <name>.md
+NO_DEFAULT_MODEL = (f"the default diffusion model ({DEFAULT_DENOISER}.pt) is missing from {WEIGHTS_DIR}: pass "
+                    "model=<checkpoint or weights path, or an EquivariantDenoiser> (train one with "
+                    "`molconf fit --config configs/diffusion_qm9.yaml --config configs/diffusion_moses_xtb.yaml`)")
 
 
 @dataclass
@@ -47,7 +59,11 @@ class LoadedDenoiser(LoadedModel):
 def resolve_denoiser(model) -> LoadedDenoiser:
     """A path (weights file or ``DenoiserModule`` checkpoint), a network, or a ``DenoiserModule``."""
     if model is None or model == "default":
-        raise ValueError(NO_DEFAULT_MODEL)
+        model = WEIGHTS_DIR / f"{DEFAULT_DENOISER}.pt"
+        if not model.is_file():
+            raise FileNotFoundError(NO_DEFAULT_MODEL)
+    elif isinstance(model, str) and (WEIGHTS_DIR / f"{model}.pt").is_file() and "diffusion" in model:
+        model = WEIGHTS_DIR / f"{model}.pt"  # a shipped denoiser by name
     if isinstance(model, LoadedDenoiser):
         return model
     if isinstance(model, EquivariantDenoiser):
@@ -58,7 +74,8 @@ def resolve_denoiser(model) -> LoadedDenoiser:
     if isinstance(model, (str, Path)):
         path = Path(model)
         if not path.is_file():
-            raise FileNotFoundError(f"denoiser {str(model)!r}: no such file. {NO_DEFAULT_MODEL}")
+            raise FileNotFoundError(f"denoiser {str(model)!r}: no such file (model=None takes the shipped "
+                                    f"{DEFAULT_DENOISER})")
         network, meta = load_denoiser(path)
         return LoadedDenoiser.from_meta(path.stem, network, meta)
     raise TypeError(f"model must be a path or an EquivariantDenoiser, got {type(model).__name__}")
@@ -70,6 +87,7 @@ class GenerationReport:
 
     model: str
     sampler: str
+    start: str = "noise"  # "noise", "etkdg" or "given" (start_from)
     failures: list[Failure] = field(default_factory=list)
     notes: dict[int, list[str]] = field(default_factory=dict)
 
@@ -98,6 +116,9 @@ def sample_molecule(network, mol: Chem.Mol, n: int, sampler: str = "auto", seed:
     """Raw samples (n, atoms, 3) for one prepared molecule (explicit H, model's atom order),
     and a (n,) bool array marking usable ones (finite; KS ascent not diverged).
 
+    ``start``: None (pure noise), one (atoms, 3) conformer every sample starts around, or
+    (n, atoms, 3), one start per sample.
+
     Noise comes from ``torch.Generator().manual_seed(seed)``, consumed batch by batch:
     samples depend on ``seed``, ``n`` and ``batch_size``.
     """
@@ -113,7 +134,8 @@ def sample_molecule(network, mol: Chem.Mol, n: int, sampler: str = "auto", seed:
         batch = collate_dense([graph] * k)
         init = None
         if start is not None:
-            init = torch.as_tensor(start, dtype=dtype).expand(k, -1, -1)
+            start_t = torch.as_tensor(start, dtype=dtype)
+            init = start_t[s:s + k] if start_t.dim() == 3 else start_t.expand(k, -1, -1)  # (k, atoms, 3)
         if sampler == "ddim":
             smax = sigma_max if sigma_max is not None else (0.5 if start is not None else 3.0)
             pos = ddim_sample(network, batch, n_steps=steps, sigma_max=smax, sigma_min=sigma_min, generator=gen,
@@ -128,6 +150,37 @@ def sample_molecule(network, mol: Chem.Mol, n: int, sampler: str = "auto", seed:
         out.append(pos.double().numpy())
         usable.append((ok & torch.isfinite(pos).flatten(1).all(1)).numpy())
     return np.concatenate(out, axis=0), np.concatenate(usable)
+
+
+def etkdg_starts(mol: Chem.Mol, n: int, seed: int = 0) -> tuple[np.ndarray, int]:
+    """``n`` ETKDGv3 starting conformers (n, atoms, 3) of a prepared molecule and how many distinct
+    ones were embedded.
+
+    ETKDGv3 with ``randomSeed = seed + 1`` (RDKit 2026.09 returns n *identical* conformers for
+    seed 0), one thread; molecules that do not embed are retried from random coordinates. Fewer
+    than ``n`` embedded conformers are reused in turn (each sample still gets its own noise).
+    Raises ``ValueError`` if none embeds.
+
+    >>> from rdkit import Chem
+    >>> starts, distinct = etkdg_starts(Chem.AddHs(Chem.MolFromSmiles("CCO")), 3, seed=0)
+    >>> starts.shape, distinct
+    ((3, 9, 3), 3)
+    """
+    from rdkit.Chem import AllChem
+
+    m = Chem.Mol(mol)
+    m.RemoveAllConformers()
+    params = AllChem.ETKDGv3()
+    params.randomSeed = int(seed) + 1
+    params.numThreads = 1
+    ids = list(AllChem.EmbedMultipleConfs(m, n, params))
+    if not ids:
+        params.useRandomCoords = True
+        ids = list(AllChem.EmbedMultipleConfs(m, n, params))
+    if not ids:
+        raise ValueError("ETKDG could not embed a starting conformer")
+    coords = np.stack([m.GetConformer(i).GetPositions() for i in ids])  # (distinct, atoms, 3)
+    return coords[np.arange(n) % len(ids)], len(ids)
 
 
 def _as_conformers(mol: Chem.Mol, samples: np.ndarray, usable: np.ndarray, fix_stereo: bool, index: int,
@@ -152,8 +205,8 @@ def _as_conformers(mol: Chem.Mol, samples: np.ndarray, usable: np.ndarray, fix_s
     return out
 
 
-def generate(mols, n: int = 10, model=None, sampler: str = "auto", seed: int = 0, steps: int = 50,
-             sigma_max: float | None = None, sigma_min: float = 0.01, start_from=None,
+def generate(mols, n: int = 10, model=None, sampler: str = "auto", seed: int = 0, steps: int | None = None,
+             sigma_max: float | None = None, sigma_min: float = 0.01, start: str = "auto", start_from=None,
              lj_guidance: bool | LJGuidance = False, fix_stereo: bool = True, batch_size: int = 64,
              ks_options: dict | None = None, return_report: bool = False):
     """Sample ``n`` conformers per molecule with a trained denoiser.
@@ -165,17 +218,23 @@ def generate(mols, n: int = 10, model=None, sampler: str = "auto", seed: int = 0
         :func:`molconf.predict` (one neutral, closed-shell fragment, known elements).
     n : int
         Conformers per molecule.
-    model : path or EquivariantDenoiser
-        Required: no default diffusion model ships yet.
+    model : None, name, path or EquivariantDenoiser
+        None: the shipped ``moses_xtb_diffusion_refiner`` (drug-like, H C N O F S Cl Br; see its
+        card in ``molconf/weights``); else a weights file or ``DenoiserModule`` checkpoint.
     sampler : {"auto", "ddim", "ks"}
         "auto": DDIM for noise-conditioned networks, Kadkhodaie–Simoncelli for blind ones.
     seed : int
         Seed of the sampler's ``torch.Generator`` (same seed → same conformers).
-    steps : int
-        DDIM steps (the KS sampler stops on its own σ estimate).
+    steps : int, optional
+        DDIM steps (the KS sampler stops on its own σ estimate); default: the model card's, else 50.
     sigma_max, sigma_min : float
-        Starting and final noise levels (defaults: 3 Å for DDIM, σ₀ = 1 Å for KS, 0.5 Å
-        when refining ``start_from``; final 0.01 Å).
+        Starting and final noise levels (defaults: the model card's ``sigma_start`` when starting
+        from ETKDG, else 3 Å for DDIM, σ₀ = 1 Å for KS, 0.5 Å when refining ``start_from``;
+        final 0.01 Å).
+    start : {"auto", "noise", "etkdg"}
+        Where samples start (see the module docstring); "auto": the model card's ``start``,
+        else "noise". With "etkdg" the i-th sample starts from the i-th ETKDGv3 conformer of
+        :func:`etkdg_starts` (seed ``seed + 1``).
     start_from : Mol or (atoms, 3) array, optional
         Refine around this conformer (e.g. a ReBind prediction) instead of sampling from
         noise. Only for a single input molecule.
@@ -198,6 +257,8 @@ def generate(mols, n: int = 10, model=None, sampler: str = "auto", seed: int = 0
         raise ValueError(f"n must be ≥ 1, got {n}")
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if start not in STARTS:
+        raise ValueError(f"start must be one of {STARTS}, got {start!r}")
     single = isinstance(mols, (str, Chem.Mol))
     items = [mols] if single else list(mols)
     if start_from is not None and len(items) != 1:
@@ -205,8 +266,16 @@ def generate(mols, n: int = 10, model=None, sampler: str = "auto", seed: int = 0
     loaded = resolve_denoiser(model)
     network = loaded.network.eval()
     used = ("ks" if network.blind else "ddim") if sampler == "auto" else sampler
+    card = loaded.meta or {}
+    if start == "auto":
+        start = "given" if start_from is not None else card.get("start", "noise")
+    elif start_from is not None:
+        raise ValueError("start_from gives the start itself: leave start='auto'")
+    if start == "etkdg" and sigma_max is None:
+        sigma_max = float(card.get("sigma_start", 0.5))
+    steps = int(card.get("steps", 50)) if steps is None else int(steps)
     guidance = lj_guidance if isinstance(lj_guidance, LJGuidance) else (LJGuidance() if lj_guidance else None)
-    report = GenerationReport(model=loaded.name, sampler=used)
+    report = GenerationReport(model=loaded.name, sampler=used, start=start)
     results: list[Chem.Mol | None] = [None] * len(items)
     for i, item in enumerate(items):
         try:
@@ -216,9 +285,21 @@ def generate(mols, n: int = 10, model=None, sampler: str = "auto", seed: int = 0
                 raise
             report.failures.append(Failure(i, err.molecule, err.reason))
             continue
-        start = _start_coords(start_from, mol) if start_from is not None else None
+        init = None
+        if start == "given":
+            init = _start_coords(start_from, mol)
+        elif start == "etkdg":
+            try:
+                init, distinct = etkdg_starts(mol, n, seed)
+            except ValueError as err:
+                if single:
+                    raise MoleculeError(_describe(item), str(err)) from None
+                report.failures.append(Failure(i, _describe(item), str(err)))
+                continue
+            if distinct < n:
+                report.note(i, f"ETKDG embedded {distinct} distinct starts for {n} samples (reused in turn)")
         samples, usable = sample_molecule(network, mol, n, used, seed, batch_size, steps, sigma_max, sigma_min,
-                                          start, guidance, ks_options)
+                                          init, guidance, ks_options)
         out = _as_conformers(mol, samples, usable, fix_stereo, i, report)
         if out.GetNumConformers() == 0:
             err = MoleculeError(_describe(item), "no usable sample (non-finite coordinates or diverged sampler)")
@@ -228,6 +309,7 @@ def generate(mols, n: int = 10, model=None, sampler: str = "auto", seed: int = 0
             continue
         out.SetProp("molconf_model", loaded.name)
         out.SetProp("molconf_sampler", used)
+        out.SetProp("molconf_start", start)
         out.SetIntProp("molconf_seed", int(seed))
         results[i] = out
     if report.failures:

@@ -51,11 +51,49 @@ def test_bad_inputs_are_reported(tiny_model_file):
     assert any("2 of 3 inputs" in str(w.message) for w in caught)
 
 
-def test_a_model_is_required():
-    with pytest.raises(ValueError, match="no default diffusion model"):
-        generate("CCO", n=2)
-    with pytest.raises(FileNotFoundError, match="no default diffusion model"):
+def test_a_missing_model_is_named(monkeypatch, tmp_path):
+    from molconf.diffusion import api
+
+    with pytest.raises(FileNotFoundError, match="denoiser.ckpt.*no such file"):
         generate("CCO", n=2, model="/nonexistent/denoiser.ckpt")
+    monkeypatch.setattr(api, "WEIGHTS_DIR", tmp_path)  # as if the package had lost its weights
+    with pytest.raises(FileNotFoundError, match="default diffusion model .*moses_xtb_diffusion_refiner"):
+        generate("CCO", n=2)
+    with pytest.raises(ValueError, match="start must be one of"):
+        generate("CCO", n=2, model="/nonexistent/denoiser.ckpt", start="etkgd")
+
+
+def test_etkdg_starts_are_rdkits_own_conformers():
+    from molconf.diffusion.api import etkdg_starts
+
+    mol = Chem.AddHs(Chem.MolFromSmiles("CC(=O)Nc1ccc(O)cc1"))
+    starts, distinct = etkdg_starts(mol, 5, seed=3)
+    ref = Chem.Mol(mol)  # the obvious way: ETKDGv3, randomSeed = seed + 1, one thread
+    params = AllChem.ETKDGv3()
+    params.randomSeed, params.numThreads = 4, 1
+    AllChem.EmbedMultipleConfs(ref, 5, params)
+    assert distinct == 5 and np.allclose(starts, _positions(ref))
+    assert not np.allclose(starts[0], starts[1])  # seed + 1: never RDKit's seed-0 trap of identical conformers
+    few, distinct = etkdg_starts(Chem.AddHs(Chem.MolFromSmiles("C")), 4, seed=0)
+    assert few.shape == (4, 5, 3) and 1 <= distinct <= 4
+
+
+def test_samples_start_from_their_own_etkdg_conformer(tiny_model_file):
+    from molconf.diffusion.api import etkdg_starts
+    from molconf.metrics import mol_with_coords
+
+    smi = "OC(=O)[C@@H]1CCCN1C(=O)c1ccccc1"
+    # at σ = 2e-3 Å the EDM skip term (σ_data² / (σ² + σ_data²) ≈ 1) leaves each start in place
+    mol, report = generate(smi, n=4, model=tiny_model_file, start="etkdg", sigma_max=2e-3, sigma_min=1e-3,
+                           steps=2, seed=5, return_report=True)
+    assert report.start == "etkdg" and mol.GetProp("molconf_start") == "etkdg"
+    starts, _ = etkdg_starts(Chem.AddHs(Chem.MolFromSmiles(smi)), 4, seed=5)
+    for k, conf in enumerate(mol.GetConformers()):
+        sample = mol_with_coords(mol, conf.GetPositions())
+        start = mol_with_coords(mol, starts[k])
+        assert Chem.rdMolAlign.AlignMol(Chem.Mol(sample), start) < 0.05
+    with pytest.raises(ValueError, match="start_from gives the start"):
+        generate(smi, n=1, model=tiny_model_file, start="etkdg", start_from=mol)
 
 
 def test_cli_generate_writes_sdf(tiny_model_file, tmp_path, capsys):
@@ -67,6 +105,6 @@ def test_cli_generate_writes_sdf(tiny_model_file, tmp_path, capsys):
     records = [m for m in Chem.SDMolSupplier(str(out), removeHs=False)]
     assert len(records) == 6 and records[0].GetNumAtoms() == 9 and records[3].GetNumAtoms() == 6
     with pytest.raises(SystemExit) as ex:
-        molconf_main(["generate", "CCO", "-n", "2"])
+        molconf_main(["generate", "CCO", "-n", "2", "--model", str(tmp_path / "missing.pt")])
     assert ex.value.code == 2
-    assert "--model PATH is required: no default diffusion model" in capsys.readouterr().err
+    assert "missing.pt" in capsys.readouterr().err
