@@ -105,9 +105,8 @@ class PredictionReport:
 
 def available_models() -> list[str]:
     """Names of the conformer models shipped inside the package (not the GFN2-xTB correction
-    of :mod:`molconf.ground_state.prerelax` nor the diffusion refiner, which live beside them)."""
-    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt")
-                  if "_gfn2_" not in p.stem and "_diffusion_" not in p.stem)  # correction, ranker, denoiser
+    of :mod:`molconf.ground_state.prerelax`, which lives beside them)."""
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt") if "_gfn2_" not in p.stem)  # not the correction / ranker
 
 
 def resolve_model(model: str | Path | ConformerTransformer | LoadedModel = "default") -> LoadedModel:

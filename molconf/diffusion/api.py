@@ -1,21 +1,24 @@
 """Generation API: SMILES or RDKit ``Mol`` in, ``Mol`` with ``n`` sampled conformers out.
 
->>> from molconf.diffusion import generate
->>> mol = generate("CC(=O)Nc1ccc(O)cc1", n=4, seed=0)  # the shipped drug-like refiner
->>> mol.GetNumConformers(), mol.GetNumAtoms()
-(4, 20)
+>>> from molconf.diffusion import generate                                 # doctest: +SKIP
+>>> mol = generate("CCO", n=10, model="runs/diffusion_qm9/checkpoints/last.ckpt", seed=0)  # doctest: +SKIP
+>>> mol.GetNumConformers(), mol.GetNumAtoms()                               # doctest: +SKIP
+(10, 9)
+
+No trained denoiser ships with the package yet, so ``model`` must be given (a checkpoint
+or weights path, or a network).
 
 Two ways to start a sample:
 
 * ``start="noise"``: from pure Gaussian noise (σ_max ≈ 3 Å), the whole reverse diffusion;
 * ``start="etkdg"``: partial diffusion (SDEdit-style) from the molecule's own ETKDGv3
   conformers — each sample starts from one ETKDG conformer, is noised to ``sigma_max``
-  (≤ 1 Å) and denoised from there. The network then decides the last Ångström of the way
-  onto the geometry of its training data (GFN2-xTB minima for the shipped model), while the
-  topology-level choices (ring and torsion families) come from ETKDG's draw.
+  (≤ 1 Å) and denoised from there, so the network decides only the last stretch of the way
+  onto the geometry of its training data, while ring and torsion families come from ETKDG.
 
-``start="auto"`` takes what the model's card says (the shipped ``moses_xtb_diffusion_refiner``
-was trained at σ ≤ 1 Å only and starts from ETKDG; a network without a card starts from noise).
+``start="auto"`` takes what the weights file's metadata says (``start``, and ``sigma_start`` /
+``steps`` for the sampler), else "noise". The drug-like probe of this design
+(``configs/diffusion_moses_xtb.yaml``) did not beat its own ETKDG starts: see docs/diffusion.md.
 """
 
 from __future__ import annotations
@@ -35,15 +38,13 @@ from molconf.diffusion.model import EquivariantDenoiser
 from molconf.diffusion.sampling import LJGuidance, ddim_sample, ks_sample
 from molconf.errors import MoleculeError
 from molconf.metrics import mol_with_coords
-from molconf.prediction import WEIGHTS_DIR, _caller_level, Failure, LoadedModel, _describe, prepare
+from molconf.prediction import _caller_level, Failure, LoadedModel, _describe, prepare
 from molconf.stereo import enforce_stereo, stereo_spec
 
 SAMPLERS = ("auto", "ddim", "ks")
 STARTS = ("auto", "noise", "etkdg")
-DEFAULT_DENOISER = "moses_xtb_diffusion_refiner"  # molconf/weights/<name>.pt, card <name>.md
-NO_DEFAULT_MODEL = (f"the default diffusion model ({DEFAULT_DENOISER}.pt) is missing from {WEIGHTS_DIR}: pass "
-                    "model=<checkpoint or weights path, or an EquivariantDenoiser> (train one with "
-                    "`molconf fit --config configs/diffusion_qm9.yaml --config configs/diffusion_moses_xtb.yaml`)")
+NO_DEFAULT_MODEL = ("no default diffusion model ships with molconf yet: pass model=<checkpoint or weights path, "
+                    "or an EquivariantDenoiser> (train one with `molconf fit --config configs/diffusion_qm9.yaml`)")
 
 
 @dataclass
@@ -59,11 +60,7 @@ class LoadedDenoiser(LoadedModel):
 def resolve_denoiser(model) -> LoadedDenoiser:
     """A path (weights file or ``DenoiserModule`` checkpoint), a network, or a ``DenoiserModule``."""
     if model is None or model == "default":
-        model = WEIGHTS_DIR / f"{DEFAULT_DENOISER}.pt"
-        if not model.is_file():
-            raise FileNotFoundError(NO_DEFAULT_MODEL)
-    elif isinstance(model, str) and (WEIGHTS_DIR / f"{model}.pt").is_file() and "diffusion" in model:
-        model = WEIGHTS_DIR / f"{model}.pt"  # a shipped denoiser by name
+        raise ValueError(NO_DEFAULT_MODEL)
     if isinstance(model, LoadedDenoiser):
         return model
     if isinstance(model, EquivariantDenoiser):
@@ -74,8 +71,7 @@ def resolve_denoiser(model) -> LoadedDenoiser:
     if isinstance(model, (str, Path)):
         path = Path(model)
         if not path.is_file():
-            raise FileNotFoundError(f"denoiser {str(model)!r}: no such file (model=None takes the shipped "
-                                    f"{DEFAULT_DENOISER})")
+            raise FileNotFoundError(f"denoiser {str(model)!r}: no such file. {NO_DEFAULT_MODEL}")
         network, meta = load_denoiser(path)
         return LoadedDenoiser.from_meta(path.stem, network, meta)
     raise TypeError(f"model must be a path or an EquivariantDenoiser, got {type(model).__name__}")
@@ -218,21 +214,21 @@ def generate(mols, n: int = 10, model=None, sampler: str = "auto", seed: int = 0
         :func:`molconf.predict` (one neutral, closed-shell fragment, known elements).
     n : int
         Conformers per molecule.
-    model : None, name, path or EquivariantDenoiser
-        None: the shipped ``moses_xtb_diffusion_refiner`` (drug-like, H C N O F S Cl Br; see its
-        card in ``molconf/weights``); else a weights file or ``DenoiserModule`` checkpoint.
+    model : path or EquivariantDenoiser
+        Required: no default diffusion model ships yet.
     sampler : {"auto", "ddim", "ks"}
         "auto": DDIM for noise-conditioned networks, Kadkhodaie–Simoncelli for blind ones.
     seed : int
         Seed of the sampler's ``torch.Generator`` (same seed → same conformers).
     steps : int, optional
-        DDIM steps (the KS sampler stops on its own σ estimate); default: the model card's, else 50.
+        DDIM steps (the KS sampler stops on its own σ estimate); default: the weights' metadata
+        ``steps``, else 50.
     sigma_max, sigma_min : float
-        Starting and final noise levels (defaults: the model card's ``sigma_start`` when starting
-        from ETKDG, else 3 Å for DDIM, σ₀ = 1 Å for KS, 0.5 Å when refining ``start_from``;
+        Starting and final noise levels (defaults: the weights' metadata ``sigma_start`` when
+        starting from ETKDG, else 0.5 Å there; else 3 Å for DDIM, σ₀ = 1 Å for KS, 0.5 Å when refining ``start_from``;
         final 0.01 Å).
     start : {"auto", "noise", "etkdg"}
-        Where samples start (see the module docstring); "auto": the model card's ``start``,
+        Where samples start (see the module docstring); "auto": the weights' metadata ``start``,
         else "noise". With "etkdg" the i-th sample starts from the i-th ETKDGv3 conformer of
         :func:`etkdg_starts` (seed ``seed + 1``).
     start_from : Mol or (atoms, 3) array, optional
@@ -266,14 +262,14 @@ def generate(mols, n: int = 10, model=None, sampler: str = "auto", seed: int = 0
     loaded = resolve_denoiser(model)
     network = loaded.network.eval()
     used = ("ks" if network.blind else "ddim") if sampler == "auto" else sampler
-    card = loaded.meta or {}
+    meta = loaded.meta or {}  # sampler settings a weights file may carry
     if start == "auto":
-        start = "given" if start_from is not None else card.get("start", "noise")
+        start = "given" if start_from is not None else meta.get("start", "noise")
     elif start_from is not None:
         raise ValueError("start_from gives the start itself: leave start='auto'")
     if start == "etkdg" and sigma_max is None:
-        sigma_max = float(card.get("sigma_start", 0.5))
-    steps = int(card.get("steps", 50)) if steps is None else int(steps)
+        sigma_max = float(meta.get("sigma_start", 0.5))
+    steps = int(meta.get("steps", 50)) if steps is None else int(steps)
     guidance = lj_guidance if isinstance(lj_guidance, LJGuidance) else (LJGuidance() if lj_guidance else None)
     report = GenerationReport(model=loaded.name, sampler=used, start=start)
     results: list[Chem.Mol | None] = [None] * len(items)

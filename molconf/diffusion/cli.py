@@ -23,15 +23,14 @@ def generate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="molconf generate", description="Sample conformers with a trained denoiser.")
     p.add_argument("smiles", nargs="+", help="one or more SMILES")
     p.add_argument("-n", "--num", type=int, default=10, help="conformers per molecule (default 10)")
-    p.add_argument("--model", help="denoiser checkpoint or weights file (default: the shipped drug-like refiner, "
-                                   "moses_xtb_diffusion_refiner)")
+    p.add_argument("--model", help="denoiser checkpoint or weights file (required: no default model ships yet)")
     p.add_argument("-o", "--output", help="write all conformers to this .sdf (one record per conformer)")
     p.add_argument("--sampler", choices=["auto", "ddim", "ks"], default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, help="DDIM steps (default: the model card's, else 50)")
+    p.add_argument("--steps", type=int, help="DDIM steps (default: the weights' metadata, else 50)")
     p.add_argument("--start", choices=["auto", "noise", "etkdg"], default="auto",
-                   help="start from noise or from ETKDG conformers (partial diffusion); auto: the model card's")
-    p.add_argument("--sigma-max", type=float, help="starting noise level in Å (default: the model card's)")
+                   help="start from noise or from ETKDG conformers (partial diffusion); auto: the weights' metadata")
+    p.add_argument("--sigma-max", type=float, help="starting noise level in Å (default: the weights' metadata, else the sampler's)")
     p.add_argument("--lj-guidance", action="store_true", help="Lennard-Jones clash guidance")
     p.add_argument("--no-fix-stereo", action="store_true", help="keep samples whose stereo disagrees with the input")
     p.add_argument("--threads", type=int, help="torch threads (molecule-sized graphs: 1 is often fastest)")
@@ -48,6 +47,11 @@ def _set_threads(n: int | None) -> None:
 def generate_main(argv: list[str]) -> int:
     args = generate_parser().parse_args(argv)
     _set_threads(args.threads)
+    if not args.model:
+        print("molconf generate: --model PATH is required: no default diffusion model ships with molconf yet "
+              "(train one with `molconf fit --config configs/diffusion_qm9.yaml` and pass its checkpoint)",
+              file=sys.stderr)
+        return 2
     from rdkit import Chem
 
     from molconf.diffusion.api import generate

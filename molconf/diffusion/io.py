@@ -7,16 +7,19 @@ from pathlib import Path
 import torch
 
 from molconf.diffusion.model import EquivariantDenoiser
-from molconf.models.io import build_from_file, read_model_file
+from molconf.models.io import build_from_file, is_shipped, read_model_file, write_card_sha256
 
 FILE_KIND = "molconf.diffusion.EquivariantDenoiser"
 
 
 def save_denoiser(model: EquivariantDenoiser, path: str | Path, meta: dict | None = None) -> Path:
-    """Write configuration + weights (+ metadata, e.g. elements and max_atoms of the training data)."""
+    """Write configuration + weights (+ metadata, e.g. elements and max_atoms of the training data,
+    and the sampler settings ``generate`` reads: ``start``, ``sigma_start``, ``steps``). A card
+    beside the file, if there is one (always, in the package's weights folder), records its SHA-256."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"kind": FILE_KIND, "config": model.config, "state_dict": model.state_dict(), "meta": meta or {}}, path)
+    write_card_sha256(path, create=is_shipped(path))  # a card beside it records the new hash
     return path
 
 

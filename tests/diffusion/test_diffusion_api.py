@@ -51,14 +51,11 @@ def test_bad_inputs_are_reported(tiny_model_file):
     assert any("2 of 3 inputs" in str(w.message) for w in caught)
 
 
-def test_a_missing_model_is_named(monkeypatch, tmp_path):
-    from molconf.diffusion import api
-
-    with pytest.raises(FileNotFoundError, match="denoiser.ckpt.*no such file"):
-        generate("CCO", n=2, model="/nonexistent/denoiser.ckpt")
-    monkeypatch.setattr(api, "WEIGHTS_DIR", tmp_path)  # as if the package had lost its weights
-    with pytest.raises(FileNotFoundError, match="default diffusion model .*moses_xtb_diffusion_refiner"):
+def test_a_model_is_required():
+    with pytest.raises(ValueError, match="no default diffusion model"):
         generate("CCO", n=2)
+    with pytest.raises(FileNotFoundError, match="no default diffusion model"):
+        generate("CCO", n=2, model="/nonexistent/denoiser.ckpt")
     with pytest.raises(ValueError, match="start must be one of"):
         generate("CCO", n=2, model="/nonexistent/denoiser.ckpt", start="etkgd")
 
@@ -104,6 +101,10 @@ def test_cli_generate_writes_sdf(tiny_model_file, tmp_path, capsys):
     assert ex.value.code == 0
     records = [m for m in Chem.SDMolSupplier(str(out), removeHs=False)]
     assert len(records) == 6 and records[0].GetNumAtoms() == 9 and records[3].GetNumAtoms() == 6
+    with pytest.raises(SystemExit) as ex:
+        molconf_main(["generate", "CCO", "-n", "2"])
+    assert ex.value.code == 2
+    assert "--model PATH is required: no default diffusion model" in capsys.readouterr().err
     with pytest.raises(SystemExit) as ex:
         molconf_main(["generate", "CCO", "-n", "2", "--model", str(tmp_path / "missing.pt")])
     assert ex.value.code == 2
