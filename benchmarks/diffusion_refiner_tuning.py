@@ -7,7 +7,7 @@ are sampler settings written into the model card; they are chosen here, on moses
 ``n`` samples are scored by heavy-atom C-RMSD (GetBestRMS after RemoveHs, no reflection) to the
 data set's GFN2-xTB ground state: best of n and mean over the n, with the share of samples
 keeping the input's stereo, beside the very ETKDG starts the samples came from (paired: same
-seed) and those starts MMFF94-minimised::
+seed) and those starts MMFF94-minimised; ``--from-mmff`` refines the MMFF94 minima instead::
 
     python benchmarks/diffusion_refiner_tuning.py --model runs/diffusion_moses_xtb/checkpoints/last.ckpt \\
         --sigmas 0.1 0.2 0.35 0.5 --steps 10 20 --molecules 60
@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--molecules", type=int, default=60, help="validation molecules (seeded draw)")
     p.add_argument("-n", type=int, default=10, help="samples per molecule")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--from-mmff", action="store_true",
+                   help="refine the MMFF94 minima of the ETKDG starts instead of the starts themselves")
     p.add_argument("--out", type=Path, default=OUT / "refiner_tuning")
     args = p.parse_args(argv)
     warnings.simplefilter("ignore")
@@ -105,8 +107,11 @@ def main(argv: list[str] | None = None) -> None:
     rows = [_row("ETKDGv3 starts", score(lambda k: starts[k]), etkdg_cpu, total)]
     t0 = time.process_time()
     relaxed = {k: _mmff(mol, starts[k]) for k, mol in enumerate(mols)}
-    rows.append(_row("ETKDGv3 + MMFF94", score(lambda k: relaxed[k]), etkdg_cpu + time.process_time() - t0, total))
+    mmff_cpu = etkdg_cpu + time.process_time() - t0
+    rows.append(_row("ETKDGv3 + MMFF94", score(lambda k: relaxed[k]), mmff_cpu, total))
     print(json.dumps(rows[-2:], indent=1), flush=True)
+    if args.from_mmff:
+        starts, etkdg_cpu = relaxed, mmff_cpu
     for steps in args.steps:
         for sigma in args.sigmas:
             t0 = time.process_time()
@@ -115,20 +120,25 @@ def main(argv: list[str] | None = None) -> None:
                 samples[k] = sample_molecule(network, mol, args.n, "ddim", args.seed, 64, steps, sigma, 0.01,
                                              starts[k])[0]
             cpu = etkdg_cpu + time.process_time() - t0
-            rows.append(_row(f"refined σ_start {sigma:g} Å, {steps} steps", score(lambda k: samples[k]), cpu, total))
+            origin = "MMFF94 minima" if args.from_mmff else "ETKDG"
+            rows.append(_row(f"{origin} refined, σ_start {sigma:g} Å, {steps} steps", score(lambda k: samples[k]),
+                             cpu, total))
             print(json.dumps(rows[-1]), flush=True)
     lines = [f"# Refiner settings on {len(mols)} moses_xtb validation molecules", "",
              f"Command: `python benchmarks/diffusion_refiner_tuning.py --model {args.model} --sigmas "
              f"{' '.join(f'{s:g}' for s in args.sigmas)} --steps {' '.join(map(str, args.steps))} --molecules "
-             f"{args.molecules} -n {args.n} --seed {args.seed}`. {args.n} samples per molecule from the same ETKDGv3 "
-             f"starts (seed {args.seed + 1}); heavy-atom C-RMSD (Å) to the GFN2-xTB ground state, best of "
+             f"{args.molecules} -n {args.n} --seed {args.seed}{' --from-mmff' if args.from_mmff else ''}`. {args.n} "
+             f"samples per molecule from the same ETKDGv3 starts (seed {args.seed + 1}"
+             f"{', MMFF94-minimised before refinement' if args.from_mmff else ''}); heavy-atom C-RMSD (Å) to the GFN2-xTB ground state, best of "
              f"{args.n} and mean over them; stereo: share of samples with the input's CIP labels (before "
              "`generate`'s stereo repair); CPU ms per conformer on one thread, ETKDG included.", "",
-             "| method | best-of-n mean / median | share best < 0.75 Å | mean over samples | stereo kept | ms / conformer |",
+             "| method | best-of-n mean / median | share best < 0.75 Å | mean over samples | stereo kept "
+             "| ms / conformer |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['best_mean']:.3f} / {r['best_median']:.3f} | {100 * r['best_below_0.75']:.0f}% "
-                     f"| {r['mean_mean']:.3f} | {r['stereo_kept']:.3f} | {r['ms_per_conformer']:.1f} |")
+        lines.append(f"| {r['method']} | {r['best_mean']:.3f} / {r['best_median']:.3f} "
+                     f"| {100 * r['best_below_0.75']:.0f}% | {r['mean_mean']:.3f} | {r['stereo_kept']:.3f} "
+                     f"| {r['ms_per_conformer']:.1f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")

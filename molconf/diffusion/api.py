@@ -224,9 +224,9 @@ def generate(mols, n: int = 10, model=None, sampler: str = "auto", seed: int = 0
         DDIM steps (the KS sampler stops on its own σ estimate); default: the weights' metadata
         ``steps``, else 50.
     sigma_max, sigma_min : float
-        Starting and final noise levels (defaults: the weights' metadata ``sigma_start`` when
-        starting from ETKDG, else 0.5 Å there; else 3 Å for DDIM, σ₀ = 1 Å for KS, 0.5 Å when refining ``start_from``;
-        final 0.01 Å).
+        Starting and final noise levels (defaults: from ETKDG, the weights' metadata
+        ``sigma_start``, else 0.5 Å; from noise, 3 Å for DDIM and σ₀ = 1 Å for KS; 0.5 Å when
+        refining ``start_from``; final 0.01 Å).
     start : {"auto", "noise", "etkdg"}
         Where samples start (see the module docstring); "auto": the weights' metadata ``start``,
         else "noise". With "etkdg" the i-th sample starts from the i-th ETKDGv3 conformer of

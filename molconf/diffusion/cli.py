@@ -30,7 +30,8 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="DDIM steps (default: the weights' metadata, else 50)")
     p.add_argument("--start", choices=["auto", "noise", "etkdg"], default="auto",
                    help="start from noise or from ETKDG conformers (partial diffusion); auto: the weights' metadata")
-    p.add_argument("--sigma-max", type=float, help="starting noise level in Å (default: the weights' metadata, else the sampler's)")
+    p.add_argument("--sigma-max", type=float,
+                   help="starting noise level in Å (default: the weights' metadata, else the sampler's)")
     p.add_argument("--lj-guidance", action="store_true", help="Lennard-Jones clash guidance")
     p.add_argument("--no-fix-stereo", action="store_true", help="keep samples whose stereo disagrees with the input")
     p.add_argument("--threads", type=int, help="torch threads (molecule-sized graphs: 1 is often fastest)")
@@ -58,8 +59,8 @@ def generate_main(argv: list[str]) -> int:
 
     try:
         mols, report = generate(args.smiles, n=args.num, model=args.model, sampler=args.sampler, seed=args.seed,
-                                steps=args.steps, start=args.start, sigma_max=args.sigma_max, lj_guidance=args.lj_guidance, fix_stereo=not args.no_fix_stereo,
-                                return_report=True)
+                                steps=args.steps, start=args.start, sigma_max=args.sigma_max,
+                                lj_guidance=args.lj_guidance, fix_stereo=not args.no_fix_stereo, return_report=True)
     except (FileNotFoundError, ValueError) as err:
         print(f"molconf generate: {err}", file=sys.stderr)
         return 2
