@@ -109,3 +109,23 @@ def test_cli_generate_writes_sdf(tiny_model_file, tmp_path, capsys):
         molconf_main(["generate", "CCO", "-n", "2", "--model", str(tmp_path / "missing.pt")])
     assert ex.value.code == 2
     assert "missing.pt" in capsys.readouterr().err
+
+
+def test_a_molecule_etkdg_cannot_embed_is_named_and_the_rest_kept(tiny_model_file, monkeypatch):
+    from rdkit.Chem import AllChem as chem
+
+    real = chem.EmbedMultipleConfs
+
+    def refuse_rings(mol, *args, **kwargs):  # as if ETKDG failed on every ring system
+        return [] if mol.GetRingInfo().NumRings() else real(mol, *args, **kwargs)
+
+    monkeypatch.setattr(chem, "EmbedMultipleConfs", refuse_rings)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        mols, report = generate(["CCO", "c1ccccc1O", "CCN"], n=2, model=tiny_model_file, start="etkdg",
+                                steps=2, return_report=True)
+    assert mols[0].GetNumConformers() == 2 and mols[1] is None and mols[2].GetNumConformers() == 2
+    assert [f.index for f in report.failures] == [1]
+    assert "c1ccccc1O" in report.failures[0].input and "could not embed" in report.failures[0].reason
+    with pytest.raises(MoleculeError, match="could not embed"):
+        generate("c1ccccc1O", n=2, model=tiny_model_file, start="etkdg", steps=2)
