@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from molconf.errors import MoleculeError
@@ -58,9 +59,12 @@ def generate_main(argv: list[str]) -> int:
     from molconf.diffusion.api import generate
 
     try:
-        mols, report = generate(args.smiles, n=args.num, model=args.model, sampler=args.sampler, seed=args.seed,
-                                steps=args.steps, start=args.start, sigma_max=args.sigma_max,
-                                lj_guidance=args.lj_guidance, fix_stereo=not args.no_fix_stereo, return_report=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # failures are printed below, one per line
+            mols, report = generate(args.smiles, n=args.num, model=args.model, sampler=args.sampler, seed=args.seed,
+                                    steps=args.steps, start=args.start, sigma_max=args.sigma_max,
+                                    lj_guidance=args.lj_guidance, fix_stereo=not args.no_fix_stereo,
+                                    return_report=True)
     except (FileNotFoundError, ValueError) as err:
         print(f"molconf generate: {err}", file=sys.stderr)
         return 2

@@ -129,3 +129,18 @@ def test_a_molecule_etkdg_cannot_embed_is_named_and_the_rest_kept(tiny_model_fil
     assert "c1ccccc1O" in report.failures[0].input and "could not embed" in report.failures[0].reason
     with pytest.raises(MoleculeError, match="could not embed"):
         generate("c1ccccc1O", n=2, model=tiny_model_file, start="etkdg", steps=2)
+
+
+def test_cli_names_a_bad_input_once_and_keeps_the_good_one(tiny_model_file, tmp_path, capsys):
+    out = tmp_path / "out.sdf"
+    with warnings.catch_warnings():
+        # the command prints failures; it must not also warn them
+        warnings.filterwarnings("error", message=".*inputs not generated")
+        with pytest.raises(SystemExit) as ex:
+            molconf_main(["generate", "CCO", "xyz", "-n", "2", "--model", str(tiny_model_file), "-o", str(out),
+                          "--steps", "2", "--start", "etkdg", "--sigma-max", "0.2"])
+    assert ex.value.code == 1
+    captured = capsys.readouterr()
+    assert captured.err.count("xyz") == 1 and "invalid SMILES" in captured.err
+    assert "start etkdg" in captured.out
+    assert len([m for m in Chem.SDMolSupplier(str(out), removeHs=False)]) == 2
