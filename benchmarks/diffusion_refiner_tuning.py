@@ -23,37 +23,41 @@ from pathlib import Path
 
 import numpy as np
 from rdkit import Chem
-from rdkit.Chem import AllChem, rdMolAlign
 
 ROOT = Path(__file__).parents[1]
 SDF = ROOT / "datasets/moses_xtb/molecules.sdf.gz"
 OUT = ROOT / "benchmarks/results/diffusion"
 
 
-def _rmsds(ref: Chem.Mol, coords: np.ndarray) -> np.ndarray:
-    """Heavy-atom C-RMSD of each (atoms, 3) in ``coords`` to ``ref``'s conformer."""
-    from molconf.metrics import mol_with_coords
-
-    heavy_ref = Chem.RemoveHs(ref)
-    return np.array([rdMolAlign.GetBestRMS(Chem.RemoveHs(mol_with_coords(ref, c)), heavy_ref) for c in coords])
-
-
-def _stereo_kept(ref: Chem.Mol, coords: np.ndarray) -> float:
-    from molconf.metrics import mol_with_coords, stereo_labels
-
-    want = stereo_labels(ref)
-    return float(np.mean([stereo_labels(mol_with_coords(ref, c)) == want for c in coords]))
-
-
-def _mmff(ref: Chem.Mol, coords: np.ndarray) -> np.ndarray:
+def _conformers(ref: Chem.Mol, coords: np.ndarray) -> Chem.Mol:
+    """``ref``'s molecule holding one conformer per (atoms, 3) in ``coords``."""
     m = Chem.Mol(ref)
     m.RemoveAllConformers()
     for c in coords:
         conf = Chem.Conformer(m.GetNumAtoms())
-        for a, xyz in enumerate(c):
-            conf.SetAtomPosition(a, xyz.tolist())
+        conf.SetPositions(np.ascontiguousarray(c, dtype=np.float64))
         m.AddConformer(conf, assignId=True)
-    AllChem.MMFFOptimizeMoleculeConfs(m, numThreads=1, maxIters=2000)
+    return m
+
+
+def _scores(ref: Chem.Mol, coords: np.ndarray) -> dict:
+    """Best and mean heavy-atom C-RMSD of the (atoms, 3) in ``coords`` to ``ref``'s conformer, and the
+    share of them with ``ref``'s CIP labels."""
+    from molconf.diffusion.evaluate import rmsd_matrix
+    from molconf.metrics import stereo_labels
+
+    gen = _conformers(ref, coords)
+    r = rmsd_matrix(ref, gen)[0]
+    want = stereo_labels(ref)
+    stereo = np.mean([stereo_labels(gen, c.GetId()) == want for c in gen.GetConformers()])
+    return {"best": float(r.min()), "mean": float(r.mean()), "stereo": float(stereo)}
+
+
+def _mmff(ref: Chem.Mol, coords: np.ndarray) -> np.ndarray:
+    from molconf.ground_state.search import mmff_minimise
+
+    m = _conformers(ref, coords)
+    mmff_minimise(m, max_iters=2000)
     return np.stack([c.GetPositions() for c in m.GetConformers()])
 
 
@@ -97,12 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     total = args.n * len(mols)
 
     def score(coords_of) -> list[dict]:
-        out = []
-        for k, mol in enumerate(mols):
-            c = coords_of(k)
-            r = _rmsds(mol, c)
-            out.append({"best": float(r.min()), "mean": float(r.mean()), "stereo": _stereo_kept(mol, c)})
-        return out
+        return [_scores(mol, coords_of(k)) for k, mol in enumerate(mols)]
 
     rows = [_row("ETKDGv3 starts", score(lambda k: starts[k]), etkdg_cpu, total)]
     t0 = time.process_time()

@@ -152,31 +152,23 @@ def etkdg_starts(mol: Chem.Mol, n: int, seed: int = 0) -> tuple[np.ndarray, int]
     """``n`` ETKDGv3 starting conformers (n, atoms, 3) of a prepared molecule and how many distinct
     ones were embedded.
 
-    ETKDGv3 with ``randomSeed = seed + 1`` (RDKit 2026.09 returns n *identical* conformers for
-    seed 0), one thread; molecules that do not embed are retried from random coordinates. Fewer
-    than ``n`` embedded conformers are reused in turn (each sample still gets its own noise).
-    Raises ``ValueError`` if none embeds.
+    :func:`molconf.ground_state.search.etkdg_candidates` (ETKDGv3, one thread, retried from random
+    coordinates if nothing embeds) with ``randomSeed = seed + 1`` (RDKit 2026.09 returns n
+    *identical* conformers for seed 0). Fewer than ``n`` embedded conformers are reused in turn
+    (each sample still gets its own noise). Raises ``ValueError`` if none embeds.
 
     >>> from rdkit import Chem
     >>> starts, distinct = etkdg_starts(Chem.AddHs(Chem.MolFromSmiles("CCO")), 3, seed=0)
     >>> starts.shape, distinct
     ((3, 9, 3), 3)
     """
-    from rdkit.Chem import AllChem
+    from molconf.ground_state.search import etkdg_candidates  # the search's own candidate embedding
 
-    m = Chem.Mol(mol)
-    m.RemoveAllConformers()
-    params = AllChem.ETKDGv3()
-    params.randomSeed = int(seed) + 1
-    params.numThreads = 1
-    ids = list(AllChem.EmbedMultipleConfs(m, n, params))
-    if not ids:
-        params.useRandomCoords = True
-        ids = list(AllChem.EmbedMultipleConfs(m, n, params))
-    if not ids:
+    m = etkdg_candidates(mol, n, int(seed) + 1)
+    if not m.GetNumConformers():
         raise ValueError("ETKDG could not embed a starting conformer")
-    coords = np.stack([m.GetConformer(i).GetPositions() for i in ids])  # (distinct, atoms, 3)
-    return coords[np.arange(n) % len(ids)], len(ids)
+    coords = np.stack([c.GetPositions() for c in m.GetConformers()])  # (distinct, atoms, 3)
+    return coords[np.arange(n) % len(coords)], len(coords)
 
 
 def _as_conformers(mol: Chem.Mol, samples: np.ndarray, usable: np.ndarray, fix_stereo: bool, index: int,
