@@ -7,6 +7,8 @@
   reported too; they weight small molecules more and so differ from the pooled values.
 - **C-RMSD**: mean over molecules of ``rdMolAlign.GetBestRMS`` on heavy atoms
   (``Chem.RemoveHs``), symmetry-aware with optimal rigid alignment.
+  :func:`c_rmsd_up_to_mirror` also accepts the mirror image for achiral molecules (a
+  secondary number; the papers' C-RMSD allows no reflection).
 - **Stereo consistency**: share of molecules whose predicted conformer has the reference
   conformer's CIP label at every stereocentre and stereo double bond.
 
@@ -189,6 +191,54 @@ def c_rmsd(ref_mol: Chem.Mol, pred_mol: Chem.Mol, ref_conf_id: int = -1,
     """
     ref, prb = Chem.RemoveHs(ref_mol), Chem.RemoveHs(pred_mol)
     return float(rdMolAlign.GetBestRMS(prb, ref, pred_conf_id, ref_conf_id, maxMatches=max_matches))
+
+
+def mirror_is_same_molecule(mol: Chem.Mol, conf_id: int = -1) -> bool:
+    """True if the mirror image of ``mol``'s conformer is the same stereoisomer (the molecule is
+    achiral as drawn in 3D), so that the mirrored conformer is an equally valid conformer of it.
+
+    Compared by canonical isomeric SMILES with stereo perceived from the conformer and from its
+    reflection. Meso compounds count as achiral; tetrahedral stereocentres of a chiral molecule
+    invert under reflection, stereo double bonds (E/Z) do not.
+
+    >>> from rdkit.Chem import AllChem
+    >>> meso, chiral = (Chem.AddHs(Chem.MolFromSmiles(s)) for s in ("C[C@H](O)[C@@H](C)O", "C[C@H](O)[C@H](C)O"))
+    >>> [AllChem.EmbedMolecule(m, randomSeed=3) for m in (meso, chiral)]
+    [0, 0]
+    >>> mirror_is_same_molecule(meso), mirror_is_same_molecule(chiral)
+    (True, False)
+    """
+    xyz = mol.GetConformer(conf_id).GetPositions()  # (N, 3)
+
+    def canonical(coords) -> str:
+        m = mol_with_coords(mol, coords)
+        Chem.AssignStereochemistryFrom3D(m, replaceExistingTags=True)
+        return Chem.MolToSmiles(Chem.RemoveHs(m))
+
+    return canonical(xyz) == canonical(xyz * np.array([-1.0, 1.0, 1.0]))
+
+
+def c_rmsd_up_to_mirror(ref_mol: Chem.Mol, pred_mol: Chem.Mol, max_matches: int = 1_000_000) -> float:
+    """:func:`c_rmsd`, except that for an achiral molecule (:func:`mirror_is_same_molecule` of the
+    reference) the prediction's mirror image is scored too and the lower RMSD counts.
+
+    A flexible achiral molecule's lowest-energy conformer is usually chiral itself (C1), and its
+    mirror image has exactly the same energy: the two are the same ground state, yet the plain
+    C-RMSD (no reflection, as GTMGC and ReBind score) can put them more than 1 Å apart. Chiral
+    molecules are scored exactly as by :func:`c_rmsd` (their mirror image is the enantiomer).
+
+    >>> from rdkit.Chem import AllChem
+    >>> m = Chem.AddHs(Chem.MolFromSmiles("OCCCCCCCN"))
+    >>> _ = AllChem.EmbedMolecule(m, randomSeed=5)
+    >>> mirror = mol_with_coords(m, m.GetConformer().GetPositions() * [-1.0, 1.0, 1.0])
+    >>> c_rmsd(m, mirror) > 0.1, round(c_rmsd_up_to_mirror(m, mirror), 6)
+    (True, 0.0)
+    """
+    plain = c_rmsd(ref_mol, pred_mol, max_matches=max_matches)
+    if not mirror_is_same_molecule(ref_mol):
+        return plain
+    mirrored = mol_with_coords(pred_mol, pred_mol.GetConformer().GetPositions() * np.array([-1.0, 1.0, 1.0]))
+    return min(plain, c_rmsd(ref_mol, mirrored, max_matches=max_matches))
 
 
 def stereo_labels(mol: Chem.Mol, conf_id: int = -1) -> dict[str, str]:

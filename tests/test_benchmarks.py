@@ -3,6 +3,7 @@
 import dataclasses
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -219,6 +220,55 @@ def test_ground_state_anchors_resume_per_molecule_and_row(anchors, monkeypatch, 
     positions = pred.GetConformer().GetPositions()  # coordinates moved with their atoms: bonds stay short
     assert all(np.linalg.norm(positions[b.GetBeginAtomIdx()] - positions[b.GetEndAtomIdx()]) < 1.6
                for b in bare.GetBonds())
+
+
+def test_ground_state_anchors_rescore_adds_mirror_rmsd_and_keeps_gaps(anchors, monkeypatch, tmp_path, capsys):
+    """--rescore reruns stored pairs that lack the mirror-aware C-RMSD: the stored gap and CPU time
+    stay, a deterministic row reproduces its stored C-RMSD (delta 0), a row that returns another
+    conformer on the rerun is counted as moved; a second --rescore has nothing to do."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    records = [(i, _anchor_record(smiles, i)) for i, smiles in ((5, "CCCCO"), (9, "CC(=O)NCC"))]
+    monkeypatch.setattr(anchors, "test_references", lambda n, seed: records[:n])
+    real_geometry = anchors._geometry
+
+    def old_score(ref, pred, e_ref, protocol):  # what runs before the mirror metric stored
+        row = real_geometry(ref, pred)
+        return {"failed": False, **{k: v for k, v in row.items() if k not in ("c_rmsd_mirror", "achiral")},
+                "gap_kcal": 0.7}
+
+    def seeded(bare):
+        mol = Chem.Mol(bare)
+        AllChem.EmbedMolecule(mol, randomSeed=3)
+        return mol, 0.01
+
+    def another_each_time(bare):
+        mol = Chem.Mol(bare)
+        AllChem.EmbedMolecule(mol, randomSeed=1 + int.from_bytes(os.urandom(3), "big"))  # fork-proof
+        return mol, 0.01
+
+    monkeypatch.setattr(anchors, "ROWS", {"seeded": seeded, "moving": another_each_time})
+    monkeypatch.setattr(anchors, "_score", old_score)
+    per_mol = tmp_path / anchors.PER_MOLECULE
+    args = ["--n", "2", "--workers", "1", "--out", str(tmp_path)]
+    anchors.main(args)
+    assert all("c_rmsd_mirror" not in e for r in anchors.read_results(per_mol).values() for e in r["rows"].values())
+    anchors.main([*args, "--rescore"])
+    assert "4 pairs to rescore" in capsys.readouterr().out
+    merged = anchors.read_results(per_mol)
+    for r in merged.values():
+        seeded_row, moving_row = r["rows"]["seeded"], r["rows"]["moving"]
+        assert seeded_row["rescore_c_rmsd_delta"] == pytest.approx(0.0, abs=1e-9)
+        assert seeded_row["gap_kcal"] == 0.7 and seeded_row["cpu_s"] == pytest.approx(0.01, abs=0.5)
+        assert seeded_row["achiral"] and seeded_row["c_rmsd_mirror"] <= seeded_row["c_rmsd"] + 1e-9
+        assert abs(moving_row["rescore_c_rmsd_delta"]) > 1e-3
+    table = {r["method"]: r for r in json.loads((tmp_path / "ground_state_anchors.json").read_text())["table"]}
+    assert table["seeded"]["n_mirror"] == 2 and table["seeded"]["rescored_moved"] == 0
+    assert table["moving"]["rescored_moved"] == 2
+    assert "C-RMSD up to mirror" in (tmp_path / "ground_state_anchors.md").read_text()
+    anchors.main([*args, "--rescore"])
+    assert "0 pairs to rescore" in capsys.readouterr().out
 
 
 def _load(name: str):

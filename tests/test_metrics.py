@@ -13,8 +13,10 @@ from molconf.metrics import (
     DistanceMetricAccumulator,
     PooledDistanceMetrics,
     c_rmsd,
+    c_rmsd_up_to_mirror,
     distance_errors,
     distance_errors_numpy,
+    mirror_is_same_molecule,
     mol_with_coords,
     stereo_consistent,
     stereo_labels,
@@ -321,3 +323,58 @@ def test_local_distance_errors_against_bonds_and_angles_by_hand():
     got = local_distance_errors(m, pred)
     assert got[1][1] == len(bonds) and got[1][0] == pytest.approx(sum(err(*p) for p in bonds))
     assert got[2][1] == len(angles) and got[2][0] == pytest.approx(sum(err(*p) for p in angles))
+
+
+# ----------------------------------------------------------------------------- C-RMSD up to mirror
+def _rmsd_any_orthogonal(ref, pred, reflect):
+    """Slow obvious reference: heavy-atom RMSD minimised over every symmetry mapping of the
+    heavy-atom graph and over rotations (and, with ``reflect``, also improper rotations)."""
+    ref_h, pred_h = Chem.RemoveHs(ref), Chem.RemoveHs(pred)
+    x, y = coords(pred_h), coords(ref_h)
+    best = np.inf
+    graph = Chem.RWMol(ref_h)  # bond orders dropped: RDKit's GetBestRMS also swaps the O of C(=O)O and the like
+    for bond in graph.GetBonds():
+        bond.SetBondType(Chem.BondType.SINGLE)
+        bond.SetIsAromatic(False)
+    for atom in graph.GetAtoms():
+        atom.SetIsAromatic(False)
+    for match in graph.GetSubstructMatches(graph, uniquify=False, useChirality=False, maxMatches=100000):
+        a = x[list(match)] - x[list(match)].mean(0)  # pred atom match[i] plays ref atom i
+        b = y - y.mean(0)
+        u, _, vt = np.linalg.svd(a.T @ b)
+        signs = (1.0, -1.0) if reflect else (1.0,)
+        for sign in signs:  # sign: det of the orthogonal map wanted
+            d = np.diag([1.0, 1.0, sign * np.sign(np.linalg.det(u @ vt))])
+            r = u @ d @ vt
+            best = min(best, float(np.sqrt(((a @ r - b) ** 2).sum(1).mean())))
+    return best
+
+
+@pytest.mark.parametrize("smiles", ["OCCCCCCCN", "CC(=O)Nc1ccc(OCCN(C)C)cc1", "C[C@H](N)CCCC(=O)O",
+                                    "C[C@H](O)[C@@H](C)O", "O=C(O)CCc1ccccc1"])
+def test_c_rmsd_up_to_mirror_matches_brute_force(smiles):
+    mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    ids = list(AllChem.EmbedMultipleConfs(mol, 4, randomSeed=11))
+    ref = Chem.Mol(mol, confId=ids[0])
+    achiral = mirror_is_same_molecule(ref)
+    assert achiral == (smiles != "C[C@H](N)CCCC(=O)O")
+    for cid in ids[1:]:
+        pred = Chem.Mol(mol, confId=cid)
+        for probe in (pred, mol_with_coords(pred, coords(pred) * [1.0, -1.0, 1.0])):
+            got = c_rmsd_up_to_mirror(ref, probe)
+            assert got == pytest.approx(_rmsd_any_orthogonal(ref, probe, reflect=achiral), abs=1e-4)
+            assert got <= c_rmsd(ref, probe) + 1e-9
+
+
+def test_mirror_image_of_achiral_conformer_is_the_same_ground_state():
+    ref = embed("OCCCCCCCN", seed=5)
+    mirror = mol_with_coords(ref, coords(ref) * [-1.0, 1.0, 1.0])
+    assert c_rmsd(ref, mirror) > 0.1  # the papers' C-RMSD counts it as an error
+    assert c_rmsd_up_to_mirror(ref, mirror) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_mirror_image_of_a_chiral_molecule_is_never_credited():
+    ref = embed("C[C@H](N)CCCC(=O)O", seed=2)
+    mirror = mol_with_coords(ref, coords(ref) * [-1.0, 1.0, 1.0])  # the enantiomer
+    assert not mirror_is_same_molecule(ref)
+    assert c_rmsd_up_to_mirror(ref, mirror) == pytest.approx(c_rmsd(ref, mirror)) and c_rmsd(ref, mirror) > 0.1
