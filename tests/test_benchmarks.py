@@ -280,17 +280,20 @@ def _load(name: str):
 
 def test_reachability_takes_each_molecules_lowest_minimum_and_skips_unscored_rows(tmp_path):
     reach = _load("ground_state_reachability")
-    lines = [{"index": 1, "rows": {"a": {"failed": False, "gap_kcal": 0.0, "c_rmsd": 0.4}}},
-             {"index": 1, "rows": {"b": {"failed": False, "gap_kcal": -2.0, "c_rmsd": 1.5}}},
+    lines = [{"index": 1, "rows": {"a": {"failed": False, "gap_kcal": 0.0, "c_rmsd": 0.4, "c_rmsd_mirror": 0.1}}},
+             {"index": 1, "rows": {"b": {"failed": False, "gap_kcal": -2.0, "c_rmsd": 1.5, "c_rmsd_mirror": 1.2}}},
              {"index": 2, "rows": {"a": {"failed": False, "gap_kcal": 3.0, "c_rmsd": 1.0},
                                    "b": {"failed": True}}},
              {"index": 3, "rows": {"a": {"failed": False, "gap_kcal": None, "c_rmsd": 0.1}}}]
     (tmp_path / "ground_state_anchors_per_molecule.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
     per_mol = reach.read(tmp_path / "ground_state_anchors_per_molecule.jsonl")
-    assert sorted(reach.lowest_known(per_mol)) == [(-2.0, 1.5, "b"), (3.0, 1.0, "a")]
+    best = sorted(reach.lowest_known(per_mol))
+    assert [(g, c, name) for g, c, _, name in best] == [(-2.0, 1.5, "b"), (3.0, 1.0, "a")]
+    assert best[0][2] == 1.2 and np.isnan(best[1][2])  # the mirror value where stored, NaN where not
     reach.main(["--results", str(tmp_path)])
     text = (tmp_path / "ground_state_reachability.md").read_text()
-    assert "| a | 2 | 0.700 | 0% / – | 50% / 0.400 | 50% / 1.000 |" in text
+    assert "| a | 2 | 0.700 | 0% / – | 50% / 0.400 (0.100) | 50% / 1.000 |" in text  # no mirror mean over a gap
+    assert "| b | 1 | 1.500 (1.200) | 100% / 1.500 (1.200) | 0% / – | 0% / – |" in text
     assert "For 1 of 2 molecules (50%)" in text and "C-RMSD 1.250" in text
 
 
