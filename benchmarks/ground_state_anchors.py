@@ -155,13 +155,14 @@ def predict_default(bare):
     return pred, time.process_time() - t
 
 
-def predict_search(bare, **settings):
-    """``molconf.predict`` with a conformer search (:mod:`molconf.ground_state.search`, ETKDG seed 7)."""
+def predict_search(bare, relax_with=None, **settings):
+    """``molconf.predict`` with a conformer search (:mod:`molconf.ground_state.search`, ETKDG seed 7),
+    the pick optionally relaxed (``relax_with``)."""
     import molconf
     from molconf.ground_state.search import SearchSettings
 
     t = time.process_time()
-    [pred] = molconf.predict([bare], num_threads=1, search=SearchSettings(**settings))
+    [pred] = molconf.predict([bare], num_threads=1, search=SearchSettings(**settings), relax_with=relax_with)
     return pred, time.process_time() - t
 
 
@@ -213,6 +214,8 @@ ROWS = {
         functools.partial(predict_search, rank="learned", candidates=5),
     "molconf.predict(search): network + ETKDG×29, GFN2-xTB SP of the 3 lowest MMFF":
         functools.partial(predict_search, candidates=30),
+    "molconf.predict(search=True, relax_with=\"xtb\"): the search's pick relaxed with GFN2-xTB":
+        functools.partial(predict_search, relax_with="xtb"),
 }
 NEEDS = {"Auto3D 3.2.3, ANI-2xt, k=1": ["Auto3D", "torchani"]}  # optional modules (the `bench` extra)
 

@@ -294,6 +294,8 @@ def test_reachability_takes_each_molecules_lowest_minimum_and_skips_unscored_row
     text = (tmp_path / "ground_state_reachability.md").read_text()
     assert "| a | 2 | 0.700 | 0% / – | 50% / 0.400 (0.100) | 50% / 1.000 |" in text  # no mirror mean over a gap
     assert "| b | 1 | 1.500 (1.200) | 100% / 1.500 (1.200) | 0% / – | 0% / – |" in text
+    # molecule 2's only scored row has no mirror value: the mirror-scored lowest minimum skips it
+    assert "| **lowest known minimum among rows scored up to mirror** | 1 | 1.500 (1.200) |" in text
     assert "For 1 of 2 molecules (50%)" in text and "C-RMSD 1.250" in text
 
 
