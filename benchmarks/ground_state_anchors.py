@@ -243,12 +243,12 @@ def _score(ref, pred, e_ref_ev: float, protocol) -> dict:
 
 def _geometry(ref, pred) -> dict:
     """Geometry metrics of one returned conformer (no energies)."""
-    from molconf.metrics import c_rmsd_up_to_mirror, mirror_is_same_molecule, molecule_metrics
+    from molconf.metrics import molecule_metrics
 
-    row = molecule_metrics(ref, pred)
+    row = molecule_metrics(ref, pred, mirror=True)
     return {"d_abs": row["abs_err_sum"], "d_sq": row["sq_err_sum"], "n_pairs": row["n_pairs"],
             "c_rmsd": row["c_rmsd"], "stereo": row["stereo_consistency"],
-            "c_rmsd_mirror": c_rmsd_up_to_mirror(ref, pred), "achiral": mirror_is_same_molecule(ref)}
+            "c_rmsd_mirror": row["c_rmsd_mirror"], "achiral": row["achiral"]}
 
 
 def _bare(mol):
@@ -263,7 +263,6 @@ def run_pair(item: tuple[str, str]) -> dict:
     """One (molecule, row): its per-molecule line ``{"index", "n_atoms", "rows": {row: {...}}}``."""
     import warnings
 
-    from molconf import constants as K
     from molconf.ground_state.xtb import XtbProtocol
 
     warnings.simplefilter("ignore")
@@ -271,8 +270,14 @@ def run_pair(item: tuple[str, str]) -> dict:
     ref = _mol(record)
     pred, cpu = ROWS[name](_bare(ref))
     scored = _score(ref, pred, float(ref.GetProp("gfn2_energy_eV")), XtbProtocol())
-    return {"index": int(ref.GetProp(K.SDF_SOURCE_INDEX)), "n_atoms": ref.GetNumAtoms(),
-            "rows": {name: {**scored, "cpu_s": cpu}}}
+    return _line(ref, name, {**scored, "cpu_s": cpu})
+
+
+def _line(ref, name: str, entry: dict) -> dict:
+    """A per-molecule line of the results file: ``{"index", "n_atoms", "rows": {name: entry}}``."""
+    from molconf import constants as K
+
+    return {"index": int(ref.GetProp(K.SDF_SOURCE_INDEX)), "n_atoms": ref.GetNumAtoms(), "rows": {name: entry}}
 
 
 def rescore_pair(item: tuple[str, str, dict]) -> dict:
@@ -282,19 +287,15 @@ def rescore_pair(item: tuple[str, str, dict]) -> dict:
     (0 for a deterministic row: the rerun returned the same conformer)."""
     import warnings
 
-    from molconf import constants as K
-
     warnings.simplefilter("ignore")
     record, name, stored = item
     ref = _mol(record)
     pred, _ = ROWS[name](_bare(ref))
-    line = {"index": int(ref.GetProp(K.SDF_SOURCE_INDEX)), "n_atoms": ref.GetNumAtoms()}
     if pred is None:  # failed now, not before: nothing to add, and the difference is recorded
-        return {**line, "rows": {name: {**stored, "rescore_c_rmsd_delta": None}}}
+        return _line(ref, name, {**stored, "rescore_c_rmsd_delta": None})
     geometry = _geometry(ref, pred)
-    return {**line, "rows": {name: {**stored, "c_rmsd_mirror": geometry["c_rmsd_mirror"],
-                                    "achiral": geometry["achiral"],
-                                    "rescore_c_rmsd_delta": geometry["c_rmsd"] - stored["c_rmsd"]}}}
+    return _line(ref, name, {**stored, "c_rmsd_mirror": geometry["c_rmsd_mirror"], "achiral": geometry["achiral"],
+                             "rescore_c_rmsd_delta": geometry["c_rmsd"] - stored["c_rmsd"]})
 
 
 def _init(names: list[str]) -> None:

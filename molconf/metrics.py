@@ -193,6 +193,9 @@ def c_rmsd(ref_mol: Chem.Mol, pred_mol: Chem.Mol, ref_conf_id: int = -1,
     return float(rdMolAlign.GetBestRMS(prb, ref, pred_conf_id, ref_conf_id, maxMatches=max_matches))
 
 
+_REFLECT = np.array([-1.0, 1.0, 1.0])  # x -> -x: a mirror image
+
+
 def mirror_is_same_molecule(mol: Chem.Mol, conf_id: int = -1) -> bool:
     """True if the mirror image of ``mol``'s conformer is the same stereoisomer (the molecule is
     achiral as drawn in 3D), so that the mirrored conformer is an equally valid conformer of it.
@@ -215,7 +218,7 @@ def mirror_is_same_molecule(mol: Chem.Mol, conf_id: int = -1) -> bool:
         Chem.AssignStereochemistryFrom3D(m, replaceExistingTags=True)
         return Chem.MolToSmiles(Chem.RemoveHs(m))
 
-    return canonical(xyz) == canonical(xyz * np.array([-1.0, 1.0, 1.0]))
+    return canonical(xyz) == canonical(xyz * _REFLECT)
 
 
 def c_rmsd_up_to_mirror(ref_mol: Chem.Mol, pred_mol: Chem.Mol, max_matches: int = 1_000_000) -> float:
@@ -234,11 +237,15 @@ def c_rmsd_up_to_mirror(ref_mol: Chem.Mol, pred_mol: Chem.Mol, max_matches: int 
     >>> c_rmsd(m, mirror) > 0.1, round(c_rmsd_up_to_mirror(m, mirror), 6)
     (True, 0.0)
     """
-    plain = c_rmsd(ref_mol, pred_mol, max_matches=max_matches)
+    return _up_to_mirror(ref_mol, pred_mol, c_rmsd(ref_mol, pred_mol, max_matches=max_matches), max_matches)[0]
+
+
+def _up_to_mirror(ref_mol: Chem.Mol, pred_mol: Chem.Mol, plain: float, max_matches: int) -> tuple[float, bool]:
+    """(C-RMSD up to mirror, whether the molecule is achiral), from the plain C-RMSD already computed."""
     if not mirror_is_same_molecule(ref_mol):
-        return plain
-    mirrored = mol_with_coords(pred_mol, pred_mol.GetConformer().GetPositions() * np.array([-1.0, 1.0, 1.0]))
-    return min(plain, c_rmsd(ref_mol, mirrored, max_matches=max_matches))
+        return plain, False
+    mirrored = mol_with_coords(pred_mol, pred_mol.GetConformer().GetPositions() * _REFLECT)
+    return min(plain, c_rmsd(ref_mol, mirrored, max_matches=max_matches)), True
 
 
 def stereo_labels(mol: Chem.Mol, conf_id: int = -1) -> dict[str, str]:
@@ -346,12 +353,14 @@ def pooled_local_errors(pairs, hops: Sequence[int] = (1, 2),
 
 # --------------------------------------------------------------------------- summary
 def molecule_metrics(ref: Chem.Mol, pred: Chem.Mol | None, index: int = 0,
-                     max_matches: int = 1_000_000) -> dict:
+                     max_matches: int = 1_000_000, mirror: bool = False) -> dict:
     """Every metric of one ``(ref, pred)`` pair (pred None = failed prediction).
 
     Returns a dict with ``index``, ``n_atoms``, ``failed``, the four metric keys (NaN for
     failures), ``stereo_mismatches`` ("; "-joined) and the additive distance sums
-    (``abs_err_sum``, ``sq_err_sum``, ``n_pairs``) that :func:`aggregate` pools.
+    (``abs_err_sum``, ``sq_err_sum``, ``n_pairs``) that :func:`aggregate` pools. With
+    ``mirror``, also ``c_rmsd_mirror`` (:func:`c_rmsd_up_to_mirror`) and ``achiral``
+    (:func:`mirror_is_same_molecule` of the reference), reusing the C-RMSD computed here.
     """
     row = {"index": index, "n_atoms": ref.GetNumAtoms(), "failed": pred is None,
            D_MAE: math.nan, D_RMSE: math.nan, C_RMSD: math.nan, STEREO_OK: math.nan,
@@ -368,6 +377,8 @@ def molecule_metrics(ref: Chem.Mol, pred: Chem.Mol | None, index: int = 0,
                 C_RMSD: c_rmsd(ref, pred, max_matches=max_matches),
                 STEREO_OK: float(not mismatches), "stereo_mismatches": "; ".join(mismatches),
                 "abs_err_sum": abs_sum, "sq_err_sum": sq_sum, "n_pairs": n})
+    if mirror:
+        row["c_rmsd_mirror"], row["achiral"] = _up_to_mirror(ref, pred, row[C_RMSD], max_matches)
     return row
 
 

@@ -18,6 +18,7 @@ from molconf.metrics import (
     distance_errors_numpy,
     mirror_is_same_molecule,
     mol_with_coords,
+    molecule_metrics,
     stereo_consistent,
     stereo_labels,
     stereo_mismatches,
@@ -378,3 +379,14 @@ def test_mirror_image_of_a_chiral_molecule_is_never_credited():
     mirror = mol_with_coords(ref, coords(ref) * [-1.0, 1.0, 1.0])  # the enantiomer
     assert not mirror_is_same_molecule(ref)
     assert c_rmsd_up_to_mirror(ref, mirror) == pytest.approx(c_rmsd(ref, mirror)) and c_rmsd(ref, mirror) > 0.1
+
+
+def test_molecule_metrics_mirror_reuses_its_c_rmsd_and_matches_the_public_function():
+    for smiles in ("OCCCCCCCN", "C[C@H](N)CCCC(=O)O"):
+        mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+        ids = list(AllChem.EmbedMultipleConfs(mol, 2, randomSeed=4))
+        ref, pred = Chem.Mol(mol, confId=ids[0]), Chem.Mol(mol, confId=ids[1])
+        row = molecule_metrics(ref, pred, mirror=True)
+        assert row["c_rmsd_mirror"] == pytest.approx(c_rmsd_up_to_mirror(ref, pred), abs=1e-12)
+        assert row["achiral"] == mirror_is_same_molecule(ref) == (smiles == "OCCCCCCCN")
+        assert "c_rmsd_mirror" not in molecule_metrics(ref, pred)  # opt-in
