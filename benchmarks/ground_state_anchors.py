@@ -216,6 +216,12 @@ ROWS = {
         functools.partial(predict_search, candidates=30),
     "molconf.predict(search=True, relax_with=\"xtb\"): the search's pick relaxed with GFN2-xTB":
         functools.partial(predict_search, relax_with="xtb"),
+    "molconf.predict(search): network + ETKDG×9, GFN2-xTB SP of the 3 lowest by the learned ranker":
+        functools.partial(predict_search, screen="learned"),
+    "molconf.predict(search): network + ETKDG×9, GFN2-xTB SP of the 2 lowest by the learned ranker":
+        functools.partial(predict_search, screen="learned", top=2),
+    "molconf.predict(search): network + ETKDG×29, GFN2-xTB SP of the 3 lowest by the learned ranker":
+        functools.partial(predict_search, screen="learned", candidates=30),
 }
 NEEDS = {"Auto3D 3.2.3, ANI-2xt, k=1": ["Auto3D", "torchani"]}  # optional modules (the `bench` extra)
 

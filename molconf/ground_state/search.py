@@ -9,8 +9,11 @@ them (issue #24; ``benchmarks/ground_state_anchors.py``). :func:`search` does, p
    caller passes it) and ETKDGv3 embeddings (seed ``settings.seed``, one thread) for the rest;
 2. **refine**: every candidate minimised with MMFF94 (``mmff_iters``); candidates whose MMFF94
    energies agree within ``dedup_kcal`` count once (they are almost always the same minimum);
-3. **rank** (``settings.rank``) the ``top`` lowest MMFF94 minima (the moses_xtb protocol, too,
-   takes its three lowest further):
+3. **screen** (``settings.screen``): the ``top`` minima the ranker sees are the lowest by MMFF94
+   (``"mmff"``; the moses_xtb protocol, too, takes its three lowest MMFF94 minima further) or by
+   the learned ranker below (``"learned"``: no quantum chemistry, and it orders a pool far more
+   like GFN2-xTB does than MMFF94 — ``benchmarks/results/rankers.md``);
+4. **rank** (``settings.rank``) the screened minima:
 
    ``"gfn2"``
        GFN2-xTB single points (tblite), lowest kept;
@@ -45,6 +48,7 @@ from rdkit.Chem import AllChem
 from molconf.stereo import stereo_spec
 
 RANKERS = ("gfn2", "learned", "correction", "mmff")
+SCREENS = ("mmff", "learned")
 DEFAULT_RANKER = Path(__file__).parents[1] / "weights" / "moses_xtb_gfn2_ranker.pt"
 DEFAULT_CANDIDATES = 10
 # Not 42, the seed of the moses_xtb build's own ETKDG stream (a search with it would regenerate
@@ -64,12 +68,15 @@ class SearchSettings:
     # three lowest; on 300 test pools of 10, GFN2-xTB single points of the 3 (4) lowest pick GFN2-xTB's
     # lowest of all ten for 88 % (96 %) of the molecules (benchmarks/results/rankers.md)
     top: int = 3
+    screen: str = "mmff"  # one of SCREENS: which energy picks the `top` minima the ranker sees
     mmff_iters: int = 500
     dedup_kcal: float = 0.05  # MMFF94 energies closer than this: the same minimum
 
     def __post_init__(self):
         if self.rank not in RANKERS:
             raise ValueError(f"rank must be one of {RANKERS}, not {self.rank!r}")
+        if self.screen not in SCREENS:
+            raise ValueError(f"screen must be one of {SCREENS}, not {self.screen!r}")
         if self.candidates < 1 or self.top < 1:
             raise ValueError("candidates and top must be >= 1")
         if self.seed == 0:
@@ -92,7 +99,7 @@ class SearchResult:
 
     mol: Chem.Mol
     winner: Candidate
-    candidates: list[Candidate] = field(default_factory=list)  # unique minima, ranked ones first
+    candidates: list[Candidate] = field(default_factory=list)  # unique minima, lowest MMFF94 first
     ranker: str = "gfn2"
 
     def note(self) -> str:
@@ -203,22 +210,43 @@ def corrected_energies(mol: Chem.Mol, conf_ids: list[int], model=None) -> list[f
     return out
 
 
+def learned_energies(mol: Chem.Mol, conf_ids: list[int], mmff_kcal: list[float]) -> list[float]:
+    """MMFF94 + ΔE of the shipped learned ranker (kcal/mol) at the given conformers; MMFF94 alone
+    where the model does not cover the molecule."""
+    from molconf.ground_state.prerelax import load_correction
+
+    return corrected_energies(mol, conf_ids, load_correction(DEFAULT_RANKER)) or list(mmff_kcal)
+
+
 def rank_energies(mol: Chem.Mol, conf_ids: list[int], mmff_kcal: list[float], rank: str,
-                  top: int) -> list[float | None]:
-    """The ranker's energy per conformer (kcal/mol), None where it was not computed: beyond the
-    ``top`` lowest MMFF94 energies (``conf_ids`` come lowest first), except for ``"mmff"``. The
-    learned energies fall back to MMFF94 where the model does not cover the molecule."""
+                  top: int, screen: str = "mmff") -> list[float | None]:
+    """The ranker's energy per conformer (kcal/mol), None where it was not computed: outside the
+    ``top`` minima that ``screen`` picks (``conf_ids`` come lowest MMFF94 energy first), except for
+    ``"mmff"``, which ranks all. The learned energies fall back to MMFF94 where the model does not
+    cover the molecule.
+
+    >>> m = Chem.AddHs(Chem.MolFromSmiles("CCCO"))
+    >>> ids = list(AllChem.EmbedMultipleConfs(m, 3, randomSeed=1))
+    >>> rank_energies(m, ids, [1.0, 2.0, 3.0], "correction", top=2)[2] is None
+    True
+    """
     if rank == "mmff":
         return list(mmff_kcal)
-    ids = conf_ids[:top]
+    screen_kcal = learned_energies(mol, conf_ids, mmff_kcal) if screen == "learned" else list(mmff_kcal)
+    chosen = sorted(np.argsort(screen_kcal, kind="stable")[:top].tolist())  # positions in conf_ids
+    ids = [conf_ids[i] for i in chosen]
     if rank == "gfn2":
         energies = gfn2_single_points(mol, ids)
+    elif rank == "learned" and screen == "learned":
+        energies = [screen_kcal[i] for i in chosen]
+    elif rank == "learned":
+        energies = learned_energies(mol, ids, [mmff_kcal[i] for i in chosen])
     else:
-        from molconf.ground_state.prerelax import load_correction
-
-        model = load_correction(DEFAULT_RANKER) if rank == "learned" else None
-        energies = corrected_energies(mol, ids, model) or list(mmff_kcal[:top])
-    return energies + [None] * (len(conf_ids) - len(ids))
+        energies = corrected_energies(mol, ids) or [mmff_kcal[i] for i in chosen]
+    out: list[float | None] = [None] * len(conf_ids)
+    for i, e in zip(chosen, energies):
+        out[i] = e
+    return out
 
 
 def search(mol: Chem.Mol, settings: SearchSettings = SearchSettings(), network: Chem.Mol | None = None) -> SearchResult:
@@ -254,7 +282,8 @@ def search(mol: Chem.Mol, settings: SearchSettings = SearchSettings(), network: 
     if not keep:
         raise ValueError("no candidate kept the input's stereo after MMFF94 minimisation")
     kept_ids = [ids[i] for i in keep]
-    ranked = rank_energies(pool, kept_ids, [energies[i] for i in keep], settings.rank, settings.top)
+    ranked = rank_energies(pool, kept_ids, [energies[i] for i in keep], settings.rank, settings.top,
+                           settings.screen)
     cands = [Candidate(sources[i], ids[i], energies[i], r) for i, r in zip(keep, ranked)]
     scored = [c for c in cands if c.rank_kcal is not None and np.isfinite(c.rank_kcal)]
     winner = min(scored, key=lambda c: c.rank_kcal) if scored else cands[0]

@@ -54,6 +54,8 @@ def test_settings_refuse_the_identical_conformer_seed_and_unknown_rankers():
         S.SearchSettings(rank="energy")
     with pytest.raises(ValueError, match="42"):
         E.PoolSettings(seed=42)
+    with pytest.raises(ValueError, match="screen"):
+        S.SearchSettings(screen="gfn2")
 
 
 def test_mmff_search_returns_the_lowest_mmff_minimum_with_the_input_stereo():
@@ -264,3 +266,32 @@ def test_rankers_benchmark_scores_pools_into_its_table(tblite, tmp_path):
     assert set(rows) >= {"mmff", "gfn2", "oracle"} and rows["gfn2"]["top1"] == 1.0
     assert rows["oracle"]["c_rmsd"] <= rows["mmff"]["c_rmsd"] and rows["mmff"]["molecules"] == 2
     assert "| gfn2 | 2 |" in (tmp_path / "out" / "rankers.md").read_text()
+
+
+def test_learned_screen_hands_the_ranker_the_lowest_minima_by_the_learned_energy(tblite):
+    """Slow reference: the learned ranker's energy of every unique minimum, computed one conformer at a
+    time; the ranker must see exactly the ``top`` lowest of them, whatever their MMFF94 order."""
+    from molconf.ground_state.xtb import XtbProtocol, gfn2_energy
+
+    mol = Chem.AddHs(Chem.MolFromSmiles("OC(=O)CCc1ccc(O)cc1"))
+    for top in (1, 2, 3):
+        r = S.search(mol, S.SearchSettings(candidates=8, rank="gfn2", top=top, screen="learned", seed=3))
+        pool = S.etkdg_candidates(mol, 8, 3)
+        S.mmff_minimise(pool, 500)
+        by_id = {c.conf_id: c for c in r.candidates}
+        learned = {cid: S.learned_energies(pool, [cid], [by_id[cid].mmff_kcal])[0] for cid in by_id}
+        expect = sorted(by_id, key=lambda cid: learned[cid])[:top]
+        assert sorted(c.conf_id for c in r.candidates if c.rank_kcal is not None) == sorted(expect)
+        assert r.winner.conf_id in expect
+        assert r.winner.rank_kcal == pytest.approx(gfn2_energy(r.mol, XtbProtocol()) * S.EV_TO_KCAL, abs=1e-6)
+        if top == 1:
+            assert r.winner.conf_id == min(learned, key=learned.get)
+
+
+def test_learned_screen_with_the_learned_ranker_ranks_every_unique_minimum():
+    mol = Chem.AddHs(Chem.MolFromSmiles("CCOC(=O)CCN1CCCC1"))
+    r = S.search(mol, S.SearchSettings(candidates=6, rank="learned", top=100, screen="learned"))
+    assert all(c.rank_kcal is not None for c in r.candidates)
+    assert r.winner.rank_kcal == min(c.rank_kcal for c in r.candidates)
+    once = S.search(mol, S.SearchSettings(candidates=6, rank="learned", top=1, screen="learned"))
+    assert once.winner.conf_id == r.winner.conf_id  # screening by the ranker's own energy keeps its pick
