@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from molconf.ground_state.prerelax import DEFAULT_CORRECTION, read_correction, save_correction
-    from molconf.ground_state.ranking import RANKERS, TARGETS, among_lowest_mmff, fit_ranker, learned, score_rankers
+    from molconf.ground_state.ranking import (RANKERS, TARGETS, among_lowest_by, among_lowest_mmff, fit_ranker, gfn2,
+                                              learned, score_rankers)
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pools", type=Path, default=Path("runs/pools/test"))
@@ -70,6 +71,9 @@ def main(argv: list[str] | None = None) -> None:
                               "train_pools": len(train), "epochs": args.epochs, "lr": args.lr}
             rankers[f"learned ({target})"] = learned(model)
             rankers[f"learned ({target}), 3 lowest MMFF"] = among_lowest_mmff(3, learned(model))
+            if target == "energy":  # the search's screen="learned": GFN2-xTB single points of the few it keeps
+                for k in (2, 3):
+                    rankers[f"gfn2 of the {k} lowest by learned ({target})"] = among_lowest_by(k, learned(model), gfn2)
             if args.save_dir:
                 args.save_dir.mkdir(parents=True, exist_ok=True)
                 save_correction(model.float(), args.save_dir / f"ranker_{target}.pt",

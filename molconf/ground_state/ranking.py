@@ -15,7 +15,8 @@ Only conformers that keep the input's stereo take part. The rankers (:data:`RANK
 ``first`` (the first embedding: no ranking), ``mmff``, ``correction`` (MMFF94 + ΔE of the shipped
 learned correction), ``gfn2_top<k>`` (GFN2-xTB single points of the k lowest MMFF94 minima, what
 :func:`molconf.ground_state.search.search` does), ``gfn2`` (single points of all) and ``oracle``
-(the lowest C-RMSD to the reference: the best the pool allows).
+(the lowest C-RMSD to the reference: the best the pool allows). :func:`among_lowest_by` builds
+two-stage rankers (one ranker screens, another ranks the few it keeps).
 """
 
 from __future__ import annotations
@@ -51,16 +52,28 @@ def among_lowest_mmff(k: int, inner: Callable, name: str | None = None) -> Calla
     """``inner``'s scores for the ``k`` lowest MMFF94 minima (deduplicated at 0.05 kcal/mol, as the
     search does); the others rank after them, by MMFF94. The moses_xtb protocol itself relaxed only
     its three lowest MMFF94 minima."""
+    return among_lowest_by(k, mmff, inner, name or f"{inner.__name__}_top{k}")
+
+
+def among_lowest_by(k: int, screen: Callable, inner: Callable, name: str | None = None) -> Callable[[Pool, Chem.Mol | None], np.ndarray]:
+    """``inner``'s scores for the ``k`` unique minima (MMFF94 energies deduplicated at 0.05 kcal/mol,
+    as the search does) that ``screen`` scores lowest; the others rank after them, by ``screen``.
+    What ``SearchSettings(screen=..., rank=..., top=k)`` does. Its ``gfn2_cost`` is ``k`` when
+    ``inner`` is :func:`gfn2`."""
     from molconf.ground_state.search import unique_minima
 
     def rank(pool: Pool, mol: Chem.Mol | None = None) -> np.ndarray:
         e = np.where(pool.stereo_ok, pool.e_mmff, np.inf)
-        top = unique_minima(e.tolist(), 0.05)[:k]
-        score = 1e6 + pool.e_mmff  # after every ranked one
+        screened = np.asarray(screen(pool, mol), dtype=float)
+        unique = unique_minima(e.tolist(), 0.05)
+        top = sorted(unique, key=lambda i: screened[i])[:k]  # stable: MMFF94 order breaks ties
+        score = 1e6 + screened  # after every ranked one
         score[top] = inner(pool, mol)[top]
         return score
 
-    rank.__name__ = name or f"{inner.__name__}_top{k}"
+    rank.__name__ = name or f"{inner.__name__} of the {k} lowest by {screen.__name__}"
+    if inner is gfn2:
+        rank.gfn2_cost = k
     return rank
 
 
@@ -81,7 +94,6 @@ def oracle(pool: Pool, mol: Chem.Mol | None = None) -> np.ndarray:
 RANKERS: dict[str, Callable] = {"first": first, "mmff": mmff, "correction": correction,
                                 "gfn2_top2": gfn2_top(2), "gfn2_top3": gfn2_top(3), "gfn2_top4": gfn2_top(4), "gfn2": gfn2,
                                 "oracle": oracle}
-_GFN2_COST = {"gfn2_top2": 2, "gfn2_top3": 3, "gfn2_top4": 4}
 
 
 def score_rankers(pools: Sequence[Pool], mols: dict[int, Chem.Mol], rankers: dict[str, Callable] = RANKERS) -> list[dict]:
@@ -99,7 +111,8 @@ def score_rankers(pools: Sequence[Pool], mols: dict[int, Chem.Mol], rankers: dic
             hit.append(p.e_gfn2[pick] <= p.e_gfn2[ok].min() + 0.1)
             if ok.sum() >= 3 and np.ptp(p.e_gfn2[ok]) > 0 and np.ptp(score[ok]) > 0:
                 rho.append(_spearman(score[ok], p.e_gfn2[ok]))
-            cost.append(min(_GFN2_COST.get(name, ok.sum() if name == "gfn2" else 0), ok.sum()))
+            spent = ok.sum() if fn is gfn2 else getattr(fn, "gfn2_cost", 0)  # GFN2-xTB single points it needs
+            cost.append(min(spent, ok.sum()))
         rmsd = np.asarray(rmsd)
         rows.append({"ranker": name, "molecules": len(rmsd), "spearman": float(np.mean(rho)) if rho else float("nan"),
                      "top1": float(np.mean(hit)), "c_rmsd": float(rmsd.mean()), "under_05": float((rmsd < 0.5).mean()),

@@ -168,6 +168,28 @@ def test_ranker_scores_on_pools_made_by_hand():
     assert rows["gfn2_top2"]["gfn2_per_mol"] == 2 and rows["gfn2"]["gfn2_per_mol"] == 4
 
 
+def test_two_stage_ranker_screens_then_ranks_the_few_it_keeps():
+    # pool 0: a screen that prefers conformers 3 and 2 lets GFN2-xTB find its lowest (3); MMFF94's two lowest do not
+    pools = [_pool(0, [0, 1, 2, 3], [3, 2, 1, 0], [0.9, 0.8, 0.7, 0.1]),
+             _pool(1, [0, 0.01, 2, 3], [0, 1, 2, 3], [0.2, 0.8, 0.9, 1.0])]  # conformers 0 and 1: one minimum
+
+    def reversed_mmff(pool, mol=None):
+        return -pool.e_mmff
+
+    screened = R.among_lowest_by(2, reversed_mmff, R.gfn2)
+    assert screened.gfn2_cost == 2 and "2 lowest by reversed_mmff" in screened.__name__
+    assert int(np.argmin(screened(pools[0]))) == 3
+    assert int(np.argmin(screened(pools[1]))) == 2  # 3 and 2 kept, 2 lower in GFN2-xTB; 0 was never seen
+    rng = np.random.default_rng(1)
+    for _ in range(50):  # screening by MMFF94 is the search's default, gfn2_top<k>
+        e = rng.normal(0, 2, 6)
+        p = _pool(0, e, rng.normal(0, 2, 6), rng.random(6))
+        for k in (1, 2, 3):
+            assert np.array_equal(R.among_lowest_by(k, R.mmff, R.gfn2)(p), R.gfn2_top(k)(p))
+    rows = {r["ranker"]: r for r in R.score_rankers(pools, {}, {"two-stage": screened})}
+    assert rows["two-stage"]["gfn2_per_mol"] == 2 and rows["two-stage"]["c_rmsd"] == pytest.approx((0.1 + 0.9) / 2)
+
+
 def test_predict_search_from_a_fresh_interpreter_keeps_good_molecules_beside_bad():
     code = textwrap.dedent("""
         import warnings, molconf
