@@ -205,23 +205,24 @@ ROWS = {
     "molconf.predict (default)": predict_default,
     "Auto3D 3.2.3, ANI-2xt, k=1": auto3d_ani2xt,
     "data-set protocol (ETKDG×10 → MMFF → GFN2-xTB of the lowest 3), seed 7": data_set_protocol,
-    "molconf.predict(search=True): network + ETKDG×9, GFN2-xTB SP of the 3 lowest MMFF": predict_search,
-    "molconf.predict(search): network + ETKDG×9, learned ranker of the 3 lowest MMFF":
-        functools.partial(predict_search, rank="learned"),
-    "molconf.predict(search): network + ETKDG×19, learned ranker of the 3 lowest MMFF":
-        functools.partial(predict_search, rank="learned", candidates=20),
-    "molconf.predict(search): network + ETKDG×4, learned ranker of the 3 lowest MMFF":
-        functools.partial(predict_search, rank="learned", candidates=5),
-    "molconf.predict(search): network + ETKDG×29, GFN2-xTB SP of the 3 lowest MMFF":
-        functools.partial(predict_search, candidates=30),
-    "molconf.predict(search=True, relax_with=\"xtb\"): the search's pick relaxed with GFN2-xTB":
-        functools.partial(predict_search, relax_with="xtb"),
+    "molconf.predict(search=True): network + ETKDG×9, GFN2-xTB SP of the 2 lowest by the learned ranker":
+        predict_search,
+    "molconf.predict(search): network + ETKDG×9, GFN2-xTB SP of the 3 lowest MMFF":
+        functools.partial(predict_search, screen="mmff", top=3),
     "molconf.predict(search): network + ETKDG×9, GFN2-xTB SP of the 3 lowest by the learned ranker":
-        functools.partial(predict_search, screen="learned"),
-    "molconf.predict(search): network + ETKDG×9, GFN2-xTB SP of the 2 lowest by the learned ranker":
-        functools.partial(predict_search, screen="learned", top=2),
+        functools.partial(predict_search, screen="learned", top=3),
+    "molconf.predict(search): network + ETKDG×4, learned ranker of the 3 lowest MMFF":
+        functools.partial(predict_search, rank="learned", screen="mmff", top=3, candidates=5),
+    "molconf.predict(search): network + ETKDG×9, learned ranker of the 3 lowest MMFF":
+        functools.partial(predict_search, rank="learned", screen="mmff", top=3),
+    "molconf.predict(search): network + ETKDG×19, learned ranker of the 3 lowest MMFF":
+        functools.partial(predict_search, rank="learned", screen="mmff", top=3, candidates=20),
+    "molconf.predict(search): network + ETKDG×29, GFN2-xTB SP of the 3 lowest MMFF":
+        functools.partial(predict_search, screen="mmff", top=3, candidates=30),
     "molconf.predict(search): network + ETKDG×29, GFN2-xTB SP of the 3 lowest by the learned ranker":
-        functools.partial(predict_search, screen="learned", candidates=30),
+        functools.partial(predict_search, screen="learned", top=3, candidates=30),
+    "molconf.predict(search, relax_with=\"xtb\"): network + ETKDG×9, GFN2-xTB SP of the 3 lowest MMFF, relaxed with GFN2-xTB":
+        functools.partial(predict_search, relax_with="xtb", screen="mmff", top=3),
 }
 NEEDS = {"Auto3D 3.2.3, ANI-2xt, k=1": ["Auto3D", "torchani"]}  # optional modules (the `bench` extra)
 

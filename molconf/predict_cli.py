@@ -130,8 +130,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--relax", choices=["mmff", "uff", "xtb"],
                    help="optimisation after prediction: a force field, or MMFF94 then GFN2-xTB (needs tblite)")
     p.add_argument("--search", nargs="?", type=int, const=-1, default=None, metavar="K",
-                   help="conformer search: the prediction and K-1 ETKDG conformers, MMFF94-minimised, ranked by "
-                        "GFN2-xTB single points of the lowest few (needs tblite); --search alone: the default K")
+                   help="conformer search: the prediction and K-1 ETKDG conformers, MMFF94-minimised, the two a "
+                        "learned ranker scores lowest ranked by GFN2-xTB single points (needs tblite); --search alone: the default K")
     p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes (e.g. 2 on two cores: faster for long inputs; default 1)")

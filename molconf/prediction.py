@@ -432,12 +432,12 @@ def predict(
     search : bool, int or molconf.ground_state.search.SearchSettings
         ``K`` (or ``True`` for :data:`~molconf.ground_state.search.DEFAULT_CANDIDATES`): a
         conformer search per molecule (:mod:`molconf.ground_state.search`): the prediction and
-        K − 1 ETKDG conformers, each minimised with MMFF94, ranked by GFN2-xTB single points of
-        the lowest few (needs tblite), the lowest returned (then relaxed with ``relax_with`` if
-        given). The report's ``search`` names each molecule's winning source and the
+        K − 1 ETKDG conformers, each minimised with MMFF94, the two a learned ranker scores lowest
+        ranked by GFN2-xTB single points (needs tblite), the lowest returned (then relaxed with
+        ``relax_with`` if given). The report's ``search`` names each molecule's winning source and the
         candidates' relative energies; a molecule whose search fails keeps the single
         prediction, with a note. ``False`` (default): the prediction alone. A ``SearchSettings``
-        sets every knob (the ranker, the seed, how many minima are ranked).
+        sets every knob (the screen, the ranker, the seed, how many minima are ranked).
 
     Returns
     -------

@@ -361,3 +361,28 @@ def test_seed_study_script_trains_each_relation_and_seed_once(tmp_path):
     bad = subprocess.run(["bash", str(script)], env=dict(env, STUDIES="geom"), capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == 1 and "unknown study geom" in bad.stderr
+
+
+def test_paired_differences_are_b_minus_a_per_molecule_with_an_interval(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # it reads the anchors' file with their reader
+    paired = _load("ground_state_paired")
+    a, b = paired.PAIRS[0]
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(40):
+        ra = {"failed": False, "c_rmsd": 1.0 + rng.random(), "c_rmsd_mirror": 0.8, "d_abs": 10.0, "n_pairs": 20,
+              "gap_kcal": 0.0, "cpu_s": 0.5}
+        rb = {**ra, "c_rmsd": ra["c_rmsd"] - 0.1, "gap_kcal": -1.0 if i % 4 == 0 else 0.0, "cpu_s": 0.4}
+        lines.append({"index": i, "rows": {a: ra}})
+        lines.append({"index": i, "rows": {b: rb}})
+    lines.append({"index": 99, "rows": {a: {"failed": True}, b: {**lines[1]["rows"][b], "c_rmsd": 50.0}}})
+    (tmp_path / "ground_state_anchors_per_molecule.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    stats = paired.paired(paired.read_results(tmp_path / "ground_state_anchors_per_molecule.jsonl"), a, b)
+    mean, low, high, n = stats["C-RMSD (Å)"]
+    assert n == 40 and mean == pytest.approx(-0.1) and low == pytest.approx(-0.1) and high == pytest.approx(-0.1)
+    mean, low, high, _ = stats["gap (kcal/mol)"]
+    assert mean == pytest.approx(-0.25) and low < mean < high < 0  # 10 of 40 found a 1 kcal/mol lower minimum
+    assert stats["≤ ref"][0] == 0 and stats["CPU (ms)"][0] == pytest.approx(-100)
+    paired.main(["--results", str(tmp_path)])
+    text = (tmp_path / "ground_state_paired.md").read_text()
+    assert f"**B** {b}" in text and "(40 molecules)" in text and "| -0.100 [-0.100, -0.100] |" in text

@@ -9,10 +9,11 @@ them (issue #24; ``benchmarks/ground_state_anchors.py``). :func:`search` does, p
    caller passes it) and ETKDGv3 embeddings (seed ``settings.seed``, one thread) for the rest;
 2. **refine**: every candidate minimised with MMFF94 (``mmff_iters``); candidates whose MMFF94
    energies agree within ``dedup_kcal`` count once (they are almost always the same minimum);
-3. **screen** (``settings.screen``): the ``top`` minima the ranker sees are the lowest by MMFF94
-   (``"mmff"``; the moses_xtb protocol, too, takes its three lowest MMFF94 minima further) or by
-   the learned ranker below (``"learned"``: no quantum chemistry, and it orders a pool far more
-   like GFN2-xTB does than MMFF94 — ``benchmarks/results/rankers.md``);
+3. **screen** (``settings.screen``): the ``top`` minima the ranker sees are the lowest by the
+   learned ranker below (``"learned"``, the default: two of them; no quantum chemistry, and it
+   orders a pool far more like GFN2-xTB does than MMFF94 — ``benchmarks/results/rankers.md``) or
+   by MMFF94 (``"mmff"``: three, as the moses_xtb protocol took its three lowest further; also
+   where the learned ranker does not cover the molecule's elements);
 4. **rank** (``settings.rank``) the screened minima:
 
    ``"gfn2"``
@@ -49,6 +50,12 @@ from molconf.stereo import stereo_spec
 
 RANKERS = ("gfn2", "learned", "correction", "mmff")
 SCREENS = ("mmff", "learned")
+# Minima the ranker sees per screen. On 300 held-out test pools of ten (benchmarks/results/rankers.md),
+# GFN2-xTB single points of the 3 lowest MMFF94 minima find GFN2-xTB's lowest of the ten for 88 % of the
+# molecules, of the 2 lowest by the learned ranker for 94 %; in the anchors (ground_state_anchors.md) the
+# learned screen with 2 ends 0.06 kcal/mol lower on average (95 % CI 0.01-0.11) than the MMFF94 screen
+# with 3, at the same C-RMSD and D-MAE, for one single point less.
+DEFAULT_TOP = {"mmff": 3, "learned": 2}
 DEFAULT_RANKER = Path(__file__).parents[1] / "weights" / "moses_xtb_gfn2_ranker.pt"
 DEFAULT_CANDIDATES = 10
 # Not 42, the seed of the moses_xtb build's own ETKDG stream (a search with it would regenerate
@@ -64,11 +71,10 @@ class SearchSettings:
     candidates: int = DEFAULT_CANDIDATES  # K, the network's candidate included
     seed: int = DEFAULT_SEED  # ETKDGv3 random seed
     rank: str = "gfn2"  # one of RANKERS
-    # the ranker sees this many lowest MMFF94 minima (not "mmff"): the moses_xtb protocol relaxed its
-    # three lowest; on 300 test pools of 10, GFN2-xTB single points of the 3 (4) lowest pick GFN2-xTB's
-    # lowest of all ten for 88 % (96 %) of the molecules (benchmarks/results/rankers.md)
-    top: int = 3
-    screen: str = "mmff"  # one of SCREENS: which energy picks the `top` minima the ranker sees
+    screen: str = "learned"  # one of SCREENS: which energy picks the `top` minima the ranker sees
+    # how many screened minima the ranker sees (not "mmff", which ranks all); None: DEFAULT_TOP of the
+    # screen that ran (the learned screen falls back to MMFF94 where its model does not cover the molecule)
+    top: int | None = None
     mmff_iters: int = 500
     dedup_kcal: float = 0.05  # MMFF94 energies closer than this: the same minimum
 
@@ -77,7 +83,7 @@ class SearchSettings:
             raise ValueError(f"rank must be one of {RANKERS}, not {self.rank!r}")
         if self.screen not in SCREENS:
             raise ValueError(f"screen must be one of {SCREENS}, not {self.screen!r}")
-        if self.candidates < 1 or self.top < 1:
+        if self.candidates < 1 or (self.top is not None and self.top < 1):
             raise ValueError("candidates and top must be >= 1")
         if self.seed == 0:
             raise ValueError("seed 0 makes RDKit embed identical conformers; use another seed")
@@ -101,13 +107,15 @@ class SearchResult:
     winner: Candidate
     candidates: list[Candidate] = field(default_factory=list)  # unique minima, lowest MMFF94 first
     ranker: str = "gfn2"
+    screen: str = "mmff"  # the screen that ran ("mmff" where the learned one did not cover the molecule)
 
     def note(self) -> str:
         ranked = sorted(c.rank_kcal - self.winner.rank_kcal for c in self.candidates
                         if c.rank_kcal is not None and c is not self.winner)
         rel = ", ".join(f"{e:+.2f}" for e in ranked[:5])
         n_ranked = sum(c.rank_kcal is not None for c in self.candidates)
-        return (f"search: {len(self.candidates)} unique MMFF94 minima, {n_ranked} ranked by {self.ranker}; winner from "
+        return (f"search: {len(self.candidates)} unique MMFF94 minima, {n_ranked} ranked by {self.ranker}"
+                + (f" (screened by {self.screen})" if self.ranker != "mmff" else "") + "; winner from "
                 f"{self.winner.source}" + (f"; next lowest {rel} kcal/mol" if rel else ""))
 
 
@@ -210,43 +218,47 @@ def corrected_energies(mol: Chem.Mol, conf_ids: list[int], model=None) -> list[f
     return out
 
 
-def learned_energies(mol: Chem.Mol, conf_ids: list[int], mmff_kcal: list[float]) -> list[float]:
-    """MMFF94 + ΔE of the shipped learned ranker (kcal/mol) at the given conformers; MMFF94 alone
-    where the model does not cover the molecule."""
+def learned_energies(mol: Chem.Mol, conf_ids: list[int]) -> list[float] | None:
+    """MMFF94 + ΔE of the shipped learned ranker (kcal/mol) at the given conformers; None where the
+    model does not cover the molecule's elements (or MMFF94 has no parameters)."""
     from molconf.ground_state.prerelax import load_correction
 
-    return corrected_energies(mol, conf_ids, load_correction(DEFAULT_RANKER)) or list(mmff_kcal)
+    return corrected_energies(mol, conf_ids, load_correction(DEFAULT_RANKER))
 
 
 def rank_energies(mol: Chem.Mol, conf_ids: list[int], mmff_kcal: list[float], rank: str,
-                  top: int, screen: str = "mmff") -> list[float | None]:
-    """The ranker's energy per conformer (kcal/mol), None where it was not computed: outside the
-    ``top`` minima that ``screen`` picks (``conf_ids`` come lowest MMFF94 energy first), except for
-    ``"mmff"``, which ranks all. The learned energies fall back to MMFF94 where the model does not
-    cover the molecule.
+                  top: int | None = None, screen: str = "mmff") -> tuple[list[float | None], str]:
+    """The ranker's energy per conformer (kcal/mol), None where it was not computed, and the screen
+    that ran. The ranker sees the ``top`` (None: :data:`DEFAULT_TOP`) minima ``screen`` scores lowest
+    (``conf_ids`` come lowest MMFF94 energy first); ``"mmff"`` ranks all. Where the learned ranker does
+    not cover the molecule, the learned screen falls back to MMFF94 (and its default ``top``) and the
+    learned ranking to MMFF94 energies.
 
     >>> m = Chem.AddHs(Chem.MolFromSmiles("CCCO"))
-    >>> ids = list(AllChem.EmbedMultipleConfs(m, 3, randomSeed=1))
-    >>> rank_energies(m, ids, [1.0, 2.0, 3.0], "correction", top=2)[2] is None
-    True
+    >>> ids = list(AllChem.EmbedMultipleConfs(m, 4, randomSeed=1))
+    >>> energies, screen = rank_energies(m, ids, [1.0, 2.0, 3.0, 4.0], "correction", screen="mmff")
+    >>> [e is None for e in energies], screen
+    ([False, False, False, True], 'mmff')
     """
     if rank == "mmff":
-        return list(mmff_kcal)
-    screen_kcal = learned_energies(mol, conf_ids, mmff_kcal) if screen == "learned" else list(mmff_kcal)
-    chosen = sorted(np.argsort(screen_kcal, kind="stable")[:top].tolist())  # positions in conf_ids
+        return list(mmff_kcal), "mmff"
+    screen_kcal = learned_energies(mol, conf_ids) if screen == "learned" else None
+    if screen_kcal is None:
+        screen, screen_kcal = "mmff", list(mmff_kcal)
+    k = DEFAULT_TOP[screen] if top is None else top
+    chosen = sorted(np.argsort(screen_kcal, kind="stable")[:k].tolist())  # positions in conf_ids
     ids = [conf_ids[i] for i in chosen]
     if rank == "gfn2":
         energies = gfn2_single_points(mol, ids)
     elif rank == "learned" and screen == "learned":
         energies = [screen_kcal[i] for i in chosen]
-    elif rank == "learned":
-        energies = learned_energies(mol, ids, [mmff_kcal[i] for i in chosen])
     else:
-        energies = corrected_energies(mol, ids) or [mmff_kcal[i] for i in chosen]
+        energies = (learned_energies(mol, ids) if rank == "learned" else corrected_energies(mol, ids)) \
+            or [mmff_kcal[i] for i in chosen]
     out: list[float | None] = [None] * len(conf_ids)
     for i, e in zip(chosen, energies):
         out[i] = e
-    return out
+    return out, screen
 
 
 def search(mol: Chem.Mol, settings: SearchSettings = SearchSettings(), network: Chem.Mol | None = None) -> SearchResult:
@@ -282,8 +294,8 @@ def search(mol: Chem.Mol, settings: SearchSettings = SearchSettings(), network: 
     if not keep:
         raise ValueError("no candidate kept the input's stereo after MMFF94 minimisation")
     kept_ids = [ids[i] for i in keep]
-    ranked = rank_energies(pool, kept_ids, [energies[i] for i in keep], settings.rank, settings.top,
-                           settings.screen)
+    ranked, screen = rank_energies(pool, kept_ids, [energies[i] for i in keep], settings.rank, settings.top,
+                                   settings.screen)
     cands = [Candidate(sources[i], ids[i], energies[i], r) for i, r in zip(keep, ranked)]
     scored = [c for c in cands if c.rank_kcal is not None and np.isfinite(c.rank_kcal)]
     winner = min(scored, key=lambda c: c.rank_kcal) if scored else cands[0]
@@ -291,4 +303,4 @@ def search(mol: Chem.Mol, settings: SearchSettings = SearchSettings(), network: 
         winner.rank_kcal = winner.mmff_kcal
     out = Chem.Mol(pool, confId=winner.conf_id)
     out.GetConformer().SetId(0)
-    return SearchResult(out, winner, cands, settings.rank)
+    return SearchResult(out, winner, cands, settings.rank, screen)
