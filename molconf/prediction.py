@@ -547,7 +547,7 @@ def _search_from(prediction: Chem.Mol, mol: Chem.Mol, i: int, settings, relax_wi
     else:
         out = result.mol
         report.note(i, result.note())
-        report.search[i] = {"source": result.winner.source, "ranker": result.ranker,
+        report.search[i] = {"source": result.winner.source, "ranker": result.ranker, "screen": result.screen,
                             "candidates": len(result.candidates),
                             "relative_kcal": [None if c.rank_kcal is None else c.rank_kcal - result.winner.rank_kcal
                                               for c in result.candidates],

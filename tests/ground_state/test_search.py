@@ -205,6 +205,7 @@ def test_predict_search_from_a_fresh_interpreter_keeps_good_molecules_beside_bad
                 m = mols[i]
                 assert m.GetNumConformers() == 1 and m.GetProp("molconf_search_source") in ("network", "etkdg")
                 assert rep.search[i]["candidates"] >= 1 and min(x for x in rep.search[i]["relative_kcal"] if x is not None) == 0
+                assert rep.search[i]["screen"] == "learned" and rep.search[i]["ranker"] == "gfn2"
             assert not rep.stereo[2].remaining
         try:
             molconf.predict("CCO", search=-3)
