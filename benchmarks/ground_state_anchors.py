@@ -67,11 +67,16 @@ PER_MOLECULE = "ground_state_anchors_per_molecule.jsonl"
 FIRST_RELEASE_TEST = 1000
 
 
-def test_references(n: int, seed: int) -> list[tuple[int, str]]:
-    """``(data-set index, SDF record)`` of ``n`` test-split references drawn with ``seed`` (in file order)."""
+ANCHORS = (300, 0)  # (n, seed) of the anchors' own molecules, which --holdout leaves out
+
+
+def test_references(n: int, seed: int, exclude: frozenset[int] = frozenset()) -> list[tuple[int, str]]:
+    """``(data-set index, SDF record)`` of ``n`` test-split references drawn with ``seed`` (in file order),
+    among those whose index is not in ``exclude``."""
     from molconf.data.moses_xtb import split_records
 
-    refs = [(index, record) for index, record, _ in split_records(np.load(SPLIT)[:FIRST_RELEASE_TEST], SDF)]
+    refs = [(index, record) for index, record, _ in split_records(np.load(SPLIT)[:FIRST_RELEASE_TEST], SDF)
+            if index not in exclude]
     pick = sorted(np.random.default_rng(seed).choice(len(refs), min(n, len(refs)), replace=False).tolist())
     return [refs[i] for i in pick]
 
@@ -373,11 +378,14 @@ def _table_lines(table: list[dict]) -> list[str]:
     return lines
 
 
-def markdown(table: list[dict], n: int, seed: int, command: str, common: list[dict] | None = None) -> str:
+def markdown(table: list[dict], n: int, seed: int, command: str, common: list[dict] | None = None,
+             holdout: bool = False) -> str:
     """The table; ``common``: the same rows on the molecules every row ran on (when some row has fewer)."""
     lines = [f"# Ground-state anchors: moses_xtb scaffold test, {n} molecules ({time.strftime('%Y-%m-%d')})", "",
              f"Command (last run; rows accumulate per (molecule, row) across runs): `{command}`. Molecules: a seeded "
-             f"subset (numpy seed {seed}) of the 1,000 test molecules; n = molecules a row was run on. Candidate "
+             f"subset (numpy seed {seed}) of the 1,000 test molecules"
+             + (f" outside the anchors' own {ANCHORS[0]} (seed {ANCHORS[1]}): a held-out check" if holdout else "")
+             + "; n = molecules a row was run on. Candidate "
              f"ETKDGv3 seed {CANDIDATE_SEED} (the reference build used 42), also for the data-set protocol row "
              "(`build_ground_state` with `XtbProtocol(embed_seed=7)`). Auto3D 3.2.3: `smiles2mols` per molecule on the "
              "reference's stereo SMILES, `k=1, optimizing_engine=\"ANI2xt\", use_gpu=False, enumerate_isomers=False, "
@@ -420,6 +428,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, default=None,
                    help="at most this many molecules per row, the first in file order (timing probes, partial rows)")
     p.add_argument("--out", default="runs/ground_state_anchors")
+    p.add_argument("--holdout", action="store_true",
+                   help="draw only among the test molecules outside the anchors' own (--n 300 --seed 0): a check, on "
+                        "molecules no choice was made on, of a choice made on the anchors (use another --out)")
     p.add_argument("--rescore", action="store_true",
                    help="rerun the rows' computed pairs that lack the mirror-aware C-RMSD, adding it (no new pairs)")
     args = p.parse_args(argv)
@@ -433,7 +444,8 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     per_mol = out / PER_MOLECULE
     done = read_results(per_mol)
-    records = test_references(args.n, args.seed)
+    exclude = frozenset(index for index, _ in test_references(*ANCHORS)) if args.holdout else frozenset()
+    records = test_references(args.n, args.seed, exclude)
     if args.rescore:
         stored = {(index, name): done[index]["rows"][name] for name in names for index, _ in records[:args.limit]
                   if name in done.get(index, {}).get("rows", {})}
@@ -464,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
     if any(r["n"] < len(results) for r in table):
         common = summarise([r for r in results if all(m in r["rows"] for m in methods)]) or None
     command = "python benchmarks/ground_state_anchors.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = markdown(table, len(results), args.seed, command.strip(), common)
+    text = markdown(table, len(results), args.seed, command.strip(), common, args.holdout)
     (out / "ground_state_anchors.md").write_text(text + "\n")
     (out / "ground_state_anchors.json").write_text(
         json.dumps({"table": table, "n": len(results), "table_common_molecules": common}, indent=1) + "\n")

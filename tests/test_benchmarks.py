@@ -131,6 +131,16 @@ def anchors():
     del sys.modules[spec.name]
 
 
+def test_ground_state_anchors_holdout_draws_only_outside_the_anchors_own_molecules(anchors):
+    anchor_ids = [i for i, _ in anchors.test_references(*anchors.ANCHORS)]
+    assert len(anchor_ids) == anchors.ANCHORS[0] and anchor_ids == sorted(anchor_ids)
+    assert [i for i, _ in anchors.test_references(*anchors.ANCHORS)] == anchor_ids  # the same molecules every run
+    held = [i for i, _ in anchors.test_references(100, 1, frozenset(anchor_ids))]
+    assert len(held) == 100 and not set(held) & set(anchor_ids)
+    plain = {i for i, _ in anchors.test_references(100, 1)}
+    assert plain & set(anchor_ids)  # without the exclusion a draw of 100 of 1,000 would overlap them
+
+
 def test_ground_state_anchors_never_draw_the_reference_builds_candidates(anchors, monkeypatch):
     """The reference build drew ETKDG seed 42 (10 conformers): the anchors' candidates must not be
     that stream, nor RDKit's seed 0 (identical conformers) -- the data-set protocol row included; the
@@ -181,7 +191,7 @@ def test_ground_state_anchors_resume_per_molecule_and_row(anchors, monkeypatch, 
     from rdkit import Chem
 
     records = [(i, _anchor_record(smiles, i)) for i, smiles in ((5, "CCO"), (9, "CC(=O)N"))]
-    monkeypatch.setattr(anchors, "test_references", lambda n, seed: records[:n])
+    monkeypatch.setattr(anchors, "test_references", lambda n, seed, exclude=frozenset(): records[:n])
     monkeypatch.setattr(anchors, "_score", lambda ref, pred, e_ref, protocol: {
         "failed": False, "d_abs": 1.0, "d_sq": 1.0, "n_pairs": 4, "c_rmsd": 0.5, "stereo": 1.0, "gap_kcal": 0.0})
 
@@ -230,7 +240,7 @@ def test_ground_state_anchors_rescore_adds_mirror_rmsd_and_keeps_gaps(anchors, m
     from rdkit.Chem import AllChem
 
     records = [(i, _anchor_record(smiles, i)) for i, smiles in ((5, "CCCCO"), (9, "CC(=O)NCC"))]
-    monkeypatch.setattr(anchors, "test_references", lambda n, seed: records[:n])
+    monkeypatch.setattr(anchors, "test_references", lambda n, seed, exclude=frozenset(): records[:n])
     real_geometry = anchors._geometry
 
     def old_score(ref, pred, e_ref, protocol):  # what runs before the mirror metric stored
