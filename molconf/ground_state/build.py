@@ -29,12 +29,12 @@ import contextlib
 import csv
 import functools
 import gzip
+import heapq
 import importlib.metadata
 import io
 import json
 import multiprocessing as mp
 import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -605,6 +605,7 @@ def merge_dataset(
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
     partial: bool = False,
     extend_split: str | Path | None = None,
+    also: Sequence[str | Path] = (),
 ) -> dict:
     """Write the committed data set from a finished build (or, with ``partial``, from the
     shards finished so far).
@@ -627,11 +628,87 @@ def merge_dataset(
     parts and only the new ones are placed
     (:func:`~molconf.data.scaffolds.extend_scaffold_split`), so benchmarks drawn from the old
     test split keep their molecules. The files are read before anything is written.
+
+    ``also``: further builds of the same source file (same records, so the same ids; another
+    subsample size or seed) with the same protocol, merged beside ``build_dir`` — a top-up. A
+    molecule in several builds counts once (the report's ``merged.duplicates``); the report keeps
+    ``build_dir``'s summary and lists the others under ``also``.
     """
     from molconf.data.scaffolds import extend_scaffold_split, scaffold_split
 
-    build_dir = Path(build_dir)
+    builds = [_finished_build(Path(d), partial) for d in (build_dir, *also)]
+    main = builds[0]
+    for other in builds[1:]:
+        if other.summary["protocol"] != main.summary["protocol"]:
+            raise ValueError(f"{other.folder} was built with another protocol than {main.folder}; "
+                             "only builds of one protocol merge")
+        if not _same_records(other.summary["source"], main.summary["source"]):
+            raise ValueError(f"{other.folder} was built from other records than {main.folder} "
+                             "(its ids would mean other molecules); only builds of one source file merge")
+    previous = _read_split(Path(extend_split)) if extend_split is not None else None
     dest = Path(dest) if dest is not None else default_dataset_dir()
+    dest.mkdir(parents=True, exist_ok=True)
+    ids: list[int] = []
+    smiles: list[str] = []
+    duplicates = 0
+    tmp = dest / (MERGED_SDF + ".tmp")
+    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:
+        for idx, smi, record, where in heapq.merge(*(b.records() for b in builds), key=lambda r: r[0]):
+            if ids and idx == ids[-1]:
+                duplicates += 1  # the same source record built twice with one protocol: kept once
+                continue
+            if ids and idx < ids[-1]:
+                raise ValueError(f"{where}: molecule id {idx} out of order (after {ids[-1]})")
+            ids.append(idx)
+            smiles.append(smi)
+            gz.write(record.encode())
+    os.replace(tmp, dest / MERGED_SDF)
+    if previous is None:
+        parts = scaffold_split(ids, smiles, fractions, split_seed)
+    else:
+        parts = extend_scaffold_split(ids, smiles, previous, fractions, split_seed)
+    for part, part_ids in parts.items():
+        np.save(dest / f"split_{part}.npy", part_ids.astype(np.int32 if max(ids, default=0) < 2**31 else np.int64))
+    report = {**main.summary, "merged": {"molecules": len(ids), "file": MERGED_SDF,
+                                         "bytes": (dest / MERGED_SDF).stat().st_size},
+              "split": {"kind": "Bemis-Murcko scaffold", "seed": split_seed, "fractions": list(fractions),
+                        **{p: len(v) for p, v in parts.items()}}}
+    if previous is not None:
+        report["split"]["extends"] = {p: len(v) for p, v in previous.items()}
+    if main.partial:
+        report["partial_build"] = main.partial
+    if also:
+        report["merged"]["duplicates"] = duplicates
+        report["also"] = [{"build": str(b.folder), "source": b.summary["source"], "molecules": b.summary["molecules"],
+                           "succeeded": b.summary["succeeded"], "failed": b.summary["failed"],
+                           "shards": b.summary["shards"], **({"partial_build": b.partial} if b.partial else {})}
+                          for b in builds[1:]]
+    write_atomic(dest / "build_report.json", json.dumps(report, indent=1) + "\n")
+    _merge_failures([b.folder / FAILURES_FILE for b in builds], set(ids), dest / FAILURES_FILE)
+    return report
+
+
+@dataclass
+class _FinishedBuild:
+    """One build folder's finished shards, ready to merge."""
+
+    folder: Path
+    summary: dict
+    shards: _Shards
+    done: list[int]
+    partial: dict | None  # what went in, when the build is unfinished
+
+    def records(self) -> Iterator[tuple[int, str, str, str]]:
+        """(id, SMILES, SDF record, where) of every molecule, in shard order (ids ascending)."""
+        for i in self.done:
+            for record in _sdf_records(self.shards.path(i, "sdf").read_text()):
+                props = _record_props(record)
+                yield int(props[K.SDF_SOURCE_INDEX]), props[K.SDF_SMILES], record, f"{self.folder} shard {i}"
+
+
+def _finished_build(build_dir: Path, partial: bool) -> _FinishedBuild:
+    """The finished shards of ``build_dir`` (its summary recounted: a killed run never wrote it);
+    an unfinished build only with ``partial``."""
     build_path = build_dir / BUILD_FILE
     if not build_path.is_file():
         raise FileNotFoundError(f"{build_path} not found: run the build first")
@@ -640,7 +717,6 @@ def merge_dataset(
     src = build["source"]
     selected = min(src["n"], src["total"]) if src.get("n") else src["total"]
     num_shards = -(-selected // build["shard_size"])
-    # a killed run never wrote its summary: recount it from the finished shards
     summary_path = build_dir / SUMMARY_FILE
     old = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     summary = write_summary(build_dir, XtbProtocol.from_dict(build["protocol"]), src, num_shards, shards,
@@ -652,41 +728,30 @@ def merge_dataset(
                          "or merge the finished shards with partial=True (--partial)")
     if not done:
         raise ValueError(f"the build in {build_dir} has no finished shard")
-    previous = _read_split(Path(extend_split)) if extend_split is not None else None
-    dest.mkdir(parents=True, exist_ok=True)
-    ids: list[int] = []
-    smiles: list[str] = []
-    tmp = dest / (MERGED_SDF + ".tmp")
-    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:
-        for i in done:
-            text = shards.path(i, "sdf").read_text()
-            for record in _sdf_records(text):
-                props = _record_props(record)
-                idx = int(props[K.SDF_SOURCE_INDEX])
-                if ids and idx <= ids[-1]:
-                    raise ValueError(f"shard {i}: molecule id {idx} out of order (after {ids[-1]})")
-                ids.append(idx)
-                smiles.append(props[K.SDF_SMILES])
-                gz.write(record.encode())
-    os.replace(tmp, dest / MERGED_SDF)
-    if previous is None:
-        parts = scaffold_split(ids, smiles, fractions, split_seed)
-    else:
-        parts = extend_scaffold_split(ids, smiles, previous, fractions, split_seed)
-    for part, part_ids in parts.items():
-        np.save(dest / f"split_{part}.npy", part_ids.astype(np.int32 if max(ids, default=0) < 2**31 else np.int64))
-    report = {**summary, "merged": {"molecules": len(ids), "file": MERGED_SDF,
-                                    "bytes": (dest / MERGED_SDF).stat().st_size},
-              "split": {"kind": "Bemis-Murcko scaffold", "seed": split_seed, "fractions": list(fractions),
-                        **{p: len(v) for p, v in parts.items()}}}
-    if previous is not None:
-        report["split"]["extends"] = {p: len(v) for p, v in previous.items()}
-    if len(done) < summary["shards"]["total"]:
-        report["partial_build"] = {"shards_merged": done, "shards_total": summary["shards"]["total"],
-                                   "note": "the build was stopped early; only the finished shards are merged"}
-    write_atomic(dest / "build_report.json", json.dumps(report, indent=1) + "\n")
-    shutil.copyfile(build_dir / FAILURES_FILE, dest / FAILURES_FILE)
-    return report
+    unfinished = len(done) < summary["shards"]["total"]
+    return _FinishedBuild(build_dir, summary, shards, done,
+                          {"shards_merged": done, "shards_total": summary["shards"]["total"],
+                           "note": "the build was stopped early; only the finished shards are merged"} if unfinished else None)
+
+
+def _same_records(a: dict, b: dict) -> bool:
+    """Two sources over the same records (so the same ids), whatever their subsamples."""
+    keys = ("name", "total", "sha256")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def _merge_failures(paths: Sequence[Path], built: set[int], out: Path) -> None:
+    """The builds' failures: the first build's as they are, a later build's for molecules no earlier
+    build listed, none that some build built."""
+    earlier: set[str] = set()
+    with open(out, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(_FAILURE_HEADER)
+        for path in paths:
+            with open(path, newline="") as src:
+                rows = [row for row in list(csv.reader(src))[1:] if row]
+            writer.writerows(row for row in rows if row[0] not in earlier and int(row[0]) not in built)
+            earlier |= {row[0] for row in rows}
 
 
 def _read_split(folder: Path) -> dict[str, np.ndarray]:
@@ -736,6 +801,9 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--extend-split", metavar="DATASET",
                        help="keep the split of this data set (e.g. datasets/moses_xtb) for its molecules; "
                             "place only the new ones")
+    merge.add_argument("--also", action="append", default=[], metavar="BUILD_DIR",
+                       help="another build of the same source file and protocol (another --n / --seed) merged "
+                            "beside --out, e.g. a top-up; a molecule in both counts once (repeatable)")
     merge.add_argument("--partial", action="store_true",
                        help="merge the finished shards of an unfinished build (recorded in the report)")
     prot = p.add_argument_group("protocol (stored with the data; a resumed build must keep it)")
@@ -767,7 +835,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _merge(args) -> int:
     report = merge_dataset(args.out, args.dest, args.split_seed, partial=args.partial,
-                           extend_split=args.extend_split)
+                           extend_split=args.extend_split, also=args.also)
     dest = Path(args.dest) if args.dest else default_dataset_dir()
     split = report["split"]
     print(f"{report['merged']['molecules']} molecules -> {dest / MERGED_SDF} "

@@ -509,3 +509,40 @@ def test_partial_merge_of_an_unfinished_build_is_explicit_and_recorded(tblite, t
     assert all(set(v.tolist()) <= set(np.load(tmp_path / "d" / f"split_{p}.npy").tolist()) for p, v in old.items())
     with pytest.raises(FileNotFoundError, match="no earlier split"):
         xb.merge_dataset(tmp_path / "b", tmp_path / "e", extend_split=tmp_path / "e")
+
+
+def test_a_top_up_build_of_the_same_source_merges_beside_the_first(tblite, tmp_path):
+    smiles = ["O", "C", "CC", "CO", "N", "CN", "OO", "xx"]  # the last is not a SMILES
+    first, second = SmilesSource(smiles=smiles, n=4, seed=0), SmilesSource(smiles=smiles, n=4, seed=5)
+    ids_a, ids_b = [i for i, _ in first], [i for i, _ in second]
+    assert set(ids_a) & set(ids_b) and set(ids_b) - set(ids_a)  # the seeds overlap and differ
+    xb.build_dataset(first, tmp_path / "a", workers=1, shard_size=2, progress=False)
+    xb.build_dataset(second, tmp_path / "b", workers=1, shard_size=2, progress=False)
+    alone = xb.merge_dataset(tmp_path / "a", tmp_path / "alone")
+    report = xb.merge_dataset(tmp_path / "a", tmp_path / "d", also=[tmp_path / "b"])
+    union = sorted(set(ids_a) | set(ids_b))
+    failed = {int(row[0]) for row in list(csv.reader(open(tmp_path / "d" / "failures.csv")))[1:]}
+    built = [m.GetIntProp(K.SDF_SOURCE_INDEX) for m in Chem.ForwardSDMolSupplier(
+        gzip.open(tmp_path / "d" / xb.MERGED_SDF), removeHs=False)]
+    assert built == sorted(built) and sorted(built + sorted(failed)) == union  # every id once: built or failed
+    assert report["merged"]["molecules"] == len(built) and report["merged"]["duplicates"] == len(
+        (set(ids_a) & set(ids_b)) - failed)
+    assert report["also"][0]["source"]["seed"] == 5 and report["source"]["seed"] == 0
+    assert sum(len(np.load(tmp_path / "d" / f"split_{p}.npy")) for p in ("train", "val", "test")) == len(built)
+    assert alone["merged"]["molecules"] < len(built) and "also" not in alone
+    # the same record in both builds is the same molecule: its SDF record is taken once, unchanged
+    records_a = gzip.open(tmp_path / "alone" / xb.MERGED_SDF, "rt").read().split("$$$$\n")
+    merged = gzip.open(tmp_path / "d" / xb.MERGED_SDF, "rt").read()
+    assert all(r in merged for r in records_a if r.strip())
+    # builds of other records or another protocol do not merge
+    xb.build_dataset(SmilesSource(smiles=smiles[::-1], n=2, seed=0), tmp_path / "other", workers=1, shard_size=2,
+                     progress=False)
+    with pytest.raises(ValueError, match="other records"):
+        xb.merge_dataset(tmp_path / "a", tmp_path / "e", also=[tmp_path / "other"])
+    xb.build_dataset(SmilesSource(smiles=smiles, n=2, seed=1), tmp_path / "proto", xt.XtbProtocol(num_xtb=1),
+                     workers=1, shard_size=2, progress=False)
+    with pytest.raises(ValueError, match="another protocol"):
+        xb.merge_dataset(tmp_path / "a", tmp_path / "e", also=[tmp_path / "proto"])
+    assert xb.main(["--merge", "--out", str(tmp_path / "a"), "--also", str(tmp_path / "b"),
+                    "--dest", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / xb.MERGED_SDF).read_bytes() == (tmp_path / "d" / xb.MERGED_SDF).read_bytes()
