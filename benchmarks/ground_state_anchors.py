@@ -62,7 +62,7 @@ CANDIDATE_SEED = 7  # not the build's 42 (no leak), not 0 (RDKit's identical-con
 EV_TO_KCAL = 23.060548
 PER_MOLECULE = "ground_state_anchors_per_molecule.jsonl"
 # The subset is drawn from the test split of the 9,999-molecule release: a grown moses_xtb keeps
-# those ids in test (build-xtb --merge --extend-split) and adds only higher ones, so they stay the
+# those ids in test and lists them first (build-xtb --merge --extend-split), so they stay the
 # split's first 1,000 and the same seed keeps drawing the same molecules.
 FIRST_RELEASE_TEST = 1000
 

@@ -129,8 +129,10 @@ def extend_scaffold_split(
     Returns
     -------
     dict
-        ``{"train": ids, "val": ids, "test": ids}``, sorted int64 arrays; each contains its
-        part of ``previous``.
+        ``{"train": ids, "val": ids, "test": ids}``, int64 arrays; each starts with its part of
+        ``previous`` in that order, then its new ids sorted — so a part's first k ids stay its
+        first k however the set grows (benchmarks that take a split's first N keep their
+        molecules, also when new ids fall between old ones, as a top-up draw's do).
 
     Examples
     --------
@@ -168,4 +170,10 @@ def extend_scaffold_split(
             parts[scaffold_part[scaffold]].append(i)
         else:
             groups[scaffold].append(i)
-    return _fill(parts, groups, _targets(len(of_id), fractions), seed)
+    filled = _fill(parts, groups, _targets(len(of_id), fractions), seed)
+    out = {}
+    for part, part_ids in filled.items():
+        old = [int(i) for i in previous.get(part, ())]
+        kept = set(old)
+        out[part] = np.asarray(old + sorted(int(i) for i in part_ids if int(i) not in kept), dtype=np.int64)
+    return out

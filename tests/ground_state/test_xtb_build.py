@@ -443,6 +443,17 @@ def test_extended_split_keeps_the_old_parts_and_whole_scaffolds():
     # a fresh split of the grown set would move old molecules between parts; the extension does not
     fresh = scaffold_split(ids, smiles, seed=5)
     assert any(not set(old[p].tolist()) <= set(fresh[p].tolist()) for p in old)
+    # each part starts with its old ids in their old order, also when new ids fall between them
+    interleaved = extend_scaffold_split(ids, smiles, {p: v[::-1] for p, v in old.items()}, seed=5)
+    assert all(interleaved[p][:len(old[p])].tolist() == old[p][::-1].tolist() for p in old)
+    assert all(set(interleaved[p].tolist()) == set(new[p].tolist()) for p in old)
+    odd = [i for i in ids if i % 2]  # the old set's ids are the odd ones: every new id lies between two old ones
+    old_odd = scaffold_split(odd, [smiles[i] for i in odd], seed=0)
+    grown = extend_scaffold_split(ids, smiles, old_odd, seed=5)
+    for p in old_odd:
+        assert grown[p][:len(old_odd[p])].tolist() == old_odd[p].tolist()
+        rest = grown[p][len(old_odd[p]):].tolist()
+        assert rest == sorted(rest) and not set(rest) & set(odd)
     # extending with nothing new changes nothing
     same = extend_scaffold_split(ids[:60], smiles[:60], old, seed=5)
     assert all(np.array_equal(same[p], old[p]) for p in old)
@@ -530,6 +541,11 @@ def test_a_top_up_build_of_the_same_source_merges_beside_the_first(tblite, tmp_p
     assert report["also"][0]["source"]["seed"] == 5 and report["source"]["seed"] == 0
     assert sum(len(np.load(tmp_path / "d" / f"split_{p}.npy")) for p in ("train", "val", "test")) == len(built)
     assert alone["merged"]["molecules"] < len(built) and "also" not in alone
+    # grown by the top-up with the first merge's split kept: each part starts with its old ids
+    xb.merge_dataset(tmp_path / "a", tmp_path / "ext", also=[tmp_path / "b"], extend_split=tmp_path / "alone")
+    for part in ("train", "val", "test"):
+        before = np.load(tmp_path / "alone" / f"split_{part}.npy").tolist()
+        assert np.load(tmp_path / "ext" / f"split_{part}.npy").tolist()[:len(before)] == before
     # the same record in both builds is the same molecule: its SDF record is taken once, unchanged
     records_a = gzip.open(tmp_path / "alone" / xb.MERGED_SDF, "rt").read().split("$$$$\n")
     merged = gzip.open(tmp_path / "d" / xb.MERGED_SDF, "rt").read()
