@@ -77,11 +77,10 @@ ETKDG_SEED = 42  # not 0: see DESIGN.md §3 (RDKit's seed-0 trap)
 
 
 def test_references() -> list[Chem.Mol]:
-    from molconf.data.moses_xtb import split_records
+    from molconf.data.moses_xtb import RELEASE_9999, split_records
 
-    # the 1,000 test molecules of the 9,999-molecule release: a grown moses_xtb keeps them first in
-    # its test split (build-xtb --merge --extend-split adds only higher ids)
-    return [mol for _, _, mol in split_records(np.load(SPLIT)[:1000], SDF)]
+    # the test molecules of the 9,999-molecule release: a grown moses_xtb lists them first
+    return [mol for _, _, mol in split_records(np.load(SPLIT)[:RELEASE_9999["test"]], SDF)]
 
 
 def _rank(heavy: Chem.Mol, kind: str, idx: int) -> tuple:

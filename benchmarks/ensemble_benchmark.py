@@ -16,7 +16,7 @@ Rows: ETKDGv3 (seed 7: neither the ensemble's 11 nor the data build's 42) and ET
 ``--generator WEIGHTS`` adds ``molconf.generate``'s samples (a model that starts from ETKDG
 starts from the ETKDG row's own conformers)::
 
-    molconf conformer-ensembles --split test --n 200 --out runs/ensembles/test --workers 2
+    molconf conformer-ensembles --split test --n 200 --among-first 1000 --out runs/ensembles/test --workers 2
     python benchmarks/ensemble_benchmark.py --ensembles runs/ensembles/test [--generator W.pt]
 """
 

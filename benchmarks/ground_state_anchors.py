@@ -61,10 +61,6 @@ SPLIT = ROOT / "datasets/moses_xtb/split_test.npy"
 CANDIDATE_SEED = 7  # not the build's 42 (no leak), not 0 (RDKit's identical-conformer trap)
 EV_TO_KCAL = 23.060548
 PER_MOLECULE = "ground_state_anchors_per_molecule.jsonl"
-# The subset is drawn from the test split of the 9,999-molecule release: a grown moses_xtb keeps
-# those ids in test and lists them first (build-xtb --merge --extend-split), so they stay the
-# split's first 1,000 and the same seed keeps drawing the same molecules.
-FIRST_RELEASE_TEST = 1000
 
 
 ANCHORS = (300, 0)  # (n, seed) of the anchors' own molecules: the defaults, and what --holdout leaves out
@@ -73,9 +69,11 @@ ANCHORS = (300, 0)  # (n, seed) of the anchors' own molecules: the defaults, and
 def test_references(n: int, seed: int, exclude: frozenset[int] = frozenset()) -> list[tuple[int, str]]:
     """``(data-set index, SDF record)`` of ``n`` test-split references drawn with ``seed`` (in file order),
     among those whose index is not in ``exclude``."""
-    from molconf.data.moses_xtb import split_records
+    from molconf.data.moses_xtb import RELEASE_9999, split_records
 
-    refs = [(index, record) for index, record, _ in split_records(np.load(SPLIT)[:FIRST_RELEASE_TEST], SDF)
+    # drawn among the 9,999-molecule release's test molecules, the split's first 1,000 in every
+    # grown release, so the same seed keeps drawing the same molecules
+    refs = [(index, record) for index, record, _ in split_records(np.load(SPLIT)[:RELEASE_9999["test"]], SDF)
             if index not in exclude]
     pick = sorted(np.random.default_rng(seed).choice(len(refs), min(n, len(refs)), replace=False).tolist())
     return [refs[i] for i in pick]

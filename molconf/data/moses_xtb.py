@@ -38,6 +38,11 @@ from molconf.data.splits import default_split_dir
 from molconf.errors import CacheError, MoleculeError
 
 DATASET = "moses_xtb"
+# The split parts of the 9,999-molecule release (50 of the build's 100 shards). A grown data set
+# lists each part's earlier molecules first (``build-xtb --merge --extend-split``), so a part's
+# first ``RELEASE_9999[part]`` ids are this release's in every later one: work drawn from them
+# (the ground-state anchors, the conformer pools and ensembles) is reproducible as the set grows.
+RELEASE_9999 = {"train": 7_999, "val": 1_000, "test": 1_000}
 SDF_NAME = "molecules.sdf.gz"
 BUILD_REPORT = "build_report.json"
 

@@ -100,7 +100,8 @@ def build_pools(split: str, out_dir: str | Path, settings: PoolSettings = PoolSe
     split_file = Path(split_file or sdf.parent / f"split_{split}.npy")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = [(i, rec) for i, rec, _ in split_records(np.load(split_file), sdf)][:limit]
+    # the first `limit` ids as the split lists them (earlier releases first), then in file order
+    records = [(i, rec) for i, rec, _ in split_records(np.load(split_file)[:limit], sdf)]
     meta = {"sdf": sdf.name, "split": split, "molecules": len(records), "shard_size": SHARD_SIZE,
             "conformers": settings.conformers, "seed": settings.seed, "mmff_iters": settings.mmff_iters,
             "units": "kcal/mol, Å", "energies": "MMFF94 at the MMFF94 minimum; GFN2-xTB single point there"}
@@ -221,7 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     import os
 
     p = split_job_parser("molconf conformer-energies", __doc__, "train", PoolSettings.conformers, PoolSettings.seed)
-    p.add_argument("--limit", type=int, help="first N molecules of the split (file order) only")
+    p.add_argument("--limit", type=int, help="the split's first N molecules as its file lists them (earlier releases first, so "
+                                                "the same N molecules in every grown release) only")
     p.add_argument("--export", type=Path, metavar="CSV_GZ",
                    help="only write the energies already in --out to this .csv.gz (no coordinates)")
     args = p.parse_args(argv)

@@ -18,11 +18,13 @@ the data-set index (``moses_xtb_index``) and where it came from (``origin``: ``e
 ``.failures.csv`` and a ``.json`` record written last (:class:`~molconf.shards.ShardFiles`): a killed
 run resumes at the first missing unit; a failed molecule is named with its reason, never dropped::
 
-    molconf conformer-ensembles --split test --n 200 --out runs/ensembles/test --workers 2
+    molconf conformer-ensembles --split test --n 200 --among-first 1000 --out runs/ensembles/test --workers 2
     molconf conformer-ensembles --out runs/ensembles/test \
         --export datasets/moses_xtb/conformer_ensembles/test.sdf.gz    # the committed form
 
-The draw: ``n`` molecules of the split, a numpy ``default_rng(draw_seed)`` choice in file order;
+The draw: ``n`` molecules of the split (of its first ``among_first`` listed: ``--among-first 1000``
+draws from the 9,999-molecule release's test molecules in every grown release), a numpy
+``default_rng(draw_seed)`` choice in file order;
 :func:`read_ensembles` gives ``{index: Mol with every conformer}`` from a build folder or an export.
 """
 
@@ -150,12 +152,24 @@ def _work(item: tuple[int, str, EnsembleSettings]) -> tuple[int, str]:
     return molecule_ensemble(*item)
 
 
-def draw(split: str, n: int | None, draw_seed: int, sdf: Path, split_file: Path | None = None) -> list[tuple[int, str]]:
-    """``(data-set index, SDF record)`` of ``n`` molecules of the split (seeded choice, file order)."""
+def draw(split: str, n: int | None, draw_seed: int, sdf: Path, split_file: Path | None = None,
+         among_first: int | None = None) -> list[tuple[int, str]]:
+    """``(data-set index, SDF record)`` of ``n`` molecules of the split (seeded choice, file order),
+    drawn among the split's first ``among_first`` ids as the split file lists them (all: None).
+
+    A grown data set lists each part's earlier molecules first, so ``among_first`` set to an earlier
+    release's part size (:data:`molconf.data.moses_xtb.RELEASE_9999`) draws the same molecules from
+    every later release; a draw over the whole split changes as the split grows.
+    """
     from molconf.data.moses_xtb import split_records
 
     split_file = Path(split_file or sdf.parent / f"split_{split}.npy")
-    records = [(i, rec) for i, rec, _ in split_records(np.load(split_file), sdf)]
+    ids = np.load(split_file)
+    if among_first is not None:
+        if among_first < 1 or among_first > len(ids):
+            raise ValueError(f"among_first={among_first}: the {split} split lists {len(ids)} molecules")
+        ids = ids[:among_first]
+    records = [(i, rec) for i, rec, _ in split_records(ids, sdf)]
     if n is None or n >= len(records):
         return records
     pick = sorted(np.random.default_rng(draw_seed).choice(len(records), n, replace=False).tolist())
@@ -164,8 +178,10 @@ def draw(split: str, n: int | None, draw_seed: int, sdf: Path, split_file: Path 
 
 def build_ensembles(split: str, out_dir: str | Path, n: int | None = 200, settings: EnsembleSettings = EnsembleSettings(),
                     workers: int = 1, draw_seed: int = 0, shard_size: int = 10, sdf: str | Path | None = None,
-                    split_file: str | Path | None = None, max_units: int | None = None, progress: bool = True) -> dict:
-    """Write the ensembles of ``n`` drawn molecules of a moses_xtb split (resumable); the summary."""
+                    split_file: str | Path | None = None, max_units: int | None = None, progress: bool = True,
+                    among_first: int | None = None) -> dict:
+    """Write the ensembles of ``n`` drawn molecules of a moses_xtb split (resumable; the draw:
+    :func:`draw`); the summary."""
     from tqdm import tqdm
 
     from molconf.data.moses_xtb import default_moses_xtb_sdf
@@ -175,8 +191,9 @@ def build_ensembles(split: str, out_dir: str | Path, n: int | None = 200, settin
     if not sdf.is_file():
         raise FileNotFoundError(f"{sdf}: no such molecules file")
     out_dir = Path(out_dir)
-    records = draw(split, n, draw_seed, sdf, split_file)
+    records = draw(split, n, draw_seed, sdf, split_file, among_first)
     meta = {"sdf": sdf.name, "split": split, "n": len(records), "draw_seed": draw_seed, "shard_size": shard_size,
+            **({"among_first": among_first} if among_first is not None else {}),
             **asdict(settings), "units": "kcal/mol, Å",
             "protocol": "ETKDGv3 x conformers -> MMFF94 -> unique (heavy-atom RMSD) -> GFN2-xTB relaxation "
                         "(tblite, XtbProtocol) -> with the data set's ground state, unique, within window_kcal"}
@@ -328,6 +345,9 @@ def main(argv: list[str] | None = None) -> None:
     p = split_job_parser("molconf conformer-ensembles", __doc__, "test", d.conformers, d.seed)
     p.add_argument("--n", type=int, default=200, help="molecules drawn from the split (default 200; 0: all)")
     p.add_argument("--draw-seed", type=int, default=0)
+    p.add_argument("--among-first", type=int, metavar="M",
+                   help="draw among the split's first M molecules as its file lists them (earlier releases first; "
+                        "1000: the 9,999-molecule release's test molecules, in every grown release)")
     p.add_argument("--max-relax", type=int, default=d.max_relax)
     p.add_argument("--window", type=float, default=d.window_kcal, help="kcal/mol above the lowest minimum")
     p.add_argument("--shard-size", type=int, default=10)
@@ -348,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
                                     window_kcal=args.window)
         return build_ensembles(args.split, args.out, args.n or None, settings, args.workers, args.draw_seed,
                                args.shard_size, args.sdf, max_units=args.max_units,
-                               progress=os.environ.get("MOLCONF_NO_PROGRESS") is None)
+                               progress=os.environ.get("MOLCONF_NO_PROGRESS") is None, among_first=args.among_first)
 
     run_split_job(p, build)
 

@@ -141,3 +141,45 @@ def test_cli_names_bad_settings_and_missing_files(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_:
             main(["conformer-ensembles", "--out", str(tmp_path / "e"), *args])
         assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def _grown_split(tmp_path):
+    """A release's test split and a grown one: the grown file lists the earlier ids first, then new
+    ids that interleave with them in the SDF's (id) order, as ``build-xtb --merge --extend-split``
+    writes them."""
+    records = list(itertools.islice(iter_sdf_records(SAMPLE), 12))
+    ids = [int(read_reference(r).GetProp(K.SDF_SOURCE_INDEX)) for r in records]
+    assert ids == sorted(ids)
+    sdf = tmp_path / "molecules.sdf"
+    sdf.write_text("".join(records))
+    old, new = ids[1::2], ids[0::2]  # every new id sits between two old ones in file order
+    np.save(tmp_path / "old.npy", np.asarray(old))
+    np.save(tmp_path / "grown.npy", np.asarray(old + new))
+    return sdf, old
+
+
+def test_a_draw_among_an_earlier_releases_molecules_survives_the_split_growing(tmp_path):
+    sdf, old = _grown_split(tmp_path)
+    for seed in range(5):
+        before = En.draw("test", 3, seed, sdf, tmp_path / "old.npy")
+        after = En.draw("test", 3, seed, sdf, tmp_path / "grown.npy", among_first=len(old))
+        assert after == before and {i for i, _ in after} <= set(old)
+    whole = [En.draw("test", 3, seed, sdf, tmp_path / "grown.npy") for seed in range(5)]
+    assert any(not {i for i, _ in d} <= set(old) for d in whole)  # the whole grown split draws new molecules
+    for bad in (0, 13):
+        with pytest.raises(ValueError, match="lists 12 molecules"):
+            En.draw("test", 3, 0, sdf, tmp_path / "grown.npy", among_first=bad)
+
+
+def test_pools_limit_takes_the_split_as_listed_so_a_grown_split_keeps_them(tmp_path, monkeypatch):
+    from molconf.ground_state import energies as E
+
+    sdf, old = _grown_split(tmp_path)
+    seen = {}
+    for name in ("old", "grown"):
+        calls = []
+        monkeypatch.setattr(E, "molecule_pool", lambda index, *a: calls.append(index) or (index, "failed: not run"))
+        E.build_pools("test", tmp_path / f"pools_{name}", E.PoolSettings(conformers=2), limit=4, sdf=sdf,
+                      split_file=tmp_path / f"{name}.npy", progress=False)
+        seen[name] = calls
+    assert seen["grown"] == seen["old"] == old[:4]
