@@ -7,7 +7,8 @@
 #   PARTIAL=1 BUILD=~/molconf-runs/moses_xtb nohup bash benchmarks/moses_xtb_pipeline.sh > pipeline.log 2>&1 &
 # BUILD: the build folder (default build/moses_xtb); MERGE=1 merges it again over the
 # committed datasets/moses_xtb (after the build has grown; merged anyway when that is
-# missing); PARTIAL=1 merges a stopped build's finished shards; RUNS: training-run folder
+# missing; the committed split is extended, not redrawn); PARTIAL=1 merges a stopped build's
+# finished shards; ALSO: top-up build folders merged beside BUILD (--also); RUNS: training-run folder
 # (default runs/moses_xtb_<molecules>, so a grown data set trains new runs instead of
 # resuming the finished ones); XTB_N: molecules of the relaxation benchmark (default 40); JOBS:
 # models trained at a time (default 2).
@@ -24,7 +25,12 @@ DATA=datasets/moses_xtb
 
 echo "== $(date -u +%H:%M:%S) merge"
 if [ -n "${MERGE:-}" ] || [ ! -f "$DATA/molecules.sdf.gz" ]; then
-  "$MOLCONF" build-xtb --merge ${PARTIAL:+--partial} --out "$BUILD"
+  merge=(--merge --out "$BUILD")
+  [ -n "${PARTIAL:-}" ] && merge+=(--partial)
+  for b in ${ALSO:-}; do merge+=(--also "$b"); done
+  # a grown build keeps the committed split: its molecules stay in their parts, listed first
+  [ -f "$DATA/split_test.npy" ] && merge+=(--extend-split "$DATA")
+  "$MOLCONF" build-xtb "${merge[@]}"
 fi
 MOLECULES=$("$PY" -c "import json; print(json.load(open('$DATA/build_report.json'))['merged']['molecules'])")
 RUNS=${RUNS:-runs/moses_xtb_$MOLECULES}
