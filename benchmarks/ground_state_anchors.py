@@ -31,6 +31,8 @@ onto the reference's atom order by graph match.
 
     python benchmarks/ground_state_anchors.py --n 300 --workers 2 --out benchmarks/results
     python benchmarks/ground_state_anchors.py --n 300 --rows "Auto3D 3.2.3, ANI-2xt" ...
+    # the same rows against another reference set (a build-xtb data set), e.g. marketed drugs:
+    python benchmarks/ground_state_anchors.py --references datasets/drugs_xtb --out benchmarks/results/drugs_xtb
 
 Per-molecule results go to ``<out>/ground_state_anchors_per_molecule.jsonl`` as they finish, one
 line per (molecule, row) computed (lines of one molecule are merged on read); a rerun computes
@@ -77,6 +79,19 @@ def test_references(n: int, seed: int, exclude: frozenset[int] = frozenset()) ->
             if index not in exclude]
     pick = sorted(np.random.default_rng(seed).choice(len(refs), min(n, len(refs)), replace=False).tolist())
     return [refs[i] for i in pick]
+
+
+def file_references(path: Path) -> list[tuple[int, str]]:
+    """``(index, SDF record)`` of every molecule of a ``build-xtb`` data set's ``molecules.sdf.gz`` (or the
+    folder holding it), in file order: another reference set scored by the same rows."""
+    from molconf import constants as K
+    from molconf.data.moses_xtb import iter_sdf_records
+
+    path = Path(path)
+    path = path / "molecules.sdf.gz" if path.is_dir() else path
+    if not path.is_file():
+        raise SystemExit(f"--references {path}: no such file")
+    return [(int(_mol(r).GetProp(K.SDF_SOURCE_INDEX)), r) for r in iter_sdf_records(path)]
 
 
 def _mol(record: str):
@@ -377,13 +392,19 @@ def _table_lines(table: list[dict]) -> list[str]:
 
 
 def markdown(table: list[dict], n: int, seed: int, command: str, common: list[dict] | None = None,
-             holdout: bool = False) -> str:
-    """The table; ``common``: the same rows on the molecules every row ran on (when some row has fewer)."""
-    lines = [f"# Ground-state anchors: moses_xtb scaffold test, {n} molecules ({time.strftime('%Y-%m-%d')})", "",
-             f"Command (last run; rows accumulate per (molecule, row) across runs): `{command}`. Molecules: a seeded "
-             f"subset (numpy seed {seed}) of the 1,000 test molecules"
-             + (f" outside the anchors' own {ANCHORS[0]} (seed {ANCHORS[1]}): a held-out check" if holdout else "")
-             + "; n = molecules a row was run on. Candidate "
+             holdout: bool = False, references: Path | None = None) -> str:
+    """The table; ``common``: the same rows on the molecules every row ran on (when some row has fewer);
+    ``references``: the reference file scored against, when not the moses_xtb test draw."""
+    if references is None:
+        title = "moses_xtb scaffold test"
+        molecules = (f"a seeded subset (numpy seed {seed}) of the 1,000 test molecules"
+                     + (f" outside the anchors' own {ANCHORS[0]} (seed {ANCHORS[1]}): a held-out check" if holdout else ""))
+    else:
+        title = f"`{references}`"
+        molecules = f"every molecule of `{references}` (GFN2-xTB references, built as its README says)"
+    lines = [f"# Ground-state anchors: {title}, {n} molecules ({time.strftime('%Y-%m-%d')})", "",
+             f"Command (last run; rows accumulate per (molecule, row) across runs): `{command}`. Molecules: "
+             f"{molecules}; n = molecules a row was run on. Candidate "
              f"ETKDGv3 seed {CANDIDATE_SEED} (the reference build used 42), also for the data-set protocol row "
              "(`build_ground_state` with `XtbProtocol(embed_seed=7)`). Auto3D 3.2.3: `smiles2mols` per molecule on the "
              "reference's stereo SMILES, `k=1, optimizing_engine=\"ANI2xt\", use_gpu=False, enumerate_isomers=False, "
@@ -429,6 +450,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--holdout", action="store_true",
                    help="draw only among the test molecules outside the anchors' own (--n 300 --seed 0): a check, on "
                         "molecules no choice was made on, of a choice made on the anchors (use another --out)")
+    p.add_argument("--references", type=Path, metavar="SDF",
+                   help="score against every molecule of this build-xtb data set (its molecules.sdf.gz or folder, "
+                        "e.g. datasets/drugs_xtb) instead of a draw of the moses_xtb test split (--n, --seed, "
+                        "--holdout unused; use another --out)")
     p.add_argument("--rescore", action="store_true",
                    help="rerun the rows' computed pairs that lack the mirror-aware C-RMSD, adding it (no new pairs)")
     args = p.parse_args(argv)
@@ -442,8 +467,11 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     per_mol = out / PER_MOLECULE
     done = read_results(per_mol)
-    exclude = frozenset(index for index, _ in test_references(*ANCHORS)) if args.holdout else frozenset()
-    records = test_references(args.n, args.seed, exclude)
+    if args.references is not None:
+        records = file_references(args.references)
+    else:
+        exclude = frozenset(index for index, _ in test_references(*ANCHORS)) if args.holdout else frozenset()
+        records = test_references(args.n, args.seed, exclude)
     if args.rescore:
         stored = {(index, name): done[index]["rows"][name] for name in names for index, _ in records[:args.limit]
                   if name in done.get(index, {}).get("rows", {})}
@@ -474,7 +502,7 @@ def main(argv: list[str] | None = None) -> None:
     if any(r["n"] < len(results) for r in table):
         common = summarise([r for r in results if all(m in r["rows"] for m in methods)]) or None
     command = "python benchmarks/ground_state_anchors.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = markdown(table, len(results), args.seed, command.strip(), common, args.holdout)
+    text = markdown(table, len(results), args.seed, command.strip(), common, args.holdout, args.references)
     (out / "ground_state_anchors.md").write_text(text + "\n")
     (out / "ground_state_anchors.json").write_text(
         json.dumps({"table": table, "n": len(results), "table_common_molecules": common}, indent=1) + "\n")

@@ -232,6 +232,31 @@ def test_ground_state_anchors_resume_per_molecule_and_row(anchors, monkeypatch, 
                for b in bare.GetBonds())
 
 
+def test_ground_state_anchors_score_another_reference_file_molecule_by_molecule(anchors, monkeypatch, tmp_path):
+    """``--references`` scores every record of a build-xtb data set (file or folder), by its own ids,
+    and says so in the table; a missing file is named."""
+    import gzip
+
+    records = [_anchor_record(smiles, i) for i, smiles in ((0, "CCO"), (3, "CC(=O)N"), (7, "c1ccccc1O"))]
+    folder = tmp_path / "drugs"
+    folder.mkdir()
+    with gzip.open(folder / "molecules.sdf.gz", "wt") as fh:
+        fh.write("".join(records))
+    assert [i for i, _ in anchors.file_references(folder)] == [0, 3, 7]
+    assert anchors.file_references(folder / "molecules.sdf.gz") == anchors.file_references(folder)
+    monkeypatch.setattr(anchors, "test_references", lambda *a, **k: pytest.fail("drew the moses_xtb test split"))
+    monkeypatch.setattr(anchors, "_score", lambda ref, pred, e_ref, protocol: {
+        "failed": False, "d_abs": 1.0, "d_sq": 1.0, "n_pairs": 4, "c_rmsd": 0.5, "stereo": 1.0, "gap_kcal": 0.0})
+    monkeypatch.setattr(anchors, "ROWS", {"a": lambda bare: (None, 0.0)})
+    out = tmp_path / "out"
+    anchors.main(["--references", str(folder), "--workers", "1", "--out", str(out)])
+    assert sorted(anchors.read_results(out / anchors.PER_MOLECULE)) == [0, 3, 7]
+    text = (out / "ground_state_anchors.md").read_text()
+    assert f"every molecule of `{folder}`" in text and "3 molecules" in text
+    with pytest.raises(SystemExit, match="no such file"):
+        anchors.main(["--references", str(tmp_path / "none"), "--workers", "1", "--out", str(out)])
+
+
 def test_ground_state_anchors_rescore_adds_mirror_rmsd_and_keeps_gaps(anchors, monkeypatch, tmp_path, capsys):
     """--rescore reruns stored pairs that lack the mirror-aware C-RMSD: the stored gap and CPU time
     stay, a deterministic row reproduces its stored C-RMSD (delta 0), a row that returns another
