@@ -6,6 +6,9 @@ below the reference energy (gap ≤ +0.1 kcal/mol), with the goal lines of the i
 ≥ 60 %); writes ``ground_state_by_size.png`` and a table ``ground_state_by_size.md``.
 
     python benchmarks/ground_state_by_size.py --results benchmarks/results
+    # results scored against another reference set (ground_state_anchors.py --references)
+    python benchmarks/ground_state_by_size.py --results benchmarks/results/drugs_xtb \
+        --references datasets/drugs_xtb --bins 15 21 27 34 42
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--rows", nargs="*", help="rows to plot (default: every row with results)")
+    p.add_argument("--references", type=Path,
+                   help="the reference set the results were scored against (a build-xtb data set's molecules.sdf.gz "
+                        "or its folder; default: moses_xtb)")
+    p.add_argument("--bins", type=int, nargs="+", default=list(BINS), help="bin edges, heavy atoms (lower bounds)")
     args = p.parse_args(argv)
     from molconf.data.moses_xtb import default_moses_xtb_sdf, split_records
 
@@ -36,10 +43,14 @@ def main(argv: list[str] | None = None) -> None:
         if line.strip():
             r = json.loads(line)
             per_mol.setdefault(r["index"], {"rows": {}})["rows"].update(r["rows"])
-    sdf = default_moses_xtb_sdf()
+    sdf = args.references or default_moses_xtb_sdf()
+    sdf = sdf / "molecules.sdf.gz" if sdf.is_dir() else sdf
     heavy = {i: m.GetNumHeavyAtoms() for i, _, m in split_records(list(per_mol), sdf)}
+    if missing := sorted(set(per_mol) - set(heavy)):
+        raise SystemExit(f"{sdf} lacks molecules {missing[:5]} of the results: pass the reference set they were "
+                         "scored against (--references)")
     names = args.rows or sorted({n for r in per_mol.values() for n in r["rows"]})
-    edges = list(BINS)
+    edges = list(args.bins)
     table = []
     for name in names:
         for lo, hi in zip(edges, edges[1:]):
@@ -50,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
                           "c_rmsd": float(np.mean([r["c_rmsd"] for r in ok])) if ok else float("nan"),
                           "at_or_below": float(np.mean(gaps <= 0.1)) if len(gaps) else float("nan")})
     lines = ["# Ground-state rows by molecule size (heavy atoms)", "",
-             "From `benchmarks/results/ground_state_anchors_per_molecule.jsonl`; command: "
+             f"From `{args.results / 'ground_state_anchors_per_molecule.jsonl'}`; command: "
              f"`python benchmarks/ground_state_by_size.py {' '.join(repr(a) if ' ' in a else a for a in sys.argv[1:])}`.", "",
              "| row | heavy atoms | n | C-RMSD (Å) | ≤ ref |", "|---|---|---|---|---|"]
     lines += [f"| {t['row']} | {t['bin']} | {t['n']} | {t['c_rmsd']:.3f} | {t['at_or_below']:.0%} |" for t in table]

@@ -421,3 +421,28 @@ def test_paired_differences_are_b_minus_a_per_molecule_with_an_interval(tmp_path
     paired.main(["--results", str(tmp_path)])
     text = (tmp_path / "ground_state_paired.md").read_text()
     assert f"**B** {b}" in text and "(40 molecules)" in text and "| -0.100 [-0.100, -0.100] |" in text
+
+
+def test_rows_by_size_bin_molecules_of_another_reference_set(tmp_path):
+    """``ground_state_by_size.py --references`` counts heavy atoms in the set the rows were scored
+    against; results for a molecule the set lacks are refused, not binned by a wrong size."""
+    import gzip
+
+    spec = importlib.util.spec_from_file_location("ground_state_by_size", BENCHMARKS / "ground_state_by_size.py")
+    by_size = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(by_size)
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    with gzip.open(refs / "molecules.sdf.gz", "wt") as fh:  # 3 and 7 heavy atoms
+        fh.write(_anchor_record("CCO", 0) + _anchor_record("c1ccccc1O", 1))
+    entry = {"failed": False, "c_rmsd": 0.5, "gap_kcal": 0.0}
+    lines = [{"index": 0, "rows": {"a": entry}}, {"index": 1, "rows": {"a": {**entry, "c_rmsd": 1.5, "gap_kcal": 2.0}}}]
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "ground_state_anchors_per_molecule.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    by_size.main(["--results", str(results), "--references", str(refs), "--bins", "0", "5", "10"])
+    table = (results / "ground_state_by_size.md").read_text()
+    assert "| a | 0–4 | 1 | 0.500 | 100% |" in table and "| a | 5–9 | 1 | 1.500 | 0% |" in table
+    (results / "ground_state_anchors_per_molecule.jsonl").write_text(json.dumps({"index": 9, "rows": {"a": entry}}))
+    with pytest.raises(SystemExit, match="lacks molecules"):
+        by_size.main(["--results", str(results), "--references", str(refs)])
