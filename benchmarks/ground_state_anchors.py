@@ -81,17 +81,24 @@ def test_references(n: int, seed: int, exclude: frozenset[int] = frozenset()) ->
     return [refs[i] for i in pick]
 
 
+def reference_sdf(path: Path) -> Path:
+    """A ``build-xtb`` data set's molecules file, given it or the folder holding it (``--references``)."""
+    from molconf.data.moses_xtb import SDF_NAME
+
+    path = Path(path)
+    path = path / SDF_NAME if path.is_dir() else path
+    if not path.is_file():
+        raise SystemExit(f"--references {path}: no such file")
+    return path
+
+
 def file_references(path: Path) -> list[tuple[int, str]]:
     """``(index, SDF record)`` of every molecule of a ``build-xtb`` data set's ``molecules.sdf.gz`` (or the
     folder holding it), in file order: another reference set scored by the same rows."""
     from molconf import constants as K
     from molconf.data.moses_xtb import iter_sdf_records
 
-    path = Path(path)
-    path = path / "molecules.sdf.gz" if path.is_dir() else path
-    if not path.is_file():
-        raise SystemExit(f"--references {path}: no such file")
-    return [(int(_mol(r).GetProp(K.SDF_SOURCE_INDEX)), r) for r in iter_sdf_records(path)]
+    return [(int(_mol(r).GetProp(K.SDF_SOURCE_INDEX)), r) for r in iter_sdf_records(reference_sdf(path))]
 
 
 def _mol(record: str):

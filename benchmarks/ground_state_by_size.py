@@ -14,17 +14,14 @@ below the reference energy (gap ≤ +0.1 kcal/mol), with the goal lines of the i
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from ground_state_anchors import PER_MOLECULE, read_results, reference_sdf
+
 BINS = (0, 19, 22, 25, 28)  # heavy atoms (moses_xtb: at most 27)
-
-
-def _heavy(n_atoms: int, n_heavy: int | None) -> int:
-    return n_heavy if n_heavy is not None else n_atoms
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,13 +35,11 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     from molconf.data.moses_xtb import default_moses_xtb_sdf, split_records
 
-    per_mol: dict[int, dict] = {}
-    for line in (args.results / "ground_state_anchors_per_molecule.jsonl").read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            per_mol.setdefault(r["index"], {"rows": {}})["rows"].update(r["rows"])
-    sdf = args.references or default_moses_xtb_sdf()
-    sdf = sdf / "molecules.sdf.gz" if sdf.is_dir() else sdf
+    results = args.results / PER_MOLECULE
+    if not results.is_file():
+        raise SystemExit(f"{results}: no such file (run benchmarks/ground_state_anchors.py first)")
+    per_mol = read_results(results)
+    sdf = reference_sdf(args.references) if args.references else default_moses_xtb_sdf()
     heavy = {i: m.GetNumHeavyAtoms() for i, _, m in split_records(list(per_mol), sdf)}
     if missing := sorted(set(per_mol) - set(heavy)):
         raise SystemExit(f"{sdf} lacks molecules {missing[:5]} of the results: pass the reference set they were "
@@ -61,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
                           "c_rmsd": float(np.mean([r["c_rmsd"] for r in ok])) if ok else float("nan"),
                           "at_or_below": float(np.mean(gaps <= 0.1)) if len(gaps) else float("nan")})
     lines = ["# Ground-state rows by molecule size (heavy atoms)", "",
-             f"From `{args.results / 'ground_state_anchors_per_molecule.jsonl'}`; command: "
+             f"From `{results}`; command: "
              f"`python benchmarks/ground_state_by_size.py {' '.join(repr(a) if ' ' in a else a for a in sys.argv[1:])}`.", "",
              "| row | heavy atoms | n | C-RMSD (Å) | ≤ ref |", "|---|---|---|---|---|"]
     lines += [f"| {t['row']} | {t['bin']} | {t['n']} | {t['c_rmsd']:.3f} | {t['at_or_below']:.0%} |" for t in table]
