@@ -33,6 +33,7 @@ from molconf.metrics import mol_with_coords
 from molconf.models import ConformerTransformer, load_model
 from molconf.standardize import Standardized, radical_problem, standardize, transfer_coordinates
 from molconf.stereo import StereoReport, cip_mismatches, enforce_stereo, stereo_spec
+from molconf.stereo_fallback import stereo_fallback
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 # model="default" routes each molecule to the first of these (shipped) models whose training
@@ -618,11 +619,32 @@ def _finish(mol, coords, i, loaded, relax_with, fix_stereo, report, repair_bonds
             raise MoleculeError("", "physically impossible bond lengths the bond guard could not repair: "
                                 + "; ".join(map(str, left[:3])))
     if target and report.stereo[i].remaining:
+        _stereo_fallback(out, target, i, relax_with, report)
+    if target and report.stereo[i].remaining:
         report.note(i, "stereo not matched: " + "; ".join(report.stereo[i].remaining))
     # perceive the conformer's own stereo so the returned Mol's tags agree with its geometry
     Chem.AssignStereochemistryFrom3D(out)
     out.SetProp("molconf_model", loaded.name)
     return out
+
+
+def _stereo_fallback(out: Chem.Mol, target, i: int, relax_with: str | None, report: PredictionReport) -> None:
+    """Replace ``out``'s conformer (in place; it still carries the input's tags) by
+    :func:`molconf.stereo_fallback.stereo_fallback`'s when the repairs left its stereo wrong,
+    relax it as asked and update the molecule's stereo report and notes; leaves it as it is
+    when no fallback matches the input's stereo."""
+    wrong = report.stereo[i].remaining
+    found = stereo_fallback(out, target)
+    if found is None:
+        return
+    out.GetConformer().SetPositions(np.ascontiguousarray(found.positions, dtype=np.float64))
+    if relax_with is not None and (note := relax(out, relax_with)):
+        report.note(i, note)
+    remaining = enforce_stereo(out, target).remaining if relax_with is not None else []
+    report.stereo[i] = StereoReport(len(target), report.stereo[i].fixed_by + [found.action], remaining,
+                                    named_by_cip=True)
+    report.note(i, f"stereo fallback: {'; '.join(wrong)} not repairable in the prediction; {found.action}")
+    out.SetProp("molconf_stereo_fallback", found.source)
 
 
 # --------------------------------------------------------------------------- batches

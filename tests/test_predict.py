@@ -175,6 +175,7 @@ def test_stereo_left_after_relaxing_is_named_by_cip(monkeypatch):
     coords = m.GetConformer().GetPositions()
     monkeypatch.setattr(S, "_local_moves", lambda mol, spec, key: iter(()))  # and nothing repairs it
     monkeypatch.setattr(P, "relax", lambda mol, method, max_iters=2000: None)  # relaxing moves nothing
+    monkeypatch.setattr(P, "stereo_fallback", lambda mol, spec: None)  # and no fallback finds one
     loaded = type("Loaded", (), {"name": "test"})()
     named = {}
     for relax_with in (None, "mmff"):
