@@ -36,7 +36,8 @@ onto the reference's atom order by graph match.
 
 Per-molecule results go to ``<out>/ground_state_anchors_per_molecule.jsonl`` as they finish, one
 line per (molecule, row) computed (lines of one molecule are merged on read); a rerun computes
-only the missing (molecule, row) pairs (resume after a kill, or add a row).
+only the missing (molecule, row) pairs (resume after a kill, or add a row); ``--redo`` runs the
+named rows' pairs again after a change to a method (the new lines replace the old on read).
 A row is one entry of ``ROWS``: name → function(bare RDKit mol with H, no conformer) →
 ``(mol with one conformer in the same atom order, or None; CPU seconds)``.
 """
@@ -463,7 +464,12 @@ def main(argv: list[str] | None = None) -> None:
                         "--holdout unused; use another --out)")
     p.add_argument("--rescore", action="store_true",
                    help="rerun the rows' computed pairs that lack the mirror-aware C-RMSD, adding it (no new pairs)")
+    p.add_argument("--redo", action="store_true",
+                   help="run the rows' pairs again even where stored (after a change to a method: the new lines "
+                        "replace the stored ones on read)")
     args = p.parse_args(argv)
+    if args.redo and args.rescore:
+        p.error("--redo and --rescore exclude each other")
     names = []
     for name in row_names(args.rows):
         if available(name):
@@ -488,7 +494,7 @@ def main(argv: list[str] | None = None) -> None:
         job = rescore_pair
     else:
         todo = [(record, name) for name in names for index, record in records[:args.limit]
-                if name not in done.get(index, {}).get("rows", {})]
+                if args.redo or name not in done.get(index, {}).get("rows", {})]
         job = run_pair
     print(f"{len(records)} molecules × {len(names)} rows, {len(todo)} pairs to {'rescore' if args.rescore else 'run'}",
           flush=True)

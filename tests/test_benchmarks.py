@@ -224,6 +224,14 @@ def test_ground_state_anchors_resume_per_molecule_and_row(anchors, monkeypatch, 
     summary = json.loads((tmp_path / "ground_state_anchors.json").read_text())
     assert [r["n"] for r in summary["table"]] == [2, 2, 1]
     assert [r["n"] for r in summary["table_common_molecules"]] == [1, 1, 1]
+    # --redo runs a changed row again: its new lines replace the stored ones on read, others stay
+    monkeypatch.setattr(anchors, "_score", lambda ref, pred, e_ref, protocol: {
+        "failed": False, "d_abs": 1.0, "d_sq": 1.0, "n_pairs": 4, "c_rmsd": 0.25, "stereo": 1.0, "gap_kcal": 0.0})
+    assert len(run("a", "--redo")) == 7 and "2 pairs to run" in capsys.readouterr().out
+    table = {r["method"]: r for r in json.loads((tmp_path / "ground_state_anchors.json").read_text())["table"]}
+    assert table["a"]["c_rmsd"] == 0.25 and table["b"]["c_rmsd"] == 0.5
+    with pytest.raises(SystemExit):
+        run("a", "--redo", "--rescore")
     bare = Chem.AddHs(Chem.MolFromSmiles("CC(=O)N"))
     pred, _ = reversed_atoms(bare)
     assert [a.GetAtomicNum() for a in pred.GetAtoms()] == [a.GetAtomicNum() for a in bare.GetAtoms()]

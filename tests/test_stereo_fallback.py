@@ -129,3 +129,21 @@ def test_penicillin_g_with_the_shipped_model_keeps_its_stereo():
         for i in (0, 2):
             assert report.stereo[i].consistent
             assert Chem.MolToSmiles(Chem.RemoveHs(mols[i])) == Chem.MolToSmiles(Chem.MolFromSmiles(smiles[i]))
+
+
+def test_etkdg_effort_is_bounded_where_it_cannot_embed(monkeypatch):
+    """A cage ETKDG cannot embed with its stereo costs one probe, not the full ``n``; a molecule
+    it can embed gets all ``n`` (the probe runs on a copy: the pool is the one a direct call gives)."""
+    calls = []
+    embed = AllChem.EmbedMultipleConfs
+
+    def counted(mol, n, params):
+        calls.append(n)
+        return embed(mol, n, params)
+
+    monkeypatch.setattr(F.AllChem, "EmbedMultipleConfs", counted)
+    cage = Chem.AddHs(Chem.MolFromSmiles("C[C@H]1C2[C@@H](C)C1[C@H]2C"))  # a QM9 test molecule
+    assert F._embed(cage, 10, F.ETKDG_SEED).GetNumConformers() == 0 and calls == [F.ETKDG_PROBE]
+    calls.clear()
+    ok = Chem.AddHs(Chem.MolFromSmiles(PENICILLIN_G))
+    assert F._embed(ok, 10, F.ETKDG_SEED).GetNumConformers() == 10 and calls == [F.ETKDG_PROBE, 10]
