@@ -411,7 +411,10 @@ def predict(
         torch threads to use (restored afterwards).
     fix_stereo : bool
         Repair predictions whose stereocentres / double bonds disagree with the input
-        (see :mod:`molconf.stereo`); what cannot be repaired is reported.
+        (see :mod:`molconf.stereo`); where no rigid move works, fall back to the prediction
+        minimised with MMFF94 and repaired, else the closest stereo-correct ETKDG conformer
+        (:mod:`molconf.stereo_fallback`; noted, and the Mol's ``molconf_stereo_fallback``
+        property says which); what neither can repair is reported.
     repair_bonds : bool
         Check every bond length against physical bounds (:mod:`molconf.bond_guard`: covalent
         radii scaled by bond order, ±25%) and repair the offending atoms with a local MMFF94

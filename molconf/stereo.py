@@ -25,7 +25,8 @@ reference atoms of double bonds, a few numpy operations per conformer); the CIP 
 4. tagged centres that CIP does not label (the exo/endo carbon of a bicycle) but whose
    configuration sets other centres' labels: moved only when CIP says a label is wrong.
 
-What is still wrong afterwards is reported, not hidden.
+What is still wrong afterwards is reported, not hidden; ``predict`` then tries
+:mod:`molconf.stereo_fallback` before returning it.
 """
 
 from __future__ import annotations
