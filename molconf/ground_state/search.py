@@ -94,7 +94,7 @@ class SearchSettings:
 class Candidate:
     """One refined candidate: where it came from and its energies (kcal/mol; None: not computed)."""
 
-    source: str  # "network" or "etkdg"
+    source: str  # "network", "etkdg", or "etkdg (stereo fallback)": predict's replacement of a wrongly handed prediction
     conf_id: int
     mmff_kcal: float
     rank_kcal: float | None = None  # the ranker's energy (GFN2-xTB, MMFF94 + ΔE, or MMFF94)
@@ -280,7 +280,9 @@ def search(mol: Chem.Mol, settings: SearchSettings = SearchSettings(), network: 
     if n_network:
         conf = Chem.Conformer(network.GetConformer())
         pool.AddConformer(conf, assignId=True)
-        sources.append("network")
+        # a prediction predict's stereo fallback replaced by an ETKDG conformer is not the network's
+        fallback = network.HasProp("molconf_stereo_fallback") and network.GetProp("molconf_stereo_fallback") == "etkdg"
+        sources.append("etkdg (stereo fallback)" if fallback else "network")
     if pool.GetNumConformers() == 0:
         raise ValueError("no candidate conformer: ETKDG embedded none")
     energies = mmff_minimise(pool, settings.mmff_iters)

@@ -86,6 +86,11 @@ def test_network_candidate_takes_part_and_wrong_stereo_candidates_do_not():
     AllChem.EmbedMolecule(right, randomSeed=3)
     r = S.search(mol, S.SearchSettings(candidates=1, rank="mmff"), network=right)
     assert r.winner.source == "network"
+    right.SetProp("molconf_stereo_fallback", "etkdg")  # predict replaced the prediction by an ETKDG conformer
+    r = S.search(mol, S.SearchSettings(candidates=1, rank="mmff"), network=right)
+    assert r.winner.source == "etkdg (stereo fallback)"
+    right.SetProp("molconf_stereo_fallback", "mmff")  # still the network's conformation, minimised
+    assert S.search(mol, S.SearchSettings(candidates=1, rank="mmff"), network=right).winner.source == "network"
 
 
 def test_search_names_why_it_failed():
