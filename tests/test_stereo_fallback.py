@@ -147,3 +147,13 @@ def test_etkdg_effort_is_bounded_where_it_cannot_embed(monkeypatch):
     calls.clear()
     ok = Chem.AddHs(Chem.MolFromSmiles(PENICILLIN_G))
     assert F._embed(ok, 10, F.ETKDG_SEED).GetNumConformers() == 10 and calls == [F.ETKDG_PROBE, 10]
+
+
+def test_without_mmff_parameters_the_etkdg_conformer_is_returned_unminimised():
+    graph, mirror = _mirror("C[C@H](N)B(O)O")  # MMFF94 has no boron
+    assert not AllChem.MMFFHasAllMoleculeParams(graph)
+    spec = stereo_spec(graph)
+    assert F._by_mmff(mirror, spec) is None
+    found = F.stereo_fallback(mirror, spec)
+    assert found.source == "etkdg" and "ETKDGv3 (no MMFF94 parameters)" in found.action
+    assert stereo_labels(mol_with_coords(graph, found.positions)) == graph_stereo_labels(graph)
