@@ -24,6 +24,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -123,8 +124,7 @@ def main(argv=None) -> None:
     ours = table[0]["mol_per_s"]
     lines = [
         f"# molconf.predict vs RDKit on {len(refs)} QM9 test molecules (one run)", "",
-        f"Command: `nice python benchmarks/predict_speed.py{' --all' if args.all else f' --n {args.n}'}"
-        f"{'' if args.model == 'default' else f' --model {args.model}'}` "
+        f"Command: `nice python benchmarks/predict_speed.py {' '.join(sys.argv[1:] if argv is None else argv)}` "
         f"({'whole test split' if args.all else f'seeded sample, seed {SEED}'}); torch {torch.__version__}; "
         f"load average after the run {os.getloadavg()[0]:.2f} (2 cores); CPU: {cpu_name()}, "
         f"{'native' if molconf.prediction.native_bf16() else 'no native'} bfloat16. Throughput = molecules / wall-clock "
