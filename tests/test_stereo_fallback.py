@@ -24,12 +24,12 @@ def _mirror(smiles: str, seed: int = 7) -> tuple[Chem.Mol, Chem.Mol]:
     return graph, mol_with_coords(graph, m.GetConformer().GetPositions() * [-1.0, 1.0, 1.0])
 
 
-def _epimer(smiles: str, atom: int, seed: int = 7) -> tuple[Chem.Mol, Chem.Mol]:
+def _epimer(smiles: str, atom: int, seed: int = 7, enforce: bool = True) -> tuple[Chem.Mol, Chem.Mol]:
     """(input graph with H, a conformer with ``atom`` inverted carrying the input's tags)."""
     graph = Chem.AddHs(Chem.MolFromSmiles(smiles))
     m = Chem.Mol(graph)
     m.GetAtomWithIdx(atom).InvertChirality()
-    assert AllChem.EmbedMolecule(m, randomSeed=seed) == 0
+    assert AllChem.EmbedMolecule(m, randomSeed=seed, useRandomCoords=True, enforceChirality=enforce) == 0
     return graph, mol_with_coords(graph, m.GetConformer().GetPositions())
 
 
@@ -131,22 +131,37 @@ def test_penicillin_g_with_the_shipped_model_keeps_its_stereo():
             assert Chem.MolToSmiles(Chem.RemoveHs(mols[i])) == Chem.MolToSmiles(Chem.MolFromSmiles(smiles[i]))
 
 
-def test_etkdg_effort_is_bounded_where_it_cannot_embed(monkeypatch):
-    """A cage ETKDG cannot embed with its stereo costs one probe, not the full ``n``; a molecule
-    it can embed gets all ``n`` (the probe runs on a copy: the pool is the one a direct call gives)."""
+def test_etkdg_effort_is_bounded_and_a_cage_is_embedded_without_chirality_enforcement(monkeypatch):
+    """A QM9 cage whose small chiral volumes ETKDG rejects costs one probe with enforcement, then
+    is embedded without it; a molecule ETKDG embeds gets all ``n`` at once (the probe runs on a
+    copy: the pool is the one a direct call gives); where nothing embeds, two probes are all."""
     calls = []
     embed = AllChem.EmbedMultipleConfs
 
     def counted(mol, n, params):
-        calls.append(n)
+        calls.append((n, params.enforceChirality))
         return embed(mol, n, params)
 
     monkeypatch.setattr(F.AllChem, "EmbedMultipleConfs", counted)
     cage = Chem.AddHs(Chem.MolFromSmiles("C[C@H]1C2[C@@H](C)C1[C@H]2C"))  # a QM9 test molecule
-    assert F._embed(cage, 10, F.ETKDG_SEED).GetNumConformers() == 0 and calls == [F.ETKDG_PROBE]
+    assert F._embed(cage, 10, F.ETKDG_SEED).GetNumConformers() == 10
+    assert calls == [(F.ETKDG_PROBE, True), (F.ETKDG_PROBE, False), (10, False)]
     calls.clear()
     ok = Chem.AddHs(Chem.MolFromSmiles(PENICILLIN_G))
-    assert F._embed(ok, 10, F.ETKDG_SEED).GetNumConformers() == 10 and calls == [F.ETKDG_PROBE, 10]
+    assert F._embed(ok, 10, F.ETKDG_SEED).GetNumConformers() == 10
+    assert calls == [(F.ETKDG_PROBE, True), (10, True)]
+    calls.clear()
+    monkeypatch.setattr(F.AllChem, "EmbedMultipleConfs", lambda mol, n, params: calls.append(n) or [])
+    assert F._embed(ok, 10, F.ETKDG_SEED).GetNumConformers() == 0 and calls == [F.ETKDG_PROBE] * 2
+
+
+@pytest.mark.parametrize("smiles", ["C[C@]12CN1C(=O)[C@@]21CN1", "C[C@H]1O[C@]23CO[C@H](C2)[C@@H]13"])  # QM9 test molecules
+def test_cages_etkdg_cannot_embed_with_enforcement_get_their_stereo_by_cip(smiles):
+    graph, epimer = _epimer(smiles, [a.GetIdx() for a in Chem.MolFromSmiles(smiles).GetAtoms()
+                                     if a.GetChiralTag() != Chem.ChiralType.CHI_UNSPECIFIED][0], enforce=False)
+    found = F._by_etkdg(epimer, stereo_spec(graph), 10, F.ETKDG_SEED)
+    assert found is not None
+    assert stereo_labels(mol_with_coords(graph, found.positions)) == graph_stereo_labels(graph)
 
 
 def test_without_mmff_parameters_the_etkdg_conformer_is_returned_unminimised():
