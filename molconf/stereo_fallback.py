@@ -56,7 +56,9 @@ from molconf.stereo import StereoSpec, enforce_stereo
 #: reference protocol's 42, not 0: RDKit's identical-conformer trap)
 ETKDG_CONFORMERS = 10
 ETKDG_SEED = 61
+#: ETKDG's attempts per conformer (RDKit's default of 0 means "10 × atoms": seconds per cage)
 ETKDG_MAX_ITERATIONS = 20
+#: conformers embedded first: where none embeds, the rest are not asked for
 ETKDG_PROBE = 3
 
 
