@@ -20,7 +20,7 @@ fallbacks, in order, each kept only if every stereo element then matches the inp
    stereo check (parities, and CIP where it decides) finds the input's stereo.
 
 On the QM9 test split the rigid repairs leave 30 of 10,831 predictions wrongly handed; the
-first fallback sets 19 of them, the second 10, and one cage stays wrong and is reported.
+first fallback sets 20 of them, the second 9, and one cage stays wrong and is reported.
 
 When neither gives the input's stereo the caller still returns the prediction and names
 what is wrong (:attr:`molconf.prediction.PredictionReport.stereo`).
@@ -50,6 +50,7 @@ import numpy as np
 from rdkit import Chem
 from rdkit.Chem import AllChem, rdMolAlign
 
+from molconf.metrics import mol_with_coords
 from molconf.stereo import StereoSpec, enforce_stereo
 
 #: ETKDGv3 embeddings tried by the second fallback, and their seed (not the moses_xtb
@@ -88,9 +89,7 @@ def _consistent(pred: Chem.Mol, positions: np.ndarray, spec: StereoSpec) -> bool
     """Whether ``positions`` hold the input's stereo by the whole check of
     :func:`molconf.stereo.enforce_stereo`: parities, and CIP where a tagged centre without a
     label of its own is off (a cage can keep every parity and still carry other labels)."""
-    m = Chem.Mol(pred)
-    m.GetConformer().SetPositions(np.ascontiguousarray(positions, dtype=np.float64))
-    report = enforce_stereo(m, spec)
+    report = enforce_stereo(mol_with_coords(pred, positions), spec)
     return not report.remaining and not report.fixed_by
 
 
@@ -130,12 +129,12 @@ def _by_mmff(pred: Chem.Mol, spec: StereoSpec) -> Fallback | None:
 
 
 def _by_etkdg(pred: Chem.Mol, spec: StereoSpec, n: int, seed: int) -> Fallback | None:
+    from molconf.ground_state.search import mmff_minimise  # only reached for the rare molecule that needs it
+
     pool = _embed(pred, n, seed)
     if pool.GetNumConformers() == 0:
         return None
-    relaxed = AllChem.MMFFHasAllMoleculeParams(pool)
-    if relaxed:
-        AllChem.MMFFOptimizeMoleculeConfs(pool, numThreads=1, maxIters=2000)
+    relaxed = mmff_minimise(pool, max_iters=2000) is not None  # None: no MMFF94 parameters, left as embedded
     ids = [c.GetId() for c in pool.GetConformers()]
     good = [c for c in ids if not spec.mismatches(pool.GetConformer(c).GetPositions())]  # parities: cheap
     rmsd = {c: _heavy_rmsd_aligned(pool, pred, c) for c in good}
