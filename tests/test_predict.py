@@ -514,7 +514,7 @@ def test_geometric_stereo_check_agrees_with_cip_on_model_predictions(qm9_small):
         m.RemoveAllConformers()
         graphs.append(m)
     preds = predict(graphs, fix_stereo=False)
-    checked = flagged = flat_flagged = 0
+    checked = flagged = flat_flagged = linear_flagged = 0
     for graph, pred in zip(graphs, preds):
         spec = stereo_spec(graph)
         if not spec:
@@ -522,13 +522,16 @@ def test_geometric_stereo_check_agrees_with_cip_on_model_predictions(qm9_small):
         labels, got = graph_stereo_labels(graph), stereo_labels(pred)
         pos = pred.GetConformer().GetPositions()
         fast, flat = set(spec.mismatches(pos)), set(spec.too_flat(pos)) | set(spec.too_twisted(pos))
+        linear = set(spec.too_linear(pos))  # collinear substituents: RDKit may still read a label
+        flat |= linear
         slow = {k for k, v in labels.items() if got.get(k) != v}
         assert {k for k in fast - flat if labels[k] not in "rs"} == {k for k in slow - flat if labels[k] not in "rs"}
         assert flat <= fast and bool(fast) >= bool(slow)
         checked += 1
         flagged += bool(fast)
-        flat_flagged += bool(flat)
-    assert checked > 50 and 0 < flagged < checked and flat_flagged < checked / 10
+        flat_flagged += bool(flat - linear)
+        linear_flagged += bool(linear)
+    assert checked > 50 and 0 < flagged < checked and flat_flagged < checked / 10 and linear_flagged < checked / 10
 
 
 def test_worker_processes_give_the_same_molecules_notes_and_failures(tiny_model):

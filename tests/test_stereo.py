@@ -254,6 +254,75 @@ def test_twisted_double_bond_is_wrong_and_set_planar():
         assert _bond_lengths(m) == pytest.approx(bonds0, abs=1e-9)
 
 
+def _straighten(mol, sub, at, other, angle_deg):
+    """Move the subtree of ``sub`` (seen from ``at``) rigidly so that sub-at-other is ``angle_deg``."""
+    from molconf.stereo import _rotate, _set_positions, _subtree
+
+    pos = mol.GetConformer().GetPositions()
+    u, e = pos[sub] - pos[at], pos[other] - pos[at]
+    now = np.degrees(np.arccos(u @ e / np.linalg.norm(u) / np.linalg.norm(e)))
+    _rotate(pos, _subtree(mol, at, sub), pos[at], np.cross(e, u), np.radians(angle_deg - now))
+    _set_positions(mol, pos)
+
+
+@pytest.mark.parametrize("smiles, collinear", [("[H]/N=C(/C)O", "a"), ("[H]/N=C(\\C)O", "a"),
+                                               ("CC/C=C/CO", "b"), ("C/C=C\\C", "both")])
+def test_collinear_substituent_is_wrong_and_bent(smiles, collinear):
+    """A reference substituent nearly collinear with its stereo double bond (QM9 test index
+    4177: a network put an imine's C=N-H at 179.6°) has no cis or trans: RDKit perceives no
+    label there, or reads one from a geometry that is wrong anyway. The check counts it wrong
+    above MAX_SUBSTITUENT_ANGLE (not below), and the repair bends it with everything beyond it
+    to 120° on the side the input asks for, keeping every bond length."""
+    from rdkit.Chem import rdMolTransforms
+
+    from molconf.stereo import MAX_SUBSTITUENT_ANGLE, enforce_stereo, stereo_spec
+
+    graph = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    spec = stereo_spec(graph)
+    [(a, i, j, b)] = spec.bonds.tolist()
+    [key] = spec.keys()
+    mol = _embedded(smiles)
+    bonds0 = _bond_lengths(mol)
+    moved = {"a": [(a, i, j)], "b": [(b, j, i)], "both": [(a, i, j), (b, j, i)]}[collinear]
+    for angle, wrong in ((MAX_SUBSTITUENT_ANGLE - 5, False), (MAX_SUBSTITUENT_ANGLE + 5, True), (179.5, True)):
+        m = Chem.Mol(mol)
+        for sub, at, other in moved:
+            _straighten(m, sub, at, other, angle)
+        pos = m.GetConformer().GetPositions()
+        assert spec.too_linear(pos) == ([key] if wrong else [])
+        if not wrong:
+            assert spec.mismatches(pos) == [] and stereo_labels(m) == graph_stereo_labels(graph)
+            continue
+        assert spec.mismatches(pos) == [key]
+        report = enforce_stereo(m, spec)
+        assert report.consistent and report.fixed_by == [f"bent a substituent of {key} (collinear with the bond)"]
+        conf = m.GetConformer()
+        for sub, at, other in moved:
+            assert rdMolTransforms.GetAngleDeg(conf, sub, at, other) == pytest.approx(120, abs=1e-6)
+        assert abs(rdMolTransforms.GetDihedralDeg(conf, a, i, j, b)) == pytest.approx(0 if spec.cis[0] else 180, abs=1e-6)
+        assert stereo_labels(m) == graph_stereo_labels(graph)  # the slow CIP reference agrees
+        assert _bond_lengths(m) == pytest.approx(bonds0, abs=1e-9)
+
+
+def test_collinear_ring_substituent_is_not_bent():
+    """A collinear substituent in a ring cannot be bent alone: the move declines."""
+    from molconf.stereo import _bend_substituent, stereo_spec
+
+    graph = Chem.AddHs(Chem.MolFromSmiles("C1CCCCCC/C=C/CCC1"))
+    spec = stereo_spec(graph)
+    [(a, i, j, b)] = spec.bonds.tolist()
+    m = _embedded("C1CCCCCC/C=C/CCC1")
+    assert not _bend_substituent(m, spec, spec.keys()[0])  # nothing collinear
+    pos = m.GetConformer().GetPositions()
+    e = (pos[i] - pos[j]) / np.linalg.norm(pos[i] - pos[j])
+    pos[a] = pos[i] + 1.5 * e
+    m.GetConformer().SetPositions(pos)
+    assert spec.too_linear(pos) == spec.keys()
+    before = m.GetConformer().GetPositions()
+    assert not _bend_substituent(m, spec, spec.keys()[0])
+    assert np.array_equal(m.GetConformer().GetPositions(), before)
+
+
 # --- the geometric check (StereoSpec) against the slow CIP reference ------------------------
 def _slow_mismatch_keys(graph: Chem.Mol, conformer_mol: Chem.Mol) -> set[str]:
     want, got = graph_stereo_labels(graph), stereo_labels(conformer_mol)
