@@ -139,6 +139,11 @@ def _bond_label(bond: Chem.Bond) -> str | None:
 _CIS = (Chem.BondStereo.STEREOZ, Chem.BondStereo.STEREOCIS)
 
 
+def _row_cosines(u: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """(D,) cosine of the angle between each row of ``u`` and of ``w`` (D, 3)."""
+    return (u * w).sum(1) / np.maximum(np.linalg.norm(u, axis=1) * np.linalg.norm(w, axis=1), 1e-12)
+
+
 @dataclass(frozen=True)
 class StereoSpec:
     """The stereo a molecular graph specifies, as geometric conditions on a conformer.
@@ -239,23 +244,25 @@ class StereoSpec:
         u, w = q[:, 0] - q[:, 1], q[:, 3] - q[:, 2]  # substituent bonds, projected off the axis:
         u -= (u * axis).sum(1, keepdims=True) * axis
         w -= (w * axis).sum(1, keepdims=True) * axis
-        return (u * w).sum(1) / np.maximum(np.linalg.norm(u, axis=1) * np.linalg.norm(w, axis=1), 1e-12)
+        return _row_cosines(u, w)
+
+    def _bond_keys(self, flags: np.ndarray) -> list[str]:
+        """Keys of the double bonds where ``flags`` (D,) is true."""
+        return [k for k, t in zip(self.keys()[len(self.centres):], flags.tolist()) if t]
 
     def too_twisted(self, pos: np.ndarray) -> list[str]:
         """Keys of the double bonds twisted in ``pos`` (N, 3) more than
         :data:`MAX_DOUBLE_BOND_TWIST` out of plane; :meth:`mismatches` counts them wrong."""
         if not len(self.bonds):
             return []
-        twisted = np.abs(self._bond_cosines(np.asarray(pos, dtype=np.float64))) <= _MIN_PLANAR_COS
-        return [k for k, t in zip(self.keys()[len(self.centres):], twisted.tolist()) if t]
+        return self._bond_keys(np.abs(self._bond_cosines(np.asarray(pos, dtype=np.float64))) <= _MIN_PLANAR_COS)
 
     def _substituent_cosines(self, pos: np.ndarray) -> np.ndarray:
         """(D, 2) cosines of the angles a-i-j and i-j-b (-1: the substituent is collinear
         with the double bond)."""
         q = pos[self.bonds]  # (D, 4, 3): a, i, j, b
-        pairs = ((q[:, 0] - q[:, 1], q[:, 2] - q[:, 1]), (q[:, 3] - q[:, 2], q[:, 1] - q[:, 2]))
-        return np.stack([(u * w).sum(1) / np.maximum(np.linalg.norm(u, axis=1) * np.linalg.norm(w, axis=1), 1e-12)
-                         for u, w in pairs], axis=1)  # (D, 2)
+        return np.stack([_row_cosines(q[:, 0] - q[:, 1], q[:, 2] - q[:, 1]),
+                         _row_cosines(q[:, 3] - q[:, 2], q[:, 1] - q[:, 2])], axis=1)  # (D, 2)
 
     def too_linear(self, pos: np.ndarray) -> list[str]:
         """Keys of the double bonds with a reference substituent at more than
@@ -263,8 +270,7 @@ class StereoSpec:
         counts them wrong."""
         if not len(self.bonds):
             return []
-        linear = (self._substituent_cosines(np.asarray(pos, dtype=np.float64)) < _MIN_SUBSTITUENT_COS).any(axis=1)
-        return [k for k, t in zip(self.keys()[len(self.centres):], linear.tolist()) if t]
+        return self._bond_keys((self._substituent_cosines(np.asarray(pos, dtype=np.float64)) < _MIN_SUBSTITUENT_COS).any(axis=1))
 
     def satisfied(self, pos: np.ndarray) -> np.ndarray:
         """(len(self),) bool: whether each element holds in the coordinates ``pos`` (N, 3)."""
@@ -517,13 +523,15 @@ def _bend_substituent(mol: Chem.Mol, spec: StereoSpec, key: str) -> bool:
     row = spec.keys().index(key) - len(spec.centres)
     a, i, j, b = spec.bonds[row].tolist()
     pos = mol.GetConformer().GetPositions()
+    # which of a-i-j and i-j-b are collinear; bending one moves neither the other nor its angle
+    collinear = spec._substituent_cosines(pos)[row] < _MIN_SUBSTITUENT_COS  # (2,)
     bent = False
-    for sub, at, other, far in ((a, i, j, b), (b, j, i, a)):
+    for (sub, at, other, far), straight in zip(((a, i, j, b), (b, j, i, a)), collinear.tolist()):
+        if not straight:
+            continue
         e = pos[other] - pos[at]
         e /= np.linalg.norm(e)
         u = pos[sub] - pos[at]
-        if u @ e / np.linalg.norm(u) >= _MIN_SUBSTITUENT_COS:
-            continue
         atoms = _subtree(mol, at, sub)
         if atoms is None:
             return False
